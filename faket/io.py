@@ -1,0 +1,368 @@
+"""File I/O: MRC stacks and volumes, IMOD ``.tlt`` angles, provenance records.
+
+Arrays follow the project's conventions: a tilt-series is ``(n_tilts, Y, X)``
+float32, a volume ``(Z, Y, X)`` float32, voxel sizes in Angstrom. Inputs are
+opened as read-only memory maps so one tilt can be read without reading the
+stack; outputs are written to a temporary name beside the target and renamed
+only when complete, so a failed run never leaves a half-written file or
+damages an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import mrcfile
+import numpy as np
+
+from . import __version__
+from .errors import FaketInputError
+
+
+# --------------------------------------------------------------------------- MRC in
+@dataclass
+class Stack:
+    """A lazily read MRC stack or volume.
+
+    data: read-only memory map, ``(n, Y, X)`` for stacks, ``(Z, Y, X)`` volumes.
+    voxel_size: Angstrom per pixel (x, y, z); 0 when the header has none.
+    """
+
+    path: Path
+    data: np.ndarray
+    voxel_size: tuple[float, float, float]
+    _handle: object
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def tilt(self, i: int) -> np.ndarray:
+        """One tilt (or Z slice) as a float32 array ``(Y, X)``, read on demand."""
+        return np.asarray(self.data[i], dtype=np.float32)
+
+    def read(self) -> np.ndarray:
+        """The whole array as float32 in memory."""
+        return np.array(self.data, dtype=np.float32)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
+             check_finite: bool = True) -> Stack:
+    """Open an MRC file lazily and validate it.
+
+    role names the input in error messages ("content", "style", ...).
+    ndim: 3 for a tilt-series or volume, 2 for a single image, 0 for either.
+    check_finite streams through the data once (tilt by tilt) to refuse NaN/Inf.
+    Raises FaketInputError with one line naming the file and the problem.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FaketInputError(f"{role} file {p} does not exist: check the path")
+    if p.is_dir():
+        raise FaketInputError(f"{role} file {p} is a directory, not an MRC file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handle = mrcfile.mmap(p, mode="r", permissive=False)
+    except (ValueError, OSError, EOFError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FaketInputError(
+            f"{role} file {p} is not a readable MRC file ({msg}): "
+            "give a complete MRC file (e.g. re-export it)") from None
+    data = handle.data
+    if data is None:
+        handle.close()
+        raise FaketInputError(f"{role} file {p} has no data block: give a complete MRC file")
+    if ndim and data.ndim != ndim:
+        handle.close()
+        what = {3: "a stack (n_tilts, Y, X)", 2: "a single 2D image"}[ndim]
+        raise FaketInputError(
+            f"{role} file {p} is {data.ndim}D with shape {tuple(data.shape)} but {what} "
+            "is needed")
+    if data.dtype.kind not in "fiu":
+        handle.close()
+        raise FaketInputError(f"{role} file {p} has non-real data ({data.dtype}): "
+                              "convert it to float32")
+    vs = handle.voxel_size
+    stack = Stack(p, data, (float(vs.x), float(vs.y), float(vs.z)), handle)
+    if check_finite and data.dtype.kind == "f":
+        for i in range(data.shape[0] if data.ndim == 3 else 1):
+            part = data[i] if data.ndim == 3 else data
+            if not np.isfinite(part).all():
+                stack.close()
+                where = f"tilt/slice {i}" if data.ndim == 3 else "the image"
+                raise FaketInputError(
+                    f"{role} file {p} contains NaN or Inf values in {where}: "
+                    "clean the input first")
+    return stack
+
+
+def read_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3) -> np.ndarray:
+    """Read a whole MRC file as float32 after validation (small files only)."""
+    with open_mrc(path, role=role, ndim=ndim) as s:
+        return s.read()
+
+
+def voxel_size_of(path: str | os.PathLike) -> float:
+    """The X voxel size (Angstrom) of an MRC file's header, 0 if unset."""
+    with mrcfile.mmap(path, mode="r", permissive=True) as m:
+        return float(m.voxel_size.x)
+
+
+# --------------------------------------------------------------------------- MRC out
+def check_output_path(path: str | os.PathLike, *, role: str = "output") -> Path:
+    """Make sure an output file can be written there, before any work starts.
+
+    Creates missing parent folders. Raises FaketInputError when the folder
+    cannot be created or written, or the path is a directory.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise FaketInputError(f"{role} path {p} is a directory: give a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FaketInputError(f"{role} folder {p.parent} cannot be created ({err.strerror}): "
+                              "choose a writable location") from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise FaketInputError(f"{role} path {p} is not writable: choose a writable location")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise FaketInputError(f"{role} file {p} exists and is read-only: choose another path")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    p = Path(path)
+    tmp = _tmp_name(p)
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class MrcWriter:
+    """Stream a float32 MRC stack or volume to disk slice by slice.
+
+    The file is a memory map at a temporary name; header statistics are
+    accumulated per slice (never by re-reading the file), and the file is
+    renamed onto ``path`` by :meth:`close` only if every slice was written.
+    Use as a context manager; an exception inside discards the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int, int], *,
+                 voxel_size: float | tuple[float, float, float] = 1.0,
+                 volume: bool = False) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self._tmp = _tmp_name(self.path)
+        self._mrc = mrcfile.new_mmap(self._tmp, shape=self.shape, mrc_mode=2, overwrite=True)
+        if volume:
+            self._mrc.set_volume()
+        else:
+            self._mrc.set_image_stack()
+        self._mrc.voxel_size = voxel_size
+        self._written = np.zeros(self.shape[0], dtype=bool)
+        self._min = np.full(self.shape[0], np.inf)
+        self._max = np.full(self.shape[0], -np.inf)
+        self._sum = np.zeros(self.shape[0])
+        self._sumsq = np.zeros(self.shape[0])
+
+    def write(self, i: int, image: np.ndarray) -> None:
+        """Write slice ``i`` (shape ``(Y, X)``)."""
+        a = np.asarray(image, dtype=np.float32)
+        if a.shape != self.shape[1:]:
+            raise ValueError(f"slice {i} has shape {a.shape}, expected {self.shape[1:]}")
+        self._mrc.data[i] = a
+        a64 = a.astype(np.float64)
+        self._min[i], self._max[i] = a64.min(), a64.max()
+        self._sum[i], self._sumsq[i] = a64.sum(), np.square(a64).sum()
+        self._written[i] = True
+
+    def write_all(self, array: np.ndarray) -> None:
+        for i in range(array.shape[0]):
+            self.write(i, array[i])
+
+    def _finish(self) -> None:
+        if not self._written.all():
+            missing = np.flatnonzero(~self._written)[:5].tolist()
+            raise RuntimeError(f"{self.path}: slices {missing}... were never written")
+        n = float(np.prod(self.shape))
+        h = self._mrc.header
+        mean = self._sum.sum() / n
+        h.dmin, h.dmax, h.dmean = self._min.min(), self._max.max(), mean
+        h.rms = np.sqrt(max(self._sumsq.sum() / n - mean * mean, 0.0))
+        self._mrc.flush()
+        self._mrc.close()
+
+    def close(self) -> None:
+        """Finish the header and rename the file onto its final path."""
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Discard the temporary file; the final path is left as it was."""
+        with contextlib.suppress(Exception):
+            self._mrc.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "MrcWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_mrc(path: str | os.PathLike, data: np.ndarray, *,
+              voxel_size: float | tuple[float, float, float] = 1.0,
+              volume: bool = False) -> Path:
+    """Write a 3D float32 array atomically as MRC (stack, or volume if ``volume``)."""
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 3D array, got shape {arr.shape}")
+    with MrcWriter(path, arr.shape, voxel_size=voxel_size, volume=volume) as w:
+        w.write_all(arr)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- angles
+def read_tlt(path: str | os.PathLike, *, expected: int | None = None) -> np.ndarray:
+    """Read IMOD ``.tlt`` tilt angles (degrees, one per line) as float64 ``(n,)``.
+
+    expected: the number of tilts the angles must match (e.g. the stack's).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FaketInputError(f"angles file {p} does not exist: check the path")
+    values = []
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FaketInputError(f"angles file {p} cannot be read as text ({err}): "
+                              "give an IMOD .tlt file, one angle per line") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s:
+            continue
+        try:
+            v = float(s.split()[0])
+        except ValueError:
+            raise FaketInputError(f"angles file {p} line {lineno} is not a number ({s[:30]!r}): "
+                                  "give one angle in degrees per line") from None
+        if not np.isfinite(v):
+            raise FaketInputError(f"angles file {p} line {lineno} is not finite: fix the angle")
+        values.append(v)
+    if not values:
+        raise FaketInputError(f"angles file {p} holds no angles: give one angle per line")
+    if expected is not None and len(values) != expected:
+        raise FaketInputError(f"angles file {p} has {len(values)} angles but the tilt-series "
+                              f"has {expected} tilts: give one angle per tilt")
+    return np.asarray(values, dtype=np.float64)
+
+
+def write_tlt(path: str | os.PathLike, angles: np.ndarray) -> Path:
+    """Write tilt angles (degrees) as an IMOD ``.tlt`` file, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{a:.2f}\n" for a in np.asarray(angles, dtype=float)))
+    return Path(path)
+
+
+def angles_range(start: float, stop: float, step: float) -> np.ndarray:
+    """Tilt angles from start to stop inclusive in steps (degrees)."""
+    n = int(round((stop - start) / step)) + 1
+    return start + step * np.arange(n, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- provenance
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(parameters: dict, *, inputs: dict | None = None, weights: dict | None = None,
+               seeds: dict | None = None, extra: dict | None = None) -> dict:
+    """A provenance record: faket version, command line, parameters, inputs, weights, seeds."""
+    import torch
+
+    rec = {
+        "faket_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "host": platform.node(),
+        "parameters": parameters,
+        "inputs": {k: str(v) for k, v in (inputs or {}).items()},
+    }
+    if weights is not None:
+        rec["weights"] = weights
+    if seeds is not None:
+        rec["seeds"] = seeds
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+def provenance_path(output: str | os.PathLike) -> Path:
+    """Where the provenance of ``output`` is kept: ``<output>.json`` beside it."""
+    p = Path(output)
+    return p.with_name(p.name + ".json")
+
+
+def write_provenance(output: str | os.PathLike, record: dict) -> Path:
+    """Write ``record`` as JSON next to ``output``, atomically."""
+    target = provenance_path(output)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    return target
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,376 @@
+"""Neural style transfer of tilt-series (method section 3), exact to the published code.
+
+Per tilt i: content image = CONTENT[i], style image = reference[i], start
+image = NOISY[i]. Each stack is scaled to [0, 1] by its own min and max
+(:func:`stack_range`, :func:`to_unit`), the start image is optimised with Adam
+against VGG-19 content and Gram-matrix style losses, the result is the
+bias-corrected moving average of the iterates, and finally each tilt gets the
+mean and std of the reference tilt (:func:`match_tilt_stats`).
+
+Several tilts go through the network in one call (``batch_size``); every
+loss, Gram matrix and scaled error stays per tilt, so the result does not
+depend on the batch size. The per-tilt functions take the stack range as an
+argument so that a worker can process one tilt of a large stack alone.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import FaketInputError
+from .settings import INITS, NSTSettings
+from .vgg import VGGFeatures, check_layers, min_input_size
+
+SCALED_ERROR_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------- scaling
+def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float32]:
+    """Min and max of a whole stack ``(n, H, W)``, read ``chunk`` tilts at a time."""
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
+    for s in range(0, stack.shape[0], chunk):
+        part = np.asarray(stack[s:s + chunk], dtype=np.float32)
+        lo, hi = min(lo, part.min()), max(hi, part.max())
+    return np.float32(lo), np.float32(hi)
+
+
+def to_unit(images: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
+    """Scale images to [0, 1] with a stack's range: ``(x - lo) / (hi - lo)`` in float32.
+
+    Same float32 arithmetic as the published ``x -= x.min(); x /= x.max()``.
+    A constant stack (hi == lo) maps to zeros.
+    """
+    x = np.array(images, dtype=np.float32, copy=True)
+    x -= np.float32(lo)
+    span = np.float32(np.float32(hi) - np.float32(lo))
+    if span > 0:
+        x /= span
+    return x
+
+
+def match_tilt_stats(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Give each tilt the std and then the mean of the same reference tilt.
+
+    images, reference: ``(n, H, W)`` (sizes may differ; stats are per tilt).
+    Returns float32 ``(n, H, W)``. A constant tilt keeps its shape and gets the mean.
+    """
+    x = np.array(images, dtype=np.float32, copy=True)
+    n = x.shape[0]
+    ref = np.asarray(reference, dtype=np.float32)
+    s1 = x.reshape(n, -1).std(-1).reshape(-1, 1, 1)
+    s2 = ref.reshape(n, -1).std(-1).reshape(-1, 1, 1)
+    safe = np.where(s1 > 0, s1, np.float32(1))
+    x = np.where(s1 > 0, x / safe * s2, x).astype(np.float32)
+    m1 = x.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
+    m2 = ref.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
+    x -= (m1 - m2)
+    return x
+
+
+# --------------------------------------------------------------------------- losses
+def scaled_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-item scaled squared error ``sum(d^2) / (sum(|d|) + 1e-8)``, ``d = x - target``.
+
+    x, target: ``(B, ...)``. Returns ``(B,)``.
+    """
+    d = x - target
+    return d.pow(2).flatten(1).sum(1) / d.abs().flatten(1).sum(1).add(SCALED_ERROR_EPS)
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices ``F F^T / (h w)`` of features ``(B, C, h, w)``: ``(B, C, C)``."""
+    mat = features.flatten(-2)
+    return mat @ mat.transpose(-2, -1) / mat.shape[-1]
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Per-item L2 total variation (mean over channels and pixels) of ``(B, C, H, W)``: ``(B,)``."""
+    x = F.pad(x, (0, 1, 0, 1), "replicate")
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx ** 2 + dy ** 2).flatten(1).mean(1)
+
+
+def normalised_weights(weights: Sequence[float], what: str) -> list[float]:
+    """Divide a list of layer weights by the sum of their absolute values."""
+    total = sum(abs(float(w)) for w in weights)
+    if total == 0:
+        raise FaketInputError(f"{what} weights are all zero: give at least one non-zero weight")
+    return [float(w) / total for w in weights]
+
+
+class _EMA:
+    """Bias-corrected exponential moving average of the iterates (float32, as published)."""
+
+    def __init__(self, x: torch.Tensor, decay: float) -> None:
+        self.value = torch.zeros_like(x)
+        self.decay = torch.tensor(decay, device=x.device)
+        self.accum = torch.tensor(1.0, device=x.device)
+        self.update(x)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        self.accum *= self.decay
+        self.value *= self.decay
+        self.value += (1 - self.decay) * x
+
+    def get(self) -> torch.Tensor:
+        return self.value / (1 - self.accum)
+
+
+# --------------------------------------------------------------------------- pyramid
+def gen_scales(min_scale: int, end_scale: int) -> list[int]:
+    """Scales from end_scale down by factors of sqrt(2) to min_scale, ascending."""
+    scales, i, s = set(), 0, end_scale
+    while s >= min_scale:
+        scales.add(s)
+        i += 1
+        s = round(end_scale / 2 ** (i / 2))
+    return sorted(scales)
+
+
+def size_at_scale(h: int, w: int, scale: int, scale_up: bool = True) -> tuple[int, int]:
+    """(h, w) resized so that the longest side is ``scale`` (aspect kept)."""
+    if not scale_up and max(h, w) <= scale:
+        return h, w
+    if h > w:
+        return scale, round(scale * w / h)
+    return round(scale * h / w), scale
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` images with antialiased bilinear interpolation."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _interp(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x  # bicubic/bilinear at the same size is the identity
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+# --------------------------------------------------------------------------- engine
+@dataclass
+class BatchResult:
+    """Stylised tilts in [0, 1] ``(B, H, W)`` and the last total loss of each tilt ``(B,)``."""
+
+    images: torch.Tensor
+    losses: torch.Tensor
+
+
+class StyleTransfer:
+    """A VGG-19 loaded once on a device, stylising batches of tilts with fixed settings.
+
+    weights: a checked VGG-19 features state dict (:mod:`faket.weights`).
+    dtype: float32 (the published arithmetic); float64 serves exactness checks.
+
+    On the CPU the golden fixtures are reproduced bit for bit with
+    ``batch_size=1``. Batches are exact in arithmetic (every loss is per tilt)
+    but convolution kernels sum in another order for batches, and the signed
+    first Adam step amplifies that round-off on the few pixels whose gradient
+    is near zero, so ``batch_size`` defaults to 1 (see README, "Batching").
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor], settings: NSTSettings = NSTSettings(),
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        validate_settings(settings)
+        self.settings = settings
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.content_layers = list(settings.content_layers)
+        self.style_layers = list(settings.style_layers)
+        self.content_weights = [w * settings.content_weight for w in
+                                normalised_weights(settings.content_layer_weights, "content layer")]
+        self.style_weights = normalised_weights(settings.style_layer_weights, "style layer")
+        self.net = VGGFeatures(weights, self.content_layers + self.style_layers,
+                               pooling=settings.pooling).to(self.device, dtype)
+        self.min_size = min_input_size(self.net.last)
+
+    def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+        return t.to(self.device, self.dtype)[:, None].expand(-1, 3, -1, -1)
+
+    def stylize_batch(self, content: np.ndarray | torch.Tensor,
+                      styles: Sequence[np.ndarray | torch.Tensor],
+                      init: np.ndarray | torch.Tensor | None = None,
+                      style_image_weights: Sequence[float] | None = None,
+                      generator: torch.Generator | None = None) -> BatchResult:
+        """Stylise a batch of tilts already scaled to [0, 1].
+
+        content: ``(B, H, W)``; styles: one or more ``(B, Hs, Ws)`` (same tilts);
+        init: ``(B, H, W)`` start images, or None to start from ``settings.init``.
+        style_image_weights: relative weights of the style stacks (normalised to 1).
+        Returns the result in [0, 1], averaged over the 3 channels.
+        """
+        s = self.settings
+        content_t = self._as_batch(content)
+        style_ts = [self._as_batch(st) for st in styles]
+        n_styles = len(style_ts)
+        sw = ([1 / n_styles] * n_styles if style_image_weights is None
+              else normalised_weights(style_image_weights, "style image"))
+        b, _, h, w = content_t.shape
+        if min(h, w) < self.min_size:
+            raise FaketInputError(f"images are {h}x{w} but the layers used need at least "
+                                  f"{self.min_size}x{self.min_size}")
+        end_scale = s.end_scale or max(h, w)
+        min_scale = min(s.min_scale or end_scale, end_scale)
+        scales = gen_scales(min_scale, end_scale)
+
+        ch, cw = size_at_scale(h, w, scales[0])
+        if init is not None:
+            image = _resize(self._as_batch(init), (ch, cw))
+        elif s.init == "content":
+            image = _resize(content_t, (ch, cw))
+        elif s.init == "gray":
+            image = torch.rand((b, 3, ch, cw), generator=generator).to(self.device, self.dtype) / 255 + 0.5
+        else:
+            image = torch.rand((b, 3, ch, cw), generator=generator).to(self.device, self.dtype)
+
+        opt: torch.optim.Adam | None = None
+        average: _EMA | None = None
+        losses = torch.zeros(b)
+        for scale in scales:
+            ch, cw = size_at_scale(h, w, scale)
+            content_s = _resize(content_t, (ch, cw))
+            image = _interp(image.detach(), (ch, cw), "bicubic").clamp(0, 1).contiguous()
+            average = _EMA(image, s.avg_decay)
+            image.requires_grad_()
+
+            with torch.no_grad():
+                cfeats = self.net(content_s, self.content_layers)
+                content_targets = {i: cfeats[i] for i in self.content_layers}
+                del cfeats
+                style_targets: dict[int, torch.Tensor] = {}
+                for k, style_t in enumerate(style_ts):
+                    sh, sww = size_at_scale(*style_t.shape[-2:], scale, scale_up=False)
+                    sfeats = self.net(_resize(style_t, (sh, sww)), self.style_layers)
+                    for layer in self.style_layers:
+                        g = gram(sfeats[layer]) * sw[k]
+                        style_targets[layer] = g if layer not in style_targets else style_targets[layer] + g
+                    del sfeats
+
+            new_opt = torch.optim.Adam([image], lr=s.step_size)
+            if opt is not None:
+                new_opt.load_state_dict(_scale_adam_state(opt.state_dict(), (ch, cw)))
+            opt = new_opt
+
+            n_iter = s.initial_iterations if scale == scales[0] else s.iterations
+            for _ in range(n_iter):
+                feats = self.net(image, self.content_layers + self.style_layers)
+                terms = []
+                for layer, wt in zip(self.content_layers, self.content_weights):
+                    terms.append(scaled_error(feats[layer], content_targets[layer]) * wt)
+                for layer, wt in zip(self.style_layers, self.style_weights):
+                    terms.append(scaled_error(gram(feats[layer]), style_targets[layer]) * wt)
+                if s.tv_weight:
+                    terms.append(tv_loss(image) * s.tv_weight)
+                per_tilt = sum(terms)
+                opt.zero_grad()
+                per_tilt.sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    image.clamp_(0, 1)
+                average.update(image)
+                losses = per_tilt.detach().cpu()
+                del feats, terms, per_tilt
+            with torch.no_grad():
+                image.copy_(average.get())
+        out = average.get().detach().clamp(0, 1).mean(dim=1)
+        return BatchResult(out, losses)
+
+
+def _scale_adam_state(state: dict, size: tuple[int, int]) -> dict:
+    """Resize Adam's moments to a new scale: first bicubic, second bilinear then >= 0."""
+    import copy
+
+    state = copy.deepcopy(state)
+    for group in state["state"].values():
+        group["exp_avg"] = _interp(group["exp_avg"], size, "bicubic")
+        group["exp_avg_sq"] = _interp(group["exp_avg_sq"], size, "bilinear").relu_()
+    return state
+
+
+def validate_settings(s: NSTSettings) -> None:
+    """Refuse impossible NST settings with one clear line."""
+    check_layers(s.content_layers, "content")
+    check_layers(s.style_layers, "style")
+    if len(s.content_layer_weights) != len(s.content_layers):
+        raise FaketInputError(f"{len(s.content_layers)} content layers but "
+                              f"{len(s.content_layer_weights)} content layer weights")
+    if len(s.style_layer_weights) != len(s.style_layers):
+        raise FaketInputError(f"{len(s.style_layers)} style layers but "
+                              f"{len(s.style_layer_weights)} style layer weights")
+    if not (s.step_size > 0 and math.isfinite(s.step_size)):
+        raise FaketInputError(f"step size must be > 0, got {s.step_size}")
+    if s.iterations < 1 or s.initial_iterations < 1:
+        raise FaketInputError(f"iterations must be >= 1, got iterations={s.iterations}, "
+                              f"initial iterations={s.initial_iterations}")
+    if not 0 <= s.avg_decay < 1:
+        raise FaketInputError(f"averaging decay must be in [0, 1), got {s.avg_decay}")
+    if s.init not in INITS:
+        raise FaketInputError(f"unknown init {s.init!r}: use a file or one of {', '.join(INITS)}")
+    if s.batch_size < 1:
+        raise FaketInputError(f"batch size must be >= 1, got {s.batch_size}")
+    for name in ("min_scale", "end_scale"):
+        v = getattr(s, name)
+        if v is not None and v < 1:
+            raise FaketInputError(f"{name.replace('_', ' ')} must be >= 1, got {v}")
+    if s.content_weight < 0 or s.tv_weight < 0:
+        raise FaketInputError("content weight and TV weight must be >= 0")
+
+
+# --------------------------------------------------------------------------- stacks
+def check_stacks(content_shape: tuple[int, ...], style_shapes: Sequence[tuple[int, ...]],
+                 init_shape: tuple[int, ...] | None, names: dict[str, str] | None = None) -> None:
+    """Check tilt counts and image sizes of the content, style and init stacks."""
+    names = names or {}
+    n = content_shape[0]
+    for k, shp in enumerate(style_shapes):
+        if shp[0] != n:
+            raise FaketInputError(f"style {names.get(f'style{k}', k)} has {shp[0]} tilts but content "
+                                  f"{names.get('content', '')} has {n}: give one style tilt per content tilt")
+    if init_shape is not None and tuple(init_shape) != tuple(content_shape):
+        raise FaketInputError(f"init {names.get('init', '')} has shape {tuple(init_shape)} but content "
+                              f"has {tuple(content_shape)}: they must match")
+
+
+def stylize_stack(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
+                  transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """FakET NST of whole stacks; returns the result in the first style stack's units.
+
+    content: ``(n, H, W)`` noiseless projections (CONTENT); styles: reference
+    stacks ``(n, Hs, Ws)``; init: ``(n, H, W)`` start (NOISY) or None. Arrays
+    may be memory maps: tilts are read one batch at a time.
+    progress(k) is called after each batch with the number of tilts done in it.
+    """
+    check_stacks(content.shape, [st.shape for st in styles], None if init is None else init.shape)
+    c_rng = stack_range(content)
+    s_rngs = [stack_range(st) for st in styles]
+    i_rng = None if init is None else stack_range(init)
+    n = content.shape[0]
+    out = np.empty(content.shape, dtype=np.float32)
+    bs = transfer.settings.batch_size
+    gen = torch.Generator().manual_seed(transfer.settings.seed)
+    for start in range(0, n, bs):
+        sl = slice(start, min(start + bs, n))
+        res = transfer.stylize_batch(
+            to_unit(content[sl], *c_rng),
+            [to_unit(st[sl], *r) for st, r in zip(styles, s_rngs)],
+            None if init is None else to_unit(init[sl], *i_rng),
+            style_image_weights, generator=gen)
+        out[sl] = match_tilt_stats(res.images.cpu().numpy(), styles[0][sl])
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    return out
