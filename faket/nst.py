@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -345,22 +345,22 @@ def check_stacks(content_shape: tuple[int, ...], style_shapes: Sequence[tuple[in
                               f"has {tuple(content_shape)}: they must match")
 
 
-def stylize_stack(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
-                  transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """FakET NST of whole stacks; returns the result in the first style stack's units.
+def iter_stylize(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
+                 transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """FakET NST of whole stacks, one batch of tilts at a time.
 
     content: ``(n, H, W)`` noiseless projections (CONTENT); styles: reference
     stacks ``(n, Hs, Ws)``; init: ``(n, H, W)`` start (NOISY) or None. Arrays
-    may be memory maps: tilts are read one batch at a time.
-    progress(k) is called after each batch with the number of tilts done in it.
+    may be memory maps: only the stacks' ranges and one batch are read at once.
+    Yields ``(first tilt index, stylised tilts (b, H, W) in the first style
+    stack's units, last loss of each tilt (b,))``.
     """
     check_stacks(content.shape, [st.shape for st in styles], None if init is None else init.shape)
     c_rng = stack_range(content)
     s_rngs = [stack_range(st) for st in styles]
     i_rng = None if init is None else stack_range(init)
     n = content.shape[0]
-    out = np.empty(content.shape, dtype=np.float32)
     bs = transfer.settings.batch_size
     gen = torch.Generator().manual_seed(transfer.settings.seed)
     for start in range(0, n, bs):
@@ -370,7 +370,15 @@ def stylize_stack(content: np.ndarray, styles: Sequence[np.ndarray], init: np.nd
             [to_unit(st[sl], *r) for st, r in zip(styles, s_rngs)],
             None if init is None else to_unit(init[sl], *i_rng),
             style_image_weights, generator=gen)
-        out[sl] = match_tilt_stats(res.images.cpu().numpy(), styles[0][sl])
-        if progress is not None:
-            progress(sl.stop - sl.start)
+        yield start, match_tilt_stats(res.images.cpu().numpy(), styles[0][sl]), res.losses.numpy()
+
+
+def stylize_stack(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
+                  transfer: StyleTransfer, *,
+                  style_image_weights: Sequence[float] | None = None) -> np.ndarray:
+    """FakET NST of whole stacks in memory: ``(n, H, W)`` float32 (see :func:`iter_stylize`)."""
+    out = np.empty(content.shape, dtype=np.float32)
+    for start, images, _ in iter_stylize(content, styles, init, transfer,
+                                         style_image_weights=style_image_weights):
+        out[start:start + len(images)] = images
     return out
