@@ -1,0 +1,159 @@
+"""NST: analytic pieces, golden fidelity, batching and options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faket.errors import FaketInputError
+from faket.io import read_mrc
+from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
+                       scaled_error, stack_range, stylize_stack, to_unit, tv_loss)
+from faket.settings import NSTSettings
+
+GOLDEN_CASES = [("expected_iter1_step0.15", 1, 0.15), ("expected_iter3_step0.05", 3, 0.05)]
+
+
+@pytest.fixture(scope="module")
+def inputs(golden):
+    return {k: read_mrc(golden[k]) for k in ("content", "style", "init")}
+
+
+def test_gram_of_known_tensor():
+    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])  # (1, 2, 2, 2)
+    g = gram(f)
+    expected = torch.tensor([[[30.0, 6.0], [6.0, 2.0]]]) / 4
+    assert torch.equal(g, expected)
+
+
+def test_scaled_error_analytic():
+    x = torch.tensor([[1.0, -2.0, 0.0]])
+    t = torch.zeros(1, 3)
+    # sum d^2 = 5, sum |d| = 3
+    assert scaled_error(x, t).item() == pytest.approx(5 / (3 + 1e-8))
+    assert scaled_error(t, t).item() == 0.0
+
+
+def test_tv_loss_of_ramp():
+    x = torch.arange(4.0).repeat(4, 1)[None, None]  # horizontal ramp of slope 1
+    # replicate padding: the last column's x-difference is 0 -> 12 of 16 pixels have 1
+    assert tv_loss(x).item() == pytest.approx(12 / 16)
+
+
+def test_normalised_weights_and_zero_weights():
+    assert normalised_weights([256, 64, 16, 4, 1], "style") == pytest.approx(
+        [256 / 341, 64 / 341, 16 / 341, 4 / 341, 1 / 341])
+    with pytest.raises(FaketInputError):
+        normalised_weights([0, 0], "style")
+
+
+def test_gen_scales_matches_sqrt2_pyramid():
+    assert gen_scales(64, 64) == [64]
+    assert gen_scales(32, 64) == [32, 45, 64]
+
+
+def test_to_unit_is_stack_minmax():
+    a = np.array([[[2.0, 4.0]], [[6.0, 10.0]]], np.float32)
+    u = to_unit(a, *stack_range(a))
+    assert u.min() == 0 and u.max() == 1
+    assert u[0, 0, 1] == np.float32(0.25)
+
+
+def test_match_tilt_stats_sets_std_then_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    ref = (rng.normal(size=(3, 8, 8)) * [[[2.0]], [[0.5]], [[3.0]]] + [[[1.0]], [[-4.0]], [[9.0]]])
+    y = match_tilt_stats(x, ref.astype(np.float32))
+    np.testing.assert_allclose(y.reshape(3, -1).std(1), ref.reshape(3, -1).std(1), rtol=1e-5)
+    np.testing.assert_allclose(y.reshape(3, -1).mean(1), ref.reshape(3, -1).mean(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,iterations,step", GOLDEN_CASES)
+def test_golden_fidelity(inputs, test_weights, golden, name, iterations, step):
+    st = NSTSettings(iterations=iterations, initial_iterations=iterations, step_size=step)
+    out = stylize_stack(inputs["content"], [inputs["style"]], inputs["init"],
+                        StyleTransfer(test_weights, st))
+    expected = read_mrc(golden[name])
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    assert np.abs(out - expected).max() <= 1e-4
+
+
+def test_batching_is_exact_in_float64(inputs, test_weights):
+    """Every loss stays per tilt: in float64 (no amplified round-off) batches change nothing."""
+    st1 = NSTSettings(initial_iterations=2, step_size=0.05, batch_size=1)
+    st5 = NSTSettings(initial_iterations=2, step_size=0.05, batch_size=5)
+    c, s, i = inputs["content"], inputs["style"], inputs["init"]
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, st1, dtype=torch.float64))
+    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, st5, dtype=torch.float64))
+    assert np.abs(a - b).max() < 1e-5
+
+
+def test_one_tilt_alone_equals_its_place_in_the_stack(inputs, test_weights):
+    """A worker processing one tilt with the stack ranges gets the same tilt."""
+    st = NSTSettings()
+    c, s, i = inputs["content"], inputs["style"], inputs["init"]
+    full = stylize_stack(c, [s], i, StyleTransfer(test_weights, st))
+    transfer = StyleTransfer(test_weights, st)
+    res = transfer.stylize_batch(to_unit(c[2:3], *stack_range(c)), [to_unit(s[2:3], *stack_range(s))],
+                                 to_unit(i[2:3], *stack_range(i)))
+    one = match_tilt_stats(res.images.numpy(), s[2:3])
+    assert np.array_equal(one[0], full[2])
+
+
+def test_zero_weight_style_stack_has_no_effect(inputs, test_weights):
+    c, s, i = inputs["content"], inputs["style"], inputs["init"]
+    other = np.ascontiguousarray(s[::-1])
+    one = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
+    two = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings()),
+                        style_image_weights=[1.0, 0.0])
+    assert np.abs(one - two).max() <= 1e-6
+    mixed = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings()),
+                          style_image_weights=[1.0, 1.0])
+    assert np.abs(one - mixed).max() > 1e-3
+
+
+@pytest.mark.parametrize("pooling", ["average", "l2"])
+def test_other_poolings_run_and_differ(inputs, test_weights, pooling):
+    c, s, i = (inputs[k][:2] for k in ("content", "style", "init"))
+    base = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
+    out = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(pooling=pooling)))
+    assert np.isfinite(out).all() and np.abs(out - base).max() > 1e-4
+
+
+def test_pyramid_and_inits(inputs, test_weights):
+    c, s = inputs["content"][:2], inputs["style"][:2]
+    st = NSTSettings(min_scale=32, end_scale=64, iterations=2, initial_iterations=2, init="gray")
+    out = stylize_stack(c, [s], None, StyleTransfer(test_weights, st))
+    assert out.shape == c.shape and np.isfinite(out).all()
+    # gray/uniform starts are seeded: same seed, same result; another seed, another result
+    for init in ("gray", "uniform"):
+        a = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1)))
+        b = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1)))
+        d = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=2)))
+        assert np.array_equal(a, b) and not np.array_equal(a, d)
+
+
+def test_tv_weight_changes_result(inputs, test_weights):
+    c, s, i = (inputs[k][:1] for k in ("content", "style", "init"))
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
+    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tv_weight=1e3)))
+    assert np.abs(a - b).max() > 1e-4
+
+
+@pytest.mark.parametrize("bad", [
+    dict(step_size=0), dict(step_size=-1), dict(iterations=0), dict(initial_iterations=0),
+    dict(style_layers=(1, 99), style_layer_weights=(1, 1)), dict(content_layers=(-1,)),
+    dict(pooling="median"), dict(batch_size=0), dict(avg_decay=1.0),
+    dict(style_layer_weights=(1, 2)),
+])
+def test_bad_settings_are_refused(test_weights, bad):
+    with pytest.raises(FaketInputError):
+        StyleTransfer(test_weights, NSTSettings(**bad))
+
+
+def test_too_small_images_are_refused(test_weights):
+    t = StyleTransfer(test_weights, NSTSettings())
+    x = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(FaketInputError, match="at least"):
+        t.stylize_batch(x, [x], x)
