@@ -77,7 +77,7 @@ def _progress(total: int, what: str) -> Iterator:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _say(msg: str) -> None:

@@ -220,7 +220,8 @@ class MrcWriter:
         h = self._mrc.header
         mean = self._sum.sum() / n
         h.dmin, h.dmax, h.dmean = self._min.min(), self._max.max(), mean
-        h.rms = np.sqrt(max(self._sumsq.sum() / n - mean * mean, 0.0))
+        with np.errstate(invalid="ignore", over="ignore"):
+            h.rms = np.sqrt(max(self._sumsq.sum() / n - mean * mean, 0.0))
         self._mrc.flush()
         self._mrc.close()
 

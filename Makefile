@@ -1,0 +1,27 @@
+# faket: one-command set-up, demo and tests on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+# On a GPU machine install the matching CUDA build of torch first; it is kept.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/faket demo --out-dir demo_out
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
