@@ -320,6 +320,35 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def cached_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a large file, remembered by (real path, size, mtime) in the user cache.
+
+    The cache is ``$XDG_CACHE_HOME/faket/sha256.json`` (default ``~/.cache``);
+    a changed file is hashed again. Falls back to hashing when the cache is
+    not writable.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faket" / "sha256.json"
+    try:
+        table = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table:
+        return table[key]
+    digest = sha256_of(p)
+    table = {k: v for k, v in table.items() if not k.startswith(f"{p}|")}
+    table[key] = digest
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(table))
+    except OSError:
+        pass
+    return digest
+
+
 def provenance(parameters: dict, *, inputs: dict | None = None, weights: dict | None = None,
                seeds: dict | None = None, extra: dict | None = None) -> dict:
     """A provenance record: faket version, command line, parameters, inputs, weights, seeds."""

@@ -125,6 +125,43 @@ class _EMA:
         return self.value / (1 - self.accum)
 
 
+class Adam:
+    """Adam on one image tensor, with exactly the arithmetic of ``torch.optim.Adam``.
+
+    (Its single-tensor path: no weight decay, no amsgrad.) Written out because
+    constructing ``torch.optim.Adam`` imports torch's compiler stack, which
+    costs seconds of start-up per process. Moments can be resized for the
+    next scale of the pyramid (first moment bicubic, second bilinear, >= 0).
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1 ** float(self.steps)
+        bias_correction2 = 1 - beta2 ** float(self.steps)
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-(self.lr / bias_correction1))
+
+    def moved_to(self, param: torch.Tensor) -> "Adam":
+        """A copy of this optimiser's state for ``param`` at another size (warm start)."""
+        new = Adam(param, self.lr, self.betas, self.eps)
+        size = tuple(param.shape[-2:])
+        new.exp_avg = _interp(self.exp_avg, size, "bicubic").contiguous()
+        new.exp_avg_sq = _interp(self.exp_avg_sq, size, "bilinear").relu().contiguous()
+        new.steps = self.steps
+        return new
+
+
 # --------------------------------------------------------------------------- pyramid
 def gen_scales(min_scale: int, end_scale: int) -> list[int]:
     """Scales from end_scale down by factors of sqrt(2) to min_scale, ascending."""
@@ -237,7 +274,7 @@ class StyleTransfer:
         else:
             image = torch.rand((b, 3, ch, cw), generator=generator).to(self.device, self.dtype)
 
-        opt: torch.optim.Adam | None = None
+        opt: Adam | None = None
         average: _EMA | None = None
         losses = torch.zeros(b)
         for scale in scales:
@@ -260,10 +297,7 @@ class StyleTransfer:
                         style_targets[layer] = g if layer not in style_targets else style_targets[layer] + g
                     del sfeats
 
-            new_opt = torch.optim.Adam([image], lr=s.step_size)
-            if opt is not None:
-                new_opt.load_state_dict(_scale_adam_state(opt.state_dict(), (ch, cw)))
-            opt = new_opt
+            opt = Adam(image, s.step_size) if opt is None else opt.moved_to(image)
 
             n_iter = s.initial_iterations if scale == scales[0] else s.iterations
             for _ in range(n_iter):
@@ -276,9 +310,8 @@ class StyleTransfer:
                 if s.tv_weight:
                     terms.append(tv_loss(image) * s.tv_weight)
                 per_tilt = sum(terms)
-                opt.zero_grad()
-                per_tilt.sum().backward()
-                opt.step()
+                (grad,) = torch.autograd.grad(per_tilt.sum(), image)
+                opt.step(grad)
                 with torch.no_grad():
                     image.clamp_(0, 1)
                 average.update(image)
@@ -288,17 +321,6 @@ class StyleTransfer:
                 image.copy_(average.get())
         out = average.get().detach().clamp(0, 1).mean(dim=1)
         return BatchResult(out, losses)
-
-
-def _scale_adam_state(state: dict, size: tuple[int, int]) -> dict:
-    """Resize Adam's moments to a new scale: first bicubic, second bilinear then >= 0."""
-    import copy
-
-    state = copy.deepcopy(state)
-    for group in state["state"].values():
-        group["exp_avg"] = _interp(group["exp_avg"], size, "bicubic")
-        group["exp_avg_sq"] = _interp(group["exp_avg_sq"], size, "bilinear").relu_()
-    return state
 
 
 def validate_settings(s: NSTSettings) -> None:

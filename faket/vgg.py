@@ -139,8 +139,8 @@ class VGGFeatures(nn.Module):
         for i in range(self.last + 1):
             if i in conv_channels:
                 c_out = conv_channels[i]
-                conv = nn.Conv2d(c_in, c_out, 3, padding=1,
-                                 padding_mode="replicate" if i == 0 else "zeros")
+                conv = nn.utils.skip_init(nn.Conv2d, c_in, c_out, 3, padding=1,
+                                          padding_mode="replicate" if i == 0 else "zeros")
                 with torch.no_grad():
                     conv.weight.copy_(state_dict[f"features.{i}.weight"])
                     conv.bias.copy_(state_dict[f"features.{i}.bias"])

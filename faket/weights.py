@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import FaketInputError
-from .io import atomic_path, sha256_of
+from .io import atomic_path, cached_sha256
 from .vgg import CONV_INDICES, CONV_CHANNELS, validate_state_dict
 
 IMAGENET_FILENAME = "vgg19-dcbb9e9d.pth"
@@ -65,7 +65,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise FaketInputError(f"weights file {p} does not exist: check the path")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        # mmap: tensors that are never used (torchvision's classifier) are never read
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a bad file
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise FaketInputError(f"weights file {p} cannot be loaded as a weights-only state dict "
@@ -154,7 +155,7 @@ def resolve_weights(spec: str = "imagenet", *, seed: int = 0, download: bool | N
         sd = load_weights_file(path)
         ident = {"kind": "file", "path": str(path.resolve())}
         if with_sha256:
-            ident["sha256"] = sha256_of(path)
+            ident["sha256"] = cached_sha256(path)
         return Weights(sd, ident)
 
     tried: list[str] = []
@@ -186,7 +187,7 @@ def _imagenet_from(path: Path, via: str, with_sha256: bool) -> Weights:
     sd = load_weights_file(path)
     ident = {"kind": "imagenet", "path": str(path.resolve()), "via": via}
     if with_sha256:
-        ident["sha256"] = sha256_of(path)
+        ident["sha256"] = cached_sha256(path)
     return Weights(sd, ident)
 
 

@@ -21,6 +21,7 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     """No downloads, no user caches: weights resolve only from files the tests make."""
     home = tmp_path_factory.mktemp("torch_home")
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))
     monkeypatch.setenv("FAKET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("FAKET_VGG19_WEIGHTS", raising=False)
     monkeypatch.delenv("FAKET_VGG19_URL", raising=False)

@@ -157,3 +157,18 @@ def test_too_small_images_are_refused(test_weights):
     x = np.zeros((1, 8, 8), np.float32)
     with pytest.raises(FaketInputError, match="at least"):
         t.stylize_batch(x, [x], x)
+
+
+def test_adam_matches_torch_optim_adam_bit_for_bit():
+    from faket.nst import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 8, 8, generator=gen)
+    b = a.clone().requires_grad_()
+    ours, ref = Adam(a, 0.15), torch.optim.Adam([b], lr=0.15)
+    for _ in range(4):
+        g = torch.randn(2, 3, 8, 8, generator=gen) * 1e-6
+        ours.step(g)
+        b.grad = g.clone()
+        ref.step()
+    assert torch.equal(a, b.detach())
