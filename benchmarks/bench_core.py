@@ -80,7 +80,8 @@ def machine_info(device: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="128,256")
     ap.add_argument("--tilts", type=int, default=9)
     ap.add_argument("--volume", type=int, default=128)

@@ -191,7 +191,7 @@ def noise_estimate(
                                                  "(-1 raw, 0 constant; paper 2)."),
 ) -> None:
     """Per-tilt r, sigma, mean, std from (reference, noiseless) pairs."""
-    from .io import check_output_path, open_mrc
+    from .io import check_output_path, open_mrc, provenance
     from .noise import NoiseModel
 
     if len(reference) != len(noiseless):
@@ -210,6 +210,9 @@ def noise_estimate(
                                                for r, n in zip(reference, noiseless)])
     for s in stacks:
         s.close()
+    model.provenance = provenance({"order": order}, inputs={
+        **{f"reference{k}": r for k, r in enumerate(reference)},
+        **{f"noiseless{k}": n for k, n in enumerate(noiseless)}})
     model.save(output)
     _say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, "
          f"{model.n_tilts} tilts -> {output}")

@@ -116,6 +116,8 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     write_provenance(paths["faket"], provenance(st.to_dict(), weights=weights.identity,
                                                 seeds={"noise": 1, "phantom": 1},
                                                 extra={"nst_seconds": nst_seconds}))
+    model.provenance = provenance({"order": 2}, inputs=model.sources[0])
+    model.save(paths["noise_model"])
 
     # 4. Reconstructions and a picture.
     say("[4/4] reconstructions and preview")
@@ -125,6 +127,12 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
         recs[m] = reconstruct(stacks[m], theta, rec_settings, device=device).cpu().numpy()
         paths[f"{m}_rec"] = write_mrc(tomo_dir / f"{m}_rec.mrc", recs[m], voxel_size=vs, volume=True)
     paths["preview"] = write_preview(out_dir / "preview.png", stacks, recs, theta)
+    record = provenance({"demo": {"size": size, "angles": list(angles)}, "nst": st.to_dict(),
+                         "reconstruction": rec_settings.__dict__}, weights=weights.identity,
+                        seeds={"reference_phantom": 0, "phantom": 1, "noise": 1})
+    for key in ("reference", "noiseless", "noisy", "content", "baseline", "labels",
+                *(f"{m}_rec" for m in recs)):
+        write_provenance(paths[key], record)
     say(f"done in {time.time() - t_start:.1f} s (style transfer {nst_seconds:.1f} s, "
         f"{nst_seconds / len(theta):.2f} s per tilt); weights: {weights.identity['kind']}")
     for key in ("faket", "noisy", "baseline", "noiseless", "faket_rec", "labels", "particles",

@@ -122,12 +122,6 @@ def read_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3) -> 
         return s.read()
 
 
-def voxel_size_of(path: str | os.PathLike) -> float:
-    """The X voxel size (Angstrom) of an MRC file's header, 0 if unset."""
-    with mrcfile.mmap(path, mode="r", permissive=True) as m:
-        return float(m.voxel_size.x)
-
-
 # --------------------------------------------------------------------------- MRC out
 def check_output_path(path: str | os.PathLike, *, role: str = "output") -> Path:
     """Make sure an output file can be written there, before any work starts.

@@ -104,6 +104,7 @@ class NoiseModel:
     order: int
     series: list[dict[str, np.ndarray]] = field(default_factory=list)
     sources: list[dict[str, str]] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
 
     @property
     def n_tilts(self) -> int:
@@ -139,7 +140,7 @@ class NoiseModel:
                 "n_tilts": self.n_tilts,
                 "curves": {k: [float(x) for x in v] for k, v in self.curves.items()},
                 "series": [{k: [float(x) for x in v] for k, v in s.items()} for s in self.series],
-                "sources": self.sources}
+                "sources": self.sources, "provenance": self.provenance}
 
     def save(self, path: str | Path) -> Path:
         from .io import atomic_path
@@ -165,7 +166,7 @@ class NoiseModel:
         except (ValueError, KeyError, TypeError) as err:
             raise FaketInputError(f"noise model {p} is not a valid faket noise model ({err}): "
                                   "make it with `faket noise estimate`") from None
-        return cls(curves, int(d["order"]), series, d.get("sources", []))
+        return cls(curves, int(d["order"]), series, d.get("sources", []), d.get("provenance", {}))
 
 
 # --------------------------------------------------------------------------- apply

@@ -73,6 +73,7 @@ def test_pipeline_step_by_step(tmp_path, weights_file):
         assert float(m.voxel_size.x) == pytest.approx(20.0)
     model = json.loads((tmp_path / "noise.json").read_text())
     assert model["order"] == 2 and len(model["curves"]["r"]) == 7
+    assert model["provenance"]["inputs"]["reference0"].endswith("reference.mrc")
     # given r/sigma by SNR when the reference has no noiseless counterpart
     res = run_faket("noise", "apply", tmp_path / "clean.mrc", "--reference", ph / "reference.mrc",
                     "--snr", 0.1, "-o", tmp_path / "snr", "--modalities", "noisy")
@@ -93,6 +94,8 @@ def test_demo_runs_and_warns_without_imagenet(tmp_path):
               "tomo/labels.mrc", "tomo/particles.csv", "noise_model.json", "reference/reference.mrc"):
         assert (tmp_path / "d" / f).exists(), f
     assert read_mrc(tmp_path / "d" / "tomo" / "faket.mrc").shape == (5, 40, 40)
+    prov = json.loads((tmp_path / "d" / "tomo" / "noisy.mrc.json").read_text())
+    assert prov["seeds"]["noise"] == 1 and prov["weights"]["kind"] == "random"
 
 
 # --------------------------------------------------------------------------- bad input
