@@ -98,7 +98,8 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
         if r["case"] == "nst":
-            print(f"nst {r['size']}^2: {r['seconds_per_tilt']:.3f} s/tilt ({r['tilts_per_second']:.2f} tilts/s)")
+            print(f"nst {r['size']}^2: {r['seconds_per_tilt']:.3f} s/tilt "
+                  f"({r['tilts_per_second']:.2f} tilts/s)")
         else:
             print(f"{r['case']} {r['tilts']} x {r['size']}^3: {r['seconds']:.2f} s")
     print(f"-> {out}")

@@ -65,7 +65,7 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
         weights = resolve_weights("random")
 
     # 1. Reference specimen: style and noise statistics.
-    say("[1/4] reference specimen and its physics-lite tilt-series")
+    say("[1/5] reference specimen and its physics-lite tilt-series")
     ref_settings = PhantomSettings(size=size, n_particles=n_particles, seed=0, angles=angles)
     ref_ph = make_phantom(ref_settings)
     reference = reference_tilt_series(ref_ph, theta, ref_settings)
@@ -80,7 +80,7 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     paths["noise_model"] = model.save(out_dir / "noise_model.json")
 
     # 2. The specimen to simulate.
-    say("[2/4] specimen to simulate: labels, noiseless projections, NOISY/CONTENT/BASELINE")
+    say("[2/5] specimen to simulate: labels, noiseless projections, NOISY/CONTENT/BASELINE")
     ph = make_phantom(PhantomSettings(size=size, n_particles=n_particles, seed=1, angles=angles))
     write_mrc(tomo_dir / "volume.mrc", ph.density, voxel_size=vs, volume=True)
     paths["labels"] = write_mrc(tomo_dir / "labels.mrc", ph.labels.astype(np.float32),
@@ -97,7 +97,7 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
         paths[m] = write_mrc(tomo_dir / f"{m}.mrc", stacks[m], voxel_size=vs)
 
     # 3. FakET.
-    say(f"[3/4] FakET style transfer of {len(theta)} tilts ({size}x{size}, {device})")
+    say(f"[3/5] FakET style transfer of {len(theta)} tilts ({size}x{size}, {device})")
     st = NSTSettings()
     transfer = StyleTransfer(weights.state_dict, st, device=device)
     faket = np.empty_like(clean)
@@ -120,7 +120,7 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     model.save(paths["noise_model"])
 
     # 4. Reconstructions and a picture.
-    say("[4/4] reconstructions and preview")
+    say("[4/5] reconstructions and preview")
     recs = {}
     rec_settings = ReconstructionSettings(filter="ramp", z_range=(0.25, 0.75))
     for m in ("noiseless", "noisy", "baseline", "faket"):
@@ -133,10 +133,17 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     for key in ("reference", "noiseless", "noisy", "content", "baseline", "labels",
                 *(f"{m}_rec" for m in recs)):
         write_provenance(paths[key], record)
+    from .report import ReportInputs, write_report
+
+    say("[5/5] report: metrics and figures")
+    paths["report"] = write_report(
+        ReportInputs({m: paths[m] for m in ("noiseless", "noisy", "baseline", "faket", "reference")},
+                     {m: paths[f"{m}_rec"] for m in recs}, paths["angles"]),
+        out_dir / "report", weights=weights, device=device)
     say(f"done in {time.time() - t_start:.1f} s (style transfer {nst_seconds:.1f} s, "
         f"{nst_seconds / len(theta):.2f} s per tilt); weights: {weights.identity['kind']}")
     for key in ("faket", "noisy", "baseline", "noiseless", "faket_rec", "labels", "particles",
-                "noise_model", "preview"):
+                "noise_model", "preview", "report"):
         say(f"  {key:<11} {paths[key]}")
     return paths
 

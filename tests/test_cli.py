@@ -91,7 +91,8 @@ def test_demo_runs_and_warns_without_imagenet(tmp_path):
     img = mpimg.imread(png)
     assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].var() > 0.01
     for f in ("tomo/faket.mrc", "tomo/noisy.mrc", "tomo/baseline.mrc", "tomo/faket_rec.mrc",
-              "tomo/labels.mrc", "tomo/particles.csv", "noise_model.json", "reference/reference.mrc"):
+              "tomo/labels.mrc", "tomo/particles.csv", "noise_model.json", "reference/reference.mrc",
+              "report/index.html", "report/metrics.json", "report/montage.png"):
         assert (tmp_path / "d" / f).exists(), f
     assert read_mrc(tmp_path / "d" / "tomo" / "faket.mrc").shape == (5, 40, 40)
     prov = json.loads((tmp_path / "d" / "tomo" / "noisy.mrc.json").read_text())
