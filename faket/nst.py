@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .errors import FaketInputError
 from .settings import INITS, NSTSettings
-from .vgg import VGGFeatures, check_layers, min_input_size
+from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
+                  tile_halo)
 
 SCALED_ERROR_EPS = 1e-8
 
@@ -284,43 +285,180 @@ class StyleTransfer:
             average = _EMA(image, s.avg_decay)
             image.requires_grad_()
 
+            tiles = self._tiles(ch, cw, b)
             with torch.no_grad():
-                cfeats = self.net(content_s, self.content_layers)
-                content_targets = {i: cfeats[i] for i in self.content_layers}
-                del cfeats
+                content_targets = None
+                if tiles is None:
+                    cfeats = self.net(content_s, self.content_layers)
+                    content_targets = {i: cfeats[i] for i in self.content_layers}
+                    del cfeats
                 style_targets: dict[int, torch.Tensor] = {}
                 for k, style_t in enumerate(style_ts):
                     sh, sww = size_at_scale(*style_t.shape[-2:], scale, scale_up=False)
-                    sfeats = self.net(_resize(style_t, (sh, sww)), self.style_layers)
+                    grams = self._grams(_resize(style_t, (sh, sww)))
                     for layer in self.style_layers:
-                        g = gram(sfeats[layer]) * sw[k]
+                        g = grams[layer] * sw[k]
                         style_targets[layer] = g if layer not in style_targets else style_targets[layer] + g
-                    del sfeats
+                    del grams
 
             opt = Adam(image, s.step_size) if opt is None else opt.moved_to(image)
 
             n_iter = s.initial_iterations if scale == scales[0] else s.iterations
             for _ in range(n_iter):
-                feats = self.net(image, self.content_layers + self.style_layers)
-                terms = []
-                for layer, wt in zip(self.content_layers, self.content_weights):
-                    terms.append(scaled_error(feats[layer], content_targets[layer]) * wt)
-                for layer, wt in zip(self.style_layers, self.style_weights):
-                    terms.append(scaled_error(gram(feats[layer]), style_targets[layer]) * wt)
-                if s.tv_weight:
-                    terms.append(tv_loss(image) * s.tv_weight)
-                per_tilt = sum(terms)
-                (grad,) = torch.autograd.grad(per_tilt.sum(), image)
+                if tiles is None:
+                    grad, per_tilt = self._gradient(image, content_targets, style_targets)
+                else:
+                    grad, per_tilt = self._tiled_gradient(image, content_s, style_targets, tiles)
                 opt.step(grad)
                 with torch.no_grad():
                     image.clamp_(0, 1)
                 average.update(image)
                 losses = per_tilt.detach().cpu()
-                del feats, terms, per_tilt
+                del grad, per_tilt
             with torch.no_grad():
                 image.copy_(average.get())
         out = average.get().detach().clamp(0, 1).mean(dim=1)
         return BatchResult(out, losses)
+
+
+    # ---------------------------------------------------------------- one step, whole images
+    def _gradient(self, image: torch.Tensor, content_targets: dict[int, torch.Tensor],
+                  style_targets: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the total loss w.r.t. ``image`` and the per-tilt loss ``(B,)``."""
+        feats = self.net(image, self.content_layers + self.style_layers)
+        terms = []
+        for layer, wt in zip(self.content_layers, self.content_weights):
+            terms.append(scaled_error(feats[layer], content_targets[layer]) * wt)
+        for layer, wt in zip(self.style_layers, self.style_weights):
+            terms.append(scaled_error(gram(feats[layer]), style_targets[layer]) * wt)
+        if self.settings.tv_weight:
+            terms.append(tv_loss(image) * self.settings.tv_weight)
+        per_tilt = sum(terms)
+        (grad,) = torch.autograd.grad(per_tilt.sum(), image)
+        return grad, per_tilt.detach()
+
+    # ---------------------------------------------------------------- one step, in tiles
+    def _tiles(self, h: int, w: int, b: int) -> list[tuple[tuple[int, int, int, int],
+                                                            tuple[int, int, int, int]]] | None:
+        """Tiles (inner y0, y1, x0, x1; padded y0, y1, x0, x1) of an h x w image, or None."""
+        s = self.settings
+        align = self.min_size
+        halo = tile_halo(self.net.last)
+        tile = s.tile_size
+        if tile is None and s.memory_budget_gb is not None:
+            per_px = activation_floats_per_pixel(self.net.last) * b * self.dtype.itemsize * 1.5
+            px = s.memory_budget_gb * 2**30 / per_px
+            if px >= h * w:
+                return None
+            tile = int(math.sqrt(px)) - 2 * halo
+            if tile < align:
+                raise FaketInputError(f"memory budget {s.memory_budget_gb} GB is too small for "
+                                      f"tiles with a {halo}-pixel halo: raise it")
+        if tile is None or tile >= max(h, w):
+            return None
+        tile = max(align, tile // align * align)
+        out = []
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                out.append(((y0, y1, x0, x1),
+                            (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))))
+        return out
+
+    def _layer_factor(self, layer: int) -> int:
+        return min_input_size(layer)
+
+    def _inner(self, feats: torch.Tensor, layer: int, inner, padded) -> torch.Tensor:
+        """The part of a tile's features that lies in its inner region."""
+        f = self._layer_factor(layer)
+        (y0, y1, x0, x1), (py0, _, px0, _) = inner, padded
+        return feats[..., (y0 - py0) // f:(y1 - py0) // f, (x0 - px0) // f:(x1 - px0) // f]
+
+    def _grams(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Gram matrices of the style layers of ``images`` (B, 3, H, W), in tiles if configured."""
+        tiles = self._tiles(*images.shape[-2:], images.shape[0])
+        if tiles is None:
+            feats = self.net(images, self.style_layers)
+            return {layer: gram(feats[layer]) for layer in self.style_layers}
+        sums: dict[int, torch.Tensor] = {}
+        count = dict.fromkeys(self.style_layers, 0)
+        for inner, padded in tiles:
+            py0, py1, px0, px1 = padded
+            feats = self.net(images[..., py0:py1, px0:px1], self.style_layers)
+            for layer in self.style_layers:
+                m = self._inner(feats[layer], layer, inner, padded).flatten(-2)
+                g = m @ m.transpose(-2, -1)
+                sums[layer] = g if layer not in sums else sums[layer] + g
+                count[layer] += m.shape[-1]
+        return {layer: sums[layer] / count[layer] for layer in self.style_layers}
+
+    def _tiled_gradient(self, image: torch.Tensor, content: torch.Tensor,
+                        style_targets: dict[int, torch.Tensor], tiles) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same gradient as :meth:`_gradient`, computed tile by tile.
+
+        Pass 1 accumulates what the losses sum over the whole image (Gram
+        matrices; sums of |d| and d^2 of the content error). Pass 2
+        back-propagates each tile's share of the loss gradient, with those
+        global sums fixed, and adds the tiles' input gradients (halos overlap).
+        """
+        cl, sl = self.content_layers, self.style_layers
+        eps = SCALED_ERROR_EPS
+        with torch.no_grad():
+            sums: dict[int, torch.Tensor] = {}
+            count = dict.fromkeys(sl, 0)
+            s1 = {layer: 0.0 for layer in cl}
+            s2 = {layer: 0.0 for layer in cl}
+            for inner, padded in tiles:
+                py0, py1, px0, px1 = padded
+                f = self.net(image[..., py0:py1, px0:px1], cl + sl)
+                c = self.net(content[..., py0:py1, px0:px1], cl)
+                for layer in sl:
+                    m = self._inner(f[layer], layer, inner, padded).flatten(-2)
+                    g = m @ m.transpose(-2, -1)
+                    sums[layer] = g if layer not in sums else sums[layer] + g
+                    count[layer] += m.shape[-1]
+                for layer in cl:
+                    d = (self._inner(f[layer], layer, inner, padded)
+                         - self._inner(c[layer], layer, inner, padded)).flatten(1)
+                    s1[layer] = s1[layer] + d.abs().sum(1)
+                    s2[layer] = s2[layer] + d.pow(2).sum(1)
+                del f, c
+        grams = {layer: (sums[layer] / count[layer]).requires_grad_() for layer in sl}
+        style_terms = [scaled_error(grams[layer], style_targets[layer]) * wt
+                       for layer, wt in zip(sl, self.style_weights)]
+        d_grams = torch.autograd.grad(sum(style_terms).sum(), [grams[layer] for layer in sl])
+        coef = {layer: (dg + dg.transpose(-2, -1)) / count[layer] for layer, dg in zip(sl, d_grams)}
+        content_terms = [s2[layer] / (s1[layer] + eps) * wt for layer, wt in zip(cl, self.content_weights)]
+        per_tilt = sum(content_terms) + sum(t.detach() for t in style_terms)
+
+        grad = torch.zeros_like(image)
+        for inner, padded in tiles:
+            py0, py1, px0, px1 = padded
+            xt = image[..., py0:py1, px0:px1].detach().requires_grad_()
+            f = self.net(xt, cl + sl)
+            with torch.no_grad():
+                c = self.net(content[..., py0:py1, px0:px1], cl)
+            surrogate = 0
+            for layer in sl:
+                m = self._inner(f[layer], layer, inner, padded)
+                flat = m.flatten(-2)
+                g_m = (coef[layer] @ flat.detach()).view_as(m)
+                surrogate = surrogate + (g_m * m).sum()
+            for layer, wt in zip(cl, self.content_weights):
+                m = self._inner(f[layer], layer, inner, padded)
+                d = m.detach() - self._inner(c[layer], layer, inner, padded)
+                den = (s1[layer] + eps).view(-1, 1, 1, 1)
+                g_m = wt * (2 * d / den - s2[layer].view(-1, 1, 1, 1) * torch.sign(d) / den ** 2)
+                surrogate = surrogate + (g_m * m).sum()
+            (g,) = torch.autograd.grad(surrogate, xt)
+            grad[..., py0:py1, px0:px1] += g
+            del f, c, g
+        if self.settings.tv_weight:
+            tv_image = image.detach().requires_grad_()
+            tv = tv_loss(tv_image) * self.settings.tv_weight
+            grad += torch.autograd.grad(tv.sum(), tv_image)[0]
+            per_tilt = per_tilt + tv.detach()
+        return grad, per_tilt.detach()
 
 
 def validate_settings(s: NSTSettings) -> None:
@@ -344,6 +482,10 @@ def validate_settings(s: NSTSettings) -> None:
         raise FaketInputError(f"unknown init {s.init!r}: use a file or one of {', '.join(INITS)}")
     if s.batch_size < 1:
         raise FaketInputError(f"batch size must be >= 1, got {s.batch_size}")
+    if s.tile_size is not None and s.tile_size < 16:
+        raise FaketInputError(f"tile size must be >= 16 pixels, got {s.tile_size}")
+    if s.memory_budget_gb is not None and not s.memory_budget_gb > 0:
+        raise FaketInputError(f"memory budget must be > 0 GB, got {s.memory_budget_gb}")
     for name in ("min_scale", "end_scale"):
         v = getattr(s, name)
         if v is not None and v < 1:

@@ -52,7 +52,10 @@ class NSTSettings:
     min_scale/end_scale: longest image side in pixels at the first/last scale of
     the pyramid; ``None`` = the image size (one scale, as in the paper).
     init: ``content``, ``gray`` or ``uniform`` when no start stack is given.
-    batch_size: tilts per network call (speed only; results do not change).
+    batch_size: tilts per network call (speed only).
+    tile_size: compute in tiles of this many pixels (a multiple of 16) with a halo
+        of context; exact up to round-off, for images too large for memory.
+    memory_budget_gb: pick the tile size so that one step stays under this many GB.
     """
 
     content_layers: tuple[int, ...] = PUBLISHED_CONTENT_LAYERS
@@ -71,6 +74,8 @@ class NSTSettings:
     init: str = "content"
     seed: int = 0
     batch_size: int = 1
+    tile_size: int | None = None
+    memory_budget_gb: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

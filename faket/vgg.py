@@ -103,6 +103,46 @@ def min_input_size(last_layer: int) -> int:
     return 2 ** sum(1 for p in POOL_INDICES if p <= last_layer)
 
 
+def receptive_field(last_layer: int) -> int:
+    """Receptive field (pixels) of one feature of layer ``last_layer``: 3x3 convs, 2x2 pools."""
+    size, jump = 1, 1
+    for i in range(last_layer + 1):
+        if i in CONV_INDICES:
+            size += 2 * jump
+        elif i in POOL_INDICES:
+            size += jump
+            jump *= 2
+    return size
+
+
+def tile_halo(last_layer: int) -> int:
+    """Context to add around a tile so that its inner features equal the whole image's.
+
+    Half the receptive field plus one pooling stride, rounded up to the pooling
+    alignment (so that pooling windows of the tile and the image coincide).
+    """
+    align = min_input_size(last_layer)
+    need = receptive_field(last_layer) // 2 + align
+    return int(-(-need // align) * align)
+
+
+def activation_floats_per_pixel(last_layer: int) -> float:
+    """Floats kept per input pixel (batch 1) for a forward and backward pass to ``last_layer``.
+
+    Counts each layer's output (channels / downsampling^2) twice (value and
+    gradient): an estimate for choosing tile sizes under a memory budget.
+    """
+    channels, down, total = 3, 1, 3.0
+    conv_channels = dict(zip(CONV_INDICES, CONV_CHANNELS))
+    for i in range(last_layer + 1):
+        if i in conv_channels:
+            channels = conv_channels[i]
+        elif i in POOL_INDICES:
+            down *= 4
+        total += channels / down
+    return 2 * total
+
+
 class Scale(nn.Module):
     """Multiply a module's output by a constant (float32 buffer)."""
 
