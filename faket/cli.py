@@ -315,6 +315,10 @@ def stylize(
     end_scale: Optional[int] = typer.Option(None, help="Longest side at the last scale "
                                                        "[default: image size]."),
     batch_size: int = typer.Option(_NST.batch_size, help="Tilts per network call."),
+    tile_size: Optional[int] = typer.Option(None, help="Compute in tiles of this many pixels "
+                                                       "(exact; for images larger than memory)."),
+    memory_budget: Optional[float] = typer.Option(None, help="GB one step may use; picks the "
+                                                             "tile size."),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -338,7 +342,7 @@ def stylize(
         initial_iterations=iterations if initial_iterations is None else initial_iterations,
         step_size=step_size, avg_decay=avg_decay, pooling=pooling, min_scale=min_scale,
         end_scale=end_scale, init=init if init in INITS else _NST.init, seed=seed,
-        batch_size=batch_size)
+        batch_size=batch_size, tile_size=tile_size, memory_budget_gb=memory_budget)
     validate_settings(st)
     sw = None if style_weights is None else _floats(style_weights, "--style-weights")
     if sw is not None and len(sw) != len(style):

@@ -164,6 +164,7 @@ def _write_bad(d, kind):
     ("zero step", "step size"),
     ("negative step", "step size"),
     ("zero iterations", "iterations"),
+    ("tiny tiles", "tile size"),
     ("weights wrong keys", "lacks"),
     ("weights wrong shapes", "shape"),
     ("output not writable", "cannot be created"),
@@ -196,6 +197,8 @@ def test_stylize_bad_input(monkeypatch, capsys, stacks, tmp_path, test_weights, 
         over["--step-size"] = -0.1
     elif case == "zero iterations":
         over["--iterations"] = 0
+    elif case == "tiny tiles":
+        over["--tile-size"] = 8
     elif case == "weights wrong keys":
         sd = dict(test_weights)
         sd.pop("features.34.weight")
