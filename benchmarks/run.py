@@ -1,0 +1,208 @@
+"""The benchmark suite: one command, JSON results with machine info.
+
+usage: python benchmarks/run.py [--quick] [--full] [--device cpu|cuda] [--out FILE]
+
+Cases (sizes depend on the device; --quick runs the smallest only):
+- nst: FakET NST per tilt at the published settings against the unoptimised
+  baseline (benchmarks/baseline.py), measured in the same run, outputs compared;
+  peak memory (process RSS, or GPU max allocated) and achieved conv FLOP/s;
+- command: the whole `faket stylize` command on 9 x 128 x 128 (start-up
+  included) against the baseline run as a command;
+- projection / reconstruction: 61 tilts of 128^3, 256^3 (and 512^3 with --full).
+Weights are `random` (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from baseline import BaselineNST  # noqa: E402
+from bench_core import machine_info  # noqa: E402
+
+from faket.io import angles_range, write_mrc  # noqa: E402
+from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
+from faket.projection import project  # noqa: E402
+from faket.reconstruction import reconstruct  # noqa: E402
+from faket.settings import NSTSettings  # noqa: E402
+from faket.vgg import CONV_CHANNELS, CONV_INDICES, POOL_INDICES  # noqa: E402
+from faket.weights import random_state_dict  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def conv_flops(h: int, w: int, last: int) -> float:
+    """FLOPs (2 per multiply-add) of the convolutions up to layer ``last`` for one image."""
+    flops, c_in = 0.0, 3
+    for i in range(last + 1):
+        if i in CONV_INDICES:
+            c_out = CONV_CHANNELS[CONV_INDICES.index(i)]
+            flops += 2.0 * c_in * c_out * 9 * h * w
+            c_in = c_out
+        elif i in POOL_INDICES:
+            h, w = h // 2, w // 2
+    return flops
+
+
+def nst_step_flops(h: int, w: int, s: NSTSettings) -> float:
+    """Conv FLOPs of one tilt at one Adam step: content pass, style pass, image forward + backward."""
+    last = max(s.content_layers + s.style_layers)
+    return conv_flops(h, w, max(s.content_layers)) + 3 * conv_flops(h, w, last)
+
+
+def cpu_peak_gflops() -> float | None:
+    """Dense FP32 peak estimate: cores x clock x 32 (two AVX2 FMA units, 8 lanes, 2 FLOPs)."""
+    try:
+        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("cpu MHz")]
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    if not mhz:
+        return None
+    lanes = 16 if " avx512f" in flags else 8
+    return torch.get_num_threads() * max(mhz) / 1000 * lanes * 2 * 2
+
+
+def time_call(fn, device: str, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def nst_case(h: int, w: int, n: int, device: str, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    c, s, i = (rng.normal(size=(n, h, w)).astype(np.float32) for _ in range(3))
+    sd = random_state_dict(0)
+    st = NSTSettings()
+    fast = StyleTransfer(sd, st, device=device)
+    base = BaselineNST(sd, st, device=device)
+    out_fast = stylize_stack(c[:1], [s[:1]], i[:1], fast)         # warm-up and check
+    out_base = base.stylize_stack(c[:1], s[:1], i[:1])
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t_fast = time_call(lambda: stylize_stack(c, [s], i, fast), device, 1)
+    mem = peak_memory_mb(device)
+    t_base = time_call(lambda: base.stylize_stack(c, s, i), device, 1)
+    for _ in range(repeats - 1):          # interleaved, so that machine noise hits both alike
+        t_fast = min(t_fast, time_call(lambda: stylize_stack(c, [s], i, fast), device, 1))
+        t_base = min(t_base, time_call(lambda: base.stylize_stack(c, s, i), device, 1))
+    per_tilt = t_fast / n
+    flops = nst_step_flops(h, w, st)
+    return {"case": "nst", "height": h, "width": w, "tilts": n, "seconds_per_tilt": per_tilt,
+            "tilts_per_second": 1 / per_tilt, "baseline_seconds_per_tilt": t_base / n,
+            "speedup_vs_baseline": t_base / t_fast, "peak_memory_mb": mem,
+            "gflops_per_second": flops / per_tilt / 1e9,
+            "max_abs_diff_vs_baseline": float(np.abs(out_fast - out_base).max())}
+
+
+def command_case(tmp: Path) -> dict:
+    rng = np.random.default_rng(1)
+    paths = {}
+    for k in ("content", "style", "init"):
+        paths[k] = write_mrc(tmp / f"{k}.mrc", rng.normal(size=(9, 128, 128)).astype(np.float32))
+    env = {**os.environ, "FAKET_NO_DOWNLOAD": "1"}
+    faket = [sys.executable, "-m", "faket.cli", "stylize", str(paths["content"]), str(paths["style"]),
+             "--init", str(paths["init"]), "-o", str(tmp / "a.mrc"), "--vgg-weights", "random",
+             "--device", "cpu"]
+    base = [sys.executable, str(HERE / "baseline.py"), str(paths["content"]), str(paths["style"]),
+            str(paths["init"]), str(tmp / "b.mrc"), "random"]
+    times = {"faket": float("inf"), "baseline": float("inf")}
+    for _ in range(3):                      # interleaved repeats, best of each
+        for name, cmd in (("faket", faket), ("baseline", base)):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            times[name] = min(times[name], time.perf_counter() - t)
+    return {"case": "command", "tilts": 9, "height": 128, "width": 128,
+            "faket_seconds": times["faket"], "baseline_seconds": times["baseline"],
+            "speedup_vs_baseline": times["baseline"] / times["faket"]}
+
+
+def geometry_cases(sizes: list[int], device: str) -> list[dict]:
+    rows = []
+    theta = angles_range(-60, 60, 2)
+    for n in sizes:
+        vol = np.random.default_rng(2).random((n, n, n), dtype=np.float32)
+        t = time_call(lambda: project(vol, theta, device=device), device, 1)
+        tilts = project(vol, theta, device=device)
+        r = time_call(lambda: reconstruct(tilts, theta, device=device), device, 1)
+        rows.append({"case": "projection", "size": n, "tilts": 61, "seconds": t})
+        rows.append({"case": "reconstruction", "size": n, "tilts": 61, "seconds": r})
+        del tilts
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    if gpu:
+        sizes = [(1024, 1024, 5), (2048, 2048, 3), (4096, 4096, 2), (4092, 5760, 2)]
+    else:
+        sizes = [(64, 64, 9), (128, 128, 9), (256, 256, 5), (512, 512, 2)]
+    if args.quick:
+        sizes = sizes[:2]
+    rows = []
+    for h, w, n in sizes:
+        row = nst_case(h, w, n, args.device, repeats=2 if (args.quick or h >= 512) else 3)
+        rows.append(row)
+        print(f"nst {h}x{w}: {row['seconds_per_tilt']:.3f} s/tilt, baseline "
+              f"{row['baseline_seconds_per_tilt']:.3f} s/tilt, x{row['speedup_vs_baseline']:.2f}, "
+              f"{row['gflops_per_second']:.1f} GFLOP/s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+    if not gpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = command_case(Path(tmp))
+        rows.append(row)
+        print(f"command 9x128x128: faket {row['faket_seconds']:.2f} s, baseline "
+              f"{row['baseline_seconds']:.2f} s, x{row['speedup_vs_baseline']:.2f}", flush=True)
+    geo = [128] if args.quick else [128, 256] + ([512] if args.full else [])
+    for row in geometry_cases(geo, args.device):
+        rows.append(row)
+        print(f"{row['case']} 61 x {row['size']}^3: {row['seconds']:.2f} s", flush=True)
+    info = machine_info(args.device)
+    if not gpu:
+        info["cpu_peak_gflops_estimate"] = cpu_peak_gflops()
+    result = {"machine": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": args.quick,
+              "results": rows}
+    out = Path(args.out or HERE / "results" / f"suite-{args.device.replace(':', '')}-"
+               f"{platform.node()}-{time.strftime('%Y%m%d')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Turn benchmark results into the README's performance table.
+
+usage: python benchmarks/table.py [--update-readme]
+
+Reads the newest suite result of each device in benchmarks/results/ and
+prints a Markdown table; with --update-readme it replaces the table between
+the markers <!-- perf-table --> and <!-- /perf-table --> in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- perf-table -->", "<!-- /perf-table -->"
+
+
+def newest_by_device() -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for path in sorted((HERE / "results").glob("suite-*.json")):
+        data = json.loads(path.read_text())
+        if data.get("quick"):
+            continue
+        key = data["machine"].get("gpu") or data["machine"].get("cpu", "cpu")
+        if key not in out or data["created"] > out[key]["created"]:
+            out[key] = data | {"file": path.name}
+    return out
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| device | case | faket | baseline | speed-up | notes |", "|---|---|---|---|---|---|"]
+    for device, data in results.items():
+        threads = data["machine"].get("cpu_threads")
+        name = device if data["machine"].get("gpu") else f"{device} ({threads} threads)"
+        for r in data["results"]:
+            if r["case"] == "nst":
+                lines.append(f"| {name} | NST {r['height']}x{r['width']} | {r['seconds_per_tilt']:.3f} s/tilt"
+                             f" | {r['baseline_seconds_per_tilt']:.3f} s/tilt | x{r['speedup_vs_baseline']:.2f}"
+                             f" | {r['gflops_per_second']:.0f} GFLOP/s, peak {r['peak_memory_mb']:.0f} MB |")
+            elif r["case"] == "command":
+                lines.append(f"| {name} | `faket stylize` 9x128x128 | {r['faket_seconds']:.2f} s"
+                             f" | {r['baseline_seconds']:.2f} s | x{r['speedup_vs_baseline']:.2f}"
+                             " | whole command, start-up included |")
+            else:
+                lines.append(f"| {name} | {r['case']} 61 x {r['size']}^3 | {r['seconds']:.2f} s | | | |")
+        lines.append(f"| | | | | | from `{data['file']}` |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--update-readme", action="store_true")
+    args = ap.parse_args()
+    text = table(newest_by_device())
+    print(text)
+    if args.update_readme:
+        readme = HERE.parent / "README.md"
+        body = readme.read_text()
+        i, j = body.index(START) + len(START), body.index(END)
+        readme.write_text(body[:i] + "\n" + text + "\n" + body[j:])
+
+
+if __name__ == "__main__":
+    main()
