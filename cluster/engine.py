@@ -1,0 +1,321 @@
+"""The Ray engine: per-tomogram preparation tasks, per-tilt NST tasks on actors, a Zarr store.
+
+The driver never moves image data: tasks carry (store path, tomogram, tilt
+indices) and return small metadata. Actors load VGG-19 once; the weights
+are resolved once by the driver and shipped through Ray's object store, so
+compute nodes need no internet. Each tilt has one writer (its own shard) and
+is marked done after its data is written, so a rerun of the same spec does
+only what is missing, whatever the number of actors or the order of
+completion. The method itself lives in :mod:`faket`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from faket.errors import FaketInputError
+
+from .spec import RunSpec, TomogramSpec
+
+#: Test hook: when this file names a path that does not exist yet, the first NST
+#: task creates it and kills its actor process hard (os._exit) before writing.
+CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
+
+
+class RunFailed(RuntimeError):
+    """A tilt kept failing; the message names the tomogram and the tilt."""
+
+
+# --------------------------------------------------------------------------- Ray setup
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start a local one.
+
+    A local Ray binds to 127.0.0.1, has no dashboard and a small object store.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")
+
+
+def _remote_functions():
+    import ray
+
+    @ray.remote(num_cpus=1, max_retries=3)
+    def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
+        return prepare_tomogram(store, tomo, model_json, content_sigma)
+
+    @ray.remote(num_cpus=1, max_retries=2)
+    def estimate(pairs: list, order: int) -> dict:
+        from faket.io import open_mrc
+        from faket.noise import NoiseModel
+
+        stacks = [(open_mrc(r, role="reference"), open_mrc(c, role="noiseless")) for r, c in pairs]
+        model = NoiseModel.estimate([(a.data, b.data) for a, b in stacks], order,
+                                    [{"reference": str(r), "noiseless": str(c)} for r, c in pairs])
+        return model.to_json()
+
+    @ray.remote(num_cpus=1, max_retries=2)
+    def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
+        from faket.reconstruction import reconstruct
+        from faket.store import ensure_volume, open_store
+
+        g = open_store(store)[name]
+        vol = reconstruct(np.asarray(g["faket"][:]), np.asarray(angles), settings).numpy()
+        arr = ensure_volume(g, "reconstruction", vol.shape)
+        arr[:] = vol
+        arr.attrs["voxel_size"] = float(g.attrs.get("voxel_size", 1.0)) * settings.binning
+        return list(vol.shape)
+
+    @ray.remote(num_cpus=1, max_retries=2)
+    def export_task(store: str, out: str, names: list) -> list:
+        from faket.store import export_store
+
+        return [str(p) for p in export_store(store, out, names)]
+
+    return prepare, estimate, reconstruct_task, export_task
+
+
+def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
+    """Write noiseless, NOISY, CONTENT and style tilts of one tomogram into the store (idempotent)."""
+    from faket.io import open_mrc, read_tlt
+    from faket.noise import NoiseModel, apply_tilt
+    from faket.nst import stack_range
+    from faket.projection import project
+    from faket.store import done_mask, ensure_stack, ensure_volume, open_store, write_tilt
+
+    root = open_store(store)
+    g = root.require_group(tomo.name)
+    angles = read_tlt(tomo.angles)
+    n = len(angles)
+    model = NoiseModel(**_model_args(model_json))
+    if tomo.volume is not None:
+        with open_mrc(tomo.volume, role="volume") as v:
+            voxel = v.voxel_size[0] or 1.0
+            shape = (n, v.shape[1], v.shape[2])
+            ensure_stack(g, "noiseless", shape)
+            if not done_mask(g, "noiseless").all():
+                tilts = project(v.data, angles).numpy()
+                for i in range(n):
+                    write_tilt(g, "noiseless", i, tilts[i])
+    else:
+        with open_mrc(tomo.tilts, role="tilts") as t:
+            voxel = t.voxel_size[0] or 1.0
+            shape = t.shape
+            ensure_stack(g, "noiseless", shape)
+            todo = np.flatnonzero(~done_mask(g, "noiseless"))
+            for i in todo:
+                write_tilt(g, "noiseless", int(i), t.tilt(int(i)))
+    base = model.baseline()
+    for stage in ("noisy", "content"):
+        ensure_stack(g, stage, shape)
+        for i in np.flatnonzero(~done_mask(g, stage)):
+            write_tilt(g, stage, int(i), apply_tilt(np.asarray(g["noiseless"][int(i)]), int(i), model,
+                                                    tomo.seed, stage, content_sigma, base))
+    with open_mrc(tomo.style, role="style") as st:
+        ensure_stack(g, "style", st.shape)
+        for i in np.flatnonzero(~done_mask(g, "style")):
+            write_tilt(g, "style", int(i), st.tilt(int(i)))
+    if tomo.labels is not None and "labels" not in g:
+        with open_mrc(tomo.labels, role="labels") as lab:
+            arr = ensure_volume(g, "labels", lab.shape)
+            arr[:] = lab.read()
+    attrs = {"angles": [float(a) for a in angles], "voxel_size": float(voxel), "seed": tomo.seed,
+             "sources": {k: str(v) for k, v in (("volume", tomo.volume), ("tilts", tomo.tilts),
+                                                ("style", tomo.style), ("angles", tomo.angles))
+                         if v is not None},
+             "ranges": {s: [float(x) for x in stack_range(g[s])] for s in ("content", "noisy", "style")}}
+    if tomo.particles is not None:
+        attrs["particles_csv"] = tomo.particles.read_text()
+    g.attrs.update(attrs)
+    ensure_stack(g, "faket", shape)
+    return {"name": tomo.name, "n": n}
+
+
+def _model_args(d: dict) -> dict:
+    return {"curves": {k: np.asarray(v) for k, v in d["curves"].items()}, "order": d["order"],
+            "series": [{k: np.asarray(v) for k, v in s.items()} for s in d.get("series", [])],
+            "sources": d.get("sources", [])}
+
+
+# --------------------------------------------------------------------------- actors
+class NSTWorker:
+    """Holds VGG-19 on its device; stylises tilts read from the store, writes them back."""
+
+    def __init__(self, weights: dict, settings, use_gpu: bool, threads: int = 1) -> None:
+        import torch
+
+        from faket.nst import StyleTransfer
+
+        torch.set_num_threads(max(1, threads))   # as many as the CPUs Ray gave this actor
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.transfer = StyleTransfer(weights, settings, device=self.device)
+        self.pid = os.getpid()
+
+    def stylize(self, store: str, name: str, tilts: list[int]) -> list[dict]:
+        import torch
+
+        from faket.nst import match_tilt_stats, to_unit
+        from faket.store import open_store, write_tilt
+
+        t0 = time.perf_counter()
+        g = open_store(store)[name]
+        r = g.attrs["ranges"]
+        idx = list(tilts)
+        content = np.stack([np.asarray(g["content"][i]) for i in idx])
+        init = np.stack([np.asarray(g["noisy"][i]) for i in idx])
+        style = np.stack([np.asarray(g["style"][i]) for i in idx])
+        res = self.transfer.stylize_batch(to_unit(content, *map(np.float32, r["content"])),
+                                          [to_unit(style, *map(np.float32, r["style"]))],
+                                          to_unit(init, *map(np.float32, r["noisy"])))
+        out = match_tilt_stats(res.images.cpu().numpy(), style)
+        _maybe_crash()
+        for k, i in enumerate(idx):
+            write_tilt(g, "faket", i, out[k])
+        peak = (torch.cuda.max_memory_allocated() if self.device == "cuda" else
+                __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024)
+        seconds = time.perf_counter() - t0
+        return [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
+                 "peak_memory_bytes": int(peak), "pid": self.pid} for k, i in enumerate(idx)]
+
+
+def _maybe_crash() -> None:
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if marker and not os.path.exists(marker):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
+
+
+# --------------------------------------------------------------------------- driver
+def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
+        say: Callable[[str], None] = print, progress=None) -> dict:
+    """Run a spec to completion (or resume it); returns a summary dict."""
+    import ray
+
+    from faket.noise import NoiseModel
+    from faket.store import done_mask, open_store
+    from faket.weights import resolve_weights
+
+    t_start = time.perf_counter()
+    weights = resolve_weights(spec.weights, seed=spec.weights_seed)
+    if not weights.is_imagenet:
+        say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
+    init_ray(address or spec.resources.address)
+    res = spec.resources
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = res.gpus_per_actor > 0 or (res.actors is None and n_gpus > 0)
+    gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
+    n_actors = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
+    if use_gpu and n_gpus < gpus:
+        raise FaketInputError(f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
+                              f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors")
+    if not use_gpu:
+        say(f"no GPU actors: running {n_actors} CPU actor(s)")
+    total_cpus = ray.cluster_resources().get("CPU", 0)
+    if res.cpus_per_actor > total_cpus:
+        raise FaketInputError(f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the "
+                              f"cluster has {total_cpus:g} CPUs")
+    prepare, estimate, reconstruct_task, export_task = _remote_functions()
+
+    store = str(spec.store)
+    root = open_store(store)
+    root.attrs.update({"spec": spec.raw, "spec_path": str(spec.path), "weights": weights.identity})
+    if spec.noise_model is not None:
+        model_json = NoiseModel.load(spec.noise_model).to_json()
+    else:
+        model_json = ray.get(estimate.remote([(str(a), str(b)) for a, b in spec.noise_pairs],
+                                             spec.noise_order))
+    say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
+    ray.get([prepare.remote(store, t, model_json, spec.content_sigma) for t in spec.tomograms])
+
+    # Per-tilt NST tasks over all tomograms, only for tilts not done yet.
+    batch = res.batch
+    pending: collections.deque = collections.deque()
+    total = done_before = 0
+    for t in spec.tomograms:
+        mask = done_mask(root[t.name], "faket")
+        total += len(mask)
+        done_before += int(mask.sum())
+        todo = [int(i) for i in np.flatnonzero(~mask)]
+        for k in range(0, len(todo), batch):
+            pending.append((t.name, todo[k:k + batch]))
+    to_do = total - done_before
+    say(f"{total} tilts, {done_before} already done, {to_do} to do, {n_actors} actor(s)")
+    options = dict(num_gpus=gpus, num_cpus=res.cpus_per_actor, max_restarts=-1,
+                   max_task_retries=res.max_task_retries)
+    if os.environ.get(CRASH_ONCE_ENV):
+        options["runtime_env"] = {"env_vars": {CRASH_ONCE_ENV: os.environ[CRASH_ONCE_ENV]}}
+    worker_cls = ray.remote(NSTWorker).options(**options)
+    weights_ref = ray.put(weights.state_dict)
+    workers = [worker_cls.remote(weights_ref, spec.nst, use_gpu, int(res.cpus_per_actor))
+               for _ in range(min(n_actors, len(pending)))]
+    in_flight: dict = {}
+    load = [0] * len(workers)
+    attempts: collections.Counter = collections.Counter()
+    failures: dict = {}
+    meta: list[dict] = []
+    t_nst = time.perf_counter()
+    while pending or in_flight:
+        for w in range(len(workers)):
+            while pending and load[w] < res.in_flight:
+                job = pending.popleft()
+                ref = workers[w].stylize.remote(store, job[0], job[1])
+                in_flight[ref] = (w, job)
+                load[w] += 1
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in ready:
+            w, job = in_flight.pop(ref)
+            load[w] -= 1
+            try:
+                rows = ray.get(ref)
+                meta.extend(rows)
+                if progress is not None:
+                    progress(len(rows))
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
+                attempts[job] = attempts.get(job, 0) + 1
+                if attempts[job] <= res.max_task_retries:
+                    pending.append(job)
+                else:
+                    failures[job] = str(err).strip().splitlines()[-1][:200]
+    nst_seconds = time.perf_counter() - t_nst
+    for w in workers:
+        ray.kill(w)
+    if failures:
+        (name, tilts), why = next(iter(failures.items()))
+        raise RunFailed(f"tomogram {name} tilt {tilts[0]} failed {res.max_task_retries + 1} times "
+                        f"({why}); {len(failures)} task(s) failed, the other tilts are done: "
+                        "fix the cause and rerun the same spec")
+    recs = []
+    if spec.reconstruction is not None:
+        say("reconstructing")
+        recs = ray.get([reconstruct_task.remote(store, t.name, spec.reconstruction,
+                                                root[t.name].attrs["angles"]) for t in spec.tomograms])
+    exported = []
+    if spec.export is not None:
+        say(f"exporting MRC files to {spec.export}")
+        exported = ray.get(export_task.remote(store, str(spec.export), [t.name for t in spec.tomograms]))
+    summary = {"store": store, "tilts": total, "done_before": done_before, "done_now": to_do,
+               "actors": len(workers), "gpu": use_gpu, "nst_seconds": nst_seconds,
+               "tilts_per_second": to_do / nst_seconds if to_do and nst_seconds > 0 else None,
+               "seconds": time.perf_counter() - t_start, "reconstructions": recs,
+               "exported": exported, "workers": sorted({m["pid"] for m in meta})}
+    root.attrs.update({"last_run": {k: v for k, v in summary.items() if k != "exported"}})
+    warnings.filterwarnings("ignore")
+    return summary

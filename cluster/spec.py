@@ -1,0 +1,268 @@
+"""Run specs: one TOML file that lists what to simulate, validated before any work.
+
+Example (paths are relative to the spec file)::
+
+    [run]
+    store = "out/run.zarr"        # one Zarr store per run
+    export = "out/mrc"            # optional: MRC + .tlt per tomogram afterwards
+
+    [resources]
+    actors = 2                    # NST actors (default: one per GPU, else 2 CPU actors)
+    gpus_per_actor = 0
+    cpus_per_actor = 1
+    batch = 1                     # tilts per task
+    in_flight = 2                 # tasks queued per actor
+    max_task_retries = 3
+
+    [weights]
+    vgg = "imagenet"              # imagenet | random | a file
+
+    [noise]
+    model = "noise.json"          # or: pairs = [{reference = "...", noiseless = "..."}]
+    order = 2
+
+    [style]
+    reference = "reference.mrc"   # or: pool = ["a.mrc", "b.mrc"] drawn per tomogram with the seed
+
+    [nst]                         # any faket.settings.NSTSettings field
+    step_size = 0.15
+
+    [reconstruction]              # optional
+    filter = "ramp"
+
+    [[tomogram]]
+    name = "tomo_000"
+    volume = "volume.mrc"         # a labelled density volume (projected), or
+    # tilts = "noiseless.mrc"     # a ready noiseless tilt-series
+    angles = "angles.tlt"
+    labels = "labels.mrc"         # optional, copied into the store
+    particles = "particles.csv"   # optional
+    seed = 1                      # noise seed
+
+    [[manifest]]                  # optional: many tomograms x seeds from one entry
+    volume = "volume.mrc"
+    angles = "angles.tlt"
+    seeds = [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faket.errors import FaketInputError
+from faket.settings import NSTSettings, ReconstructionSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruction", "tomogram",
+            "manifest"}
+RUN_KEYS = {"store", "export", "seed"}
+RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
+                 "max_task_retries", "address"}
+WEIGHT_KEYS = {"vgg", "seed"}
+NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
+STYLE_KEYS = {"reference", "pool"}
+TOMO_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seed"}
+MANIFEST_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seeds"}
+
+
+@dataclass
+class TomogramSpec:
+    name: str
+    angles: Path
+    volume: Path | None = None
+    tilts: Path | None = None
+    labels: Path | None = None
+    particles: Path | None = None
+    seed: int = 0
+    style: Path | None = None          # resolved from [style]
+
+
+@dataclass
+class Resources:
+    actors: int | None = None
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    batch: int = 1
+    in_flight: int = 2
+    max_task_retries: int = 3
+    address: str | None = None
+
+
+@dataclass
+class RunSpec:
+    path: Path
+    store: Path
+    export: Path | None
+    seed: int
+    resources: Resources
+    weights: str
+    weights_seed: int
+    noise_model: Path | None
+    noise_pairs: list[tuple[Path, Path]]
+    noise_order: int
+    content_sigma: float
+    nst: NSTSettings
+    reconstruction: ReconstructionSettings | None
+    tomograms: list[TomogramSpec] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def _fail(spec: Path, msg: str) -> FaketInputError:
+    return FaketInputError(f"spec {spec}: {msg}")
+
+
+def _check_keys(spec: Path, where: str, table: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(spec, f"unknown key {unknown[0]!r} in [{where}] (allowed: {', '.join(sorted(allowed))})")
+
+
+def _file(spec: Path, value, what: str) -> Path:
+    if not isinstance(value, str):
+        raise _fail(spec, f"{what} must be a path string")
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else (spec.parent / p)
+    if not p.exists():
+        raise _fail(spec, f"{what} {p} does not exist")
+    return p.resolve()
+
+
+def _out(spec: Path, value) -> Path:
+    p = Path(str(value)).expanduser()
+    return (p if p.is_absolute() else spec.parent / p).resolve()
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Parse and validate a run spec; every problem is one FaketInputError line."""
+    spec = Path(path)
+    if not spec.is_file():
+        raise FaketInputError(f"spec {spec} does not exist: check the path")
+    try:
+        raw = tomllib.loads(spec.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise _fail(spec, f"is not valid TOML ({err})") from None
+    _check_keys(spec, "top level", raw, SECTIONS)
+    run = raw.get("run", {})
+    _check_keys(spec, "run", run, RUN_KEYS)
+    if "store" not in run:
+        raise _fail(spec, "[run] needs store = \"path/to/run.zarr\"")
+    res_raw = raw.get("resources", {})
+    _check_keys(spec, "resources", res_raw, RESOURCE_KEYS)
+    res = Resources(**res_raw)
+    if res.actors is not None and res.actors < 1:
+        raise _fail(spec, f"resources.actors must be >= 1, got {res.actors}")
+    if res.gpus_per_actor < 0 or res.cpus_per_actor <= 0:
+        raise _fail(spec, "resources.gpus_per_actor must be >= 0 and cpus_per_actor > 0")
+    if res.batch < 1 or res.in_flight < 1 or res.max_task_retries < 0:
+        raise _fail(spec, "resources.batch and in_flight must be >= 1, max_task_retries >= 0")
+    w = raw.get("weights", {})
+    _check_keys(spec, "weights", w, WEIGHT_KEYS)
+    vgg = w.get("vgg", "imagenet")
+    if vgg not in ("imagenet", "random"):
+        vgg = str(_file(spec, vgg, "weights.vgg"))
+    noise = raw.get("noise", {})
+    _check_keys(spec, "noise", noise, NOISE_KEYS)
+    model = _file(spec, noise["model"], "noise.model") if "model" in noise else None
+    pairs = [(_file(spec, p.get("reference"), "noise.pairs reference"),
+              _file(spec, p.get("noiseless"), "noise.pairs noiseless")) for p in noise.get("pairs", [])]
+    if model is None and not pairs:
+        raise _fail(spec, "[noise] needs model = \"noise.json\" or pairs = [{reference=..., noiseless=...}]")
+    style = raw.get("style", {})
+    _check_keys(spec, "style", style, STYLE_KEYS)
+    pool = ([_file(spec, style["reference"], "style.reference")] if "reference" in style else
+            [_file(spec, p, "style.pool entry") for p in style.get("pool", [])])
+    if not pool:
+        raise _fail(spec, "[style] needs reference = \"reference.mrc\" or pool = [...]")
+    nst_fields = {f.name for f in dataclasses.fields(NSTSettings)}
+    nst_raw = raw.get("nst", {})
+    _check_keys(spec, "nst", nst_raw, nst_fields)
+    nst = NSTSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in nst_raw.items()},
+                      batch_size=nst_raw.get("batch_size", res.batch))
+    from faket.nst import validate_settings
+
+    validate_settings(nst)
+    rec = None
+    if "reconstruction" in raw:
+        rec_fields = {f.name for f in dataclasses.fields(ReconstructionSettings)}
+        _check_keys(spec, "reconstruction", raw["reconstruction"], rec_fields)
+        rec = ReconstructionSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in raw["reconstruction"].items()})
+    seed = int(run.get("seed", 0))
+    tomos = _tomograms(spec, raw, pool, seed)
+    s = RunSpec(spec.resolve(), _out(spec, run["store"]),
+                _out(spec, run["export"]) if "export" in run else None, seed, res, vgg,
+                int(w.get("seed", 0)), model, pairs, int(noise.get("order", 2)),
+                float(noise.get("content_sigma", 0.25)), nst, rec, tomos, raw)
+    _check_shapes(s)
+    return s
+
+
+def _tomograms(spec: Path, raw: dict, pool: list[Path], seed: int) -> list[TomogramSpec]:
+    import random
+
+    entries = []
+    for t in raw.get("tomogram", []):
+        _check_keys(spec, "[tomogram]", t, TOMO_KEYS)
+        entries.append(dict(t))
+    for k, m in enumerate(raw.get("manifest", [])):
+        _check_keys(spec, "[manifest]", m, MANIFEST_KEYS)
+        base = m.get("name", f"m{k}")
+        for sd in m.get("seeds", [0]):
+            e = {key: v for key, v in m.items() if key not in ("seeds", "name")}
+            entries.append(e | {"name": f"{base}_s{sd}", "seed": sd})
+    if not entries:
+        raise _fail(spec, "no [[tomogram]] or [[manifest]] entries: nothing to simulate")
+    rng = random.Random(seed)
+    out, names = [], set()
+    for k, e in enumerate(entries):
+        name = str(e.get("name", f"tomo_{k:03d}"))
+        if name in names:
+            raise _fail(spec, f"tomogram name {name!r} is used twice")
+        names.add(name)
+        if ("volume" in e) == ("tilts" in e):
+            raise _fail(spec, f"tomogram {name}: give exactly one of volume or tilts")
+        if "angles" not in e:
+            raise _fail(spec, f"tomogram {name}: angles = \"file.tlt\" is missing")
+        out.append(TomogramSpec(
+            name=name, angles=_file(spec, e["angles"], f"tomogram {name} angles"),
+            volume=_file(spec, e["volume"], f"tomogram {name} volume") if "volume" in e else None,
+            tilts=_file(spec, e["tilts"], f"tomogram {name} tilts") if "tilts" in e else None,
+            labels=_file(spec, e["labels"], f"tomogram {name} labels") if "labels" in e else None,
+            particles=_file(spec, e["particles"], f"tomogram {name} particles")
+            if "particles" in e else None,
+            seed=int(e.get("seed", k)), style=pool[rng.randrange(len(pool))]))
+    return out
+
+
+def _check_shapes(s: RunSpec) -> None:
+    """Tilt counts of angles, inputs, styles and the noise model must agree; images must fit."""
+    from faket.io import open_mrc, read_tlt
+    from faket.noise import NoiseModel
+
+    n_model = NoiseModel.load(s.noise_model).n_tilts if s.noise_model else None
+    for t in s.tomograms:
+        with open_mrc(t.volume or t.tilts, role=f"tomogram {t.name} {'volume' if t.volume else 'tilts'}",
+                      check_finite=False) as src:
+            shape = src.shape
+        angles = read_tlt(t.angles)
+        n = len(angles)
+        if t.tilts is not None and shape[0] != n:
+            raise _fail(s.path, f"tomogram {t.name}: tilts {t.tilts} has {shape[0]} tilts but "
+                                f"angles {t.angles} has {n}")
+        size = (shape[1], shape[2])
+        with open_mrc(t.style, role="style", check_finite=False) as st:
+            if st.shape[0] != n:
+                raise _fail(s.path, f"tomogram {t.name}: style {t.style} has {st.shape[0]} tilts but "
+                                    f"the angles give {n}: use a reference with the same tilt scheme")
+        if n_model is not None and n_model != n:
+            raise _fail(s.path, f"tomogram {t.name}: noise model {s.noise_model} has {n_model} tilts "
+                                f"but the angles give {n}")
+        if min(size) < 16:
+            raise _fail(s.path, f"tomogram {t.name}: images of {size} are too small (>= 16 pixels)")

@@ -1,0 +1,167 @@
+"""The Ray engine with a real Ray: equality with faket, actor death, driver death, bad specs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cluster.demo import write_inputs  # noqa: E402
+from cluster.engine import CRASH_ONCE_ENV, run  # noqa: E402
+from cluster.spec import load_spec  # noqa: E402
+from faket.errors import FaketInputError  # noqa: E402
+from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
+from faket.settings import NSTSettings  # noqa: E402
+from faket.store import done_mask, open_store  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ANGLES = (-45.0, 45.0, 15.0)
+
+
+@pytest.fixture(autouse=True)
+def _ray_env(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, weights_file):
+    out = tmp_path_factory.mktemp("run")
+    spec = write_inputs(out, tomograms=2, size=32, angles=ANGLES)
+    text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"')
+    spec.write_text(text.replace("batch = 1", "batch = 1\nactors = 2"))
+    return spec
+
+
+def _spec_copy(spec: Path, tmp: Path, **replace) -> Path:
+    text = spec.read_text().replace('store = "run.zarr"', f'store = "{tmp / "run.zarr"}"')
+    text = text.replace('export = "mrc"', f'export = "{tmp / "mrc"}"')
+    for k, v in replace.items():
+        text = text.replace(k, v)
+    new = spec.parent / f"spec_{tmp.name}.toml"
+    new.write_text(text)
+    return new
+
+
+def _reference(store: Path, name: str, weights) -> np.ndarray:
+    """The single-process result, with the actors' thread count (1 CPU each): same kernels."""
+    import torch
+
+    g = open_store(store, mode="r")[name]
+    c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return stylize_stack(c, [s], i, StyleTransfer(weights, NSTSettings()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def local_ray():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights, local_ray):
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    summary = run(spec, say=lambda m: None)
+    assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
+    root = open_store(spec.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        assert done_mask(root[name], "faket").all()
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+        assert root[name]["reconstruction"].shape == (16, 32, 32)
+        assert (tmp_path / "mrc" / name / "faket.mrc").exists()
+    again = run(spec, say=lambda m: None)
+    assert again["done_now"] == 0 and again["done_before"] == 14
+
+
+def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "'}))
+    summary = run(spec, say=lambda m: None)
+    assert marker.exists()                                # an actor did die mid-task
+    assert summary["done_now"] == 14
+    root = open_store(spec.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+
+
+def test_driver_killed_then_rerun_finishes_the_rest(inputs, tmp_path, test_weights):
+    spec_path = _spec_copy(inputs, tmp_path, **{"actors = 2": "actors = 1",
+                                                 'export = "': '# export = "'})
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "cluster", "run", str(spec_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = tmp_path / "run.zarr"
+    deadline = time.time() + 240
+    done = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists():
+                try:
+                    root = open_store(store, mode="r")
+                    done = sum(int(done_mask(root[n], "faket").sum()) for n in ("tomo_000", "tomo_001")
+                               if n in root and "faket" in root[n])
+                except Exception:
+                    done = 0
+                if done >= 3:
+                    break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)                # the driver and the Ray it started
+        proc.wait()
+    assert 3 <= done < 14, done
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    import json
+    summary = json.loads(res.stdout)
+    root = open_store(store, mode="r")
+    left = 14 - summary["done_before"]
+    assert summary["done_now"] == left and summary["done_before"] >= done
+    for name in ("tomo_000", "tomo_001"):
+        assert done_mask(root[name], "faket").all()
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(store, name, test_weights)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("edit,message", [
+    (('[style]', '[style]\ncolour = "blue"'), "unknown key 'colour' in [style]"),
+    (('angles = "inputs/angles.tlt"', 'angles = "inputs/missing.tlt"'), "missing.tlt does not exist"),
+    (('[resources]', '[resources]\ngpus_per_actor = -1'), "gpus_per_actor"),
+    (('reference = "inputs/reference.mrc"\n', 'reference = "inputs/short.mrc"\n'), "has 5 tilts"),
+    (('[run]', '[run]\nbogus = 1'), "unknown key 'bogus' in [run]"),
+])
+def test_bad_specs_fail_before_any_work(inputs, tmp_path, edit, message):
+    from faket.io import read_mrc, write_mrc
+
+    write_mrc(inputs.parent / "inputs" / "short.mrc", read_mrc(inputs.parent / "inputs" / "reference.mrc")[:5])
+    text = inputs.read_text().replace(*edit, 1)
+    bad = inputs.parent / "bad.toml"
+    bad.write_text(text.replace('store = "run.zarr"', f'store = "{tmp_path / "run.zarr"}"'))
+    with pytest.raises(FaketInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_spec(bad)
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_impossible_resources_fail_before_any_work(inputs, tmp_path, local_ray):
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"[resources]": "[resources]\ngpus_per_actor = 1"}))
+    with pytest.raises(FaketInputError, match="GPU"):
+        run(spec, say=lambda m: None)
+    assert not (tmp_path / "run.zarr").exists()
