@@ -165,3 +165,56 @@ def test_impossible_resources_fail_before_any_work(inputs, tmp_path, local_ray):
     with pytest.raises(FaketInputError, match="GPU"):
         run(spec, say=lambda m: None)
     assert not (tmp_path / "run.zarr").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
+    """A head on loopback (`ray start --head --block`), the spec sent with `ray job submit`."""
+    import urllib.request
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except OSError:
+                assert head.poll() is None, "ray head exited"
+                time.sleep(1)
+        spec = _spec_copy(inputs, tmp_path)
+        res = subprocess.run(
+            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}",
+             "--", sys.executable, "-m", "cluster", "run", str(spec)],
+            env=env, capture_output=True, text=True, timeout=400)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "succeeded" in (res.stdout + res.stderr).lower()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+    root = open_store(tmp_path / "run.zarr", mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        assert done_mask(root[name], "faket").all()
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(tmp_path / "run.zarr", name, test_weights)).max() <= 1e-5
+        assert (tmp_path / "mrc" / name / "faket.mrc").exists()
+        assert (tmp_path / "mrc" / name / "angles.tlt").exists()
