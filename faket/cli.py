@@ -497,6 +497,20 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     _console().print(t)
 
 
+# --------------------------------------------------------------------------- export
+@app.command()
+def export(
+    store: Path = typer.Argument(..., help="A faket run store (Zarr)."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Folder for <tomogram>/<stage>.mrc."),
+    tomogram: Optional[List[str]] = typer.Option(None, help="Only these tomograms (repeat)."),
+) -> None:
+    """Stream a run store to MRC files (+ angles.tlt) per tomogram, one tilt at a time."""
+    from .store import export_store
+
+    written = export_store(store, out_dir, tomogram or None)
+    _say(f"{len(written)} files -> {out_dir}")
+
+
 # --------------------------------------------------------------------------- weights
 @weights_app.command("fetch")
 def weights_fetch(

@@ -197,9 +197,10 @@ class MrcWriter:
         if a.shape != self.shape[1:]:
             raise ValueError(f"slice {i} has shape {a.shape}, expected {self.shape[1:]}")
         self._mrc.data[i] = a
-        a64 = a.astype(np.float64)
-        self._min[i], self._max[i] = a64.min(), a64.max()
-        self._sum[i], self._sumsq[i] = a64.sum(), np.square(a64).sum()
+        flat = a.ravel()
+        self._min[i], self._max[i] = flat.min(), flat.max()
+        self._sum[i] = flat.sum(dtype=np.float64)
+        self._sumsq[i] = np.einsum("i,i->", flat, flat, dtype=np.float64)
         self._written[i] = True
 
     def write_all(self, array: np.ndarray) -> None:

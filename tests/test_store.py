@@ -1,0 +1,66 @@
+"""Zarr run stores: layout, idempotent tilt writes, done flags, streaming export to MRC."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import call_main
+from faket.errors import FaketInputError
+from faket.io import read_mrc, read_tlt
+from faket.store import (done_mask, ensure_stack, ensure_volume, export_store, open_store,
+                         tilt_chunks, write_tilt)
+
+
+def test_chunks_fit_detector_images():
+    assert tilt_chunks(4096, 4096) == ((1, 1024, 1024), (1, 4096, 4096))
+    assert tilt_chunks(4092, 5760) == ((1, 1024, 1024), (1, 4096, 6144))
+    assert tilt_chunks(64, 48) == ((1, 64, 48), (1, 64, 48))
+
+
+def _store(tmp_path, complete=True):
+    rng = np.random.default_rng(0)
+    root = open_store(tmp_path / "run.zarr", mode="w")
+    g = root.require_group("tomo_000")
+    g.attrs.update({"angles": [-30.0, 0.0, 30.0], "voxel_size": 7.5})
+    data = rng.normal(size=(3, 40, 24)).astype(np.float32)
+    ensure_stack(g, "faket", data.shape)
+    for i in range(3 if complete else 2):
+        write_tilt(g, "faket", i, data[i])
+    vol = ensure_volume(g, "reconstruction", (8, 40, 24))
+    vol[:] = np.ones((8, 40, 24), np.float32)
+    return root, data
+
+
+def test_writes_are_idempotent_and_flagged(tmp_path):
+    root, data = _store(tmp_path, complete=False)
+    g = root["tomo_000"]
+    assert done_mask(g, "faket").tolist() == [True, True, False]
+    write_tilt(g, "faket", 1, data[1])                      # a retried task writes again
+    assert np.array_equal(np.asarray(g["faket"][1]), data[1])
+    assert g["faket"].shards == (1, 40, 24)
+
+
+def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
+    _, data = _store(tmp_path)
+    code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "run.zarr", "-o", tmp_path / "out")
+    assert code == 0, err
+    out = tmp_path / "out" / "tomo_000"
+    assert np.array_equal(read_mrc(out / "faket.mrc"), data)
+    with mrcfile.open(out / "faket.mrc") as m:
+        assert float(m.voxel_size.x) == pytest.approx(7.5)
+        assert float(m.header.dmax) == pytest.approx(float(data.max()))
+    np.testing.assert_allclose(read_tlt(out / "angles.tlt"), [-30, 0, 30])
+    assert read_mrc(out / "reconstruction.mrc").shape == (8, 40, 24)
+
+
+def test_export_refuses_incomplete_and_unknown(tmp_path, monkeypatch, capsys):
+    _store(tmp_path, complete=False)
+    with pytest.raises(FaketInputError, match="1 tilts not done"):
+        export_store(tmp_path / "run.zarr", tmp_path / "out")
+    code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "run.zarr", "-o",
+                             tmp_path / "out", "--tomogram", "nope")
+    assert code == 2 and "no tomogram 'nope'" in err
+    code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "missing.zarr", "-o", tmp_path / "o")
+    assert code == 2 and "does not exist" in err
