@@ -47,7 +47,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")
 
 
