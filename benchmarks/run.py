@@ -151,12 +151,11 @@ def geometry_cases(sizes: list[int], device: str) -> list[dict]:
     theta = angles_range(-60, 60, 2)
     for n in sizes:
         vol = np.random.default_rng(2).random((n, n, n), dtype=np.float32)
-        t = time_call(lambda: project(vol, theta, device=device), device, 1)
+        t = time_call(lambda v=vol: project(v, theta, device=device), device, 1)
         tilts = project(vol, theta, device=device)
-        r = time_call(lambda: reconstruct(tilts, theta, device=device), device, 1)
+        r = time_call(lambda ts=tilts: reconstruct(ts, theta, device=device), device, 1)
         rows.append({"case": "projection", "size": n, "tilts": 61, "seconds": t})
         rows.append({"case": "reconstruction", "size": n, "tilts": 61, "seconds": r})
-        del tilts
     return rows
 
 

@@ -36,7 +36,8 @@ def table(results: dict[str, dict]) -> str:
         name = device if data["machine"].get("gpu") else f"{device} ({threads} threads)"
         for r in data["results"]:
             if r["case"] == "nst":
-                lines.append(f"| {name} | NST {r['height']}x{r['width']} | {r['seconds_per_tilt']:.3f} s/tilt"
+                lines.append(f"| {name} | NST {r['height']}x{r['width']} "
+                             f"| {r['seconds_per_tilt']:.3f} s/tilt"
                              f" | {r['baseline_seconds_per_tilt']:.3f} s/tilt | x{r['speedup_vs_baseline']:.2f}"
                              f" | {r['gflops_per_second']:.0f} GFLOP/s, peak {r['peak_memory_mb']:.0f} MB |")
             elif r["case"] == "command":

@@ -24,7 +24,8 @@ def write_inputs(out: Path, tomograms: int, size: int, angles=(-60.0, 60.0, 3.0)
     n_particles = max(8, int(40 * (size / 128) ** 2))
     ref_st = PhantomSettings(size=size, n_particles=n_particles, seed=0, angles=angles)
     ref = make_phantom(ref_st)
-    write_mrc(inputs / "reference.mrc", reference_tilt_series(ref, theta, ref_st), voxel_size=ref.pixel_size)
+    write_mrc(inputs / "reference.mrc", reference_tilt_series(ref, theta, ref_st),
+              voxel_size=ref.pixel_size)
     write_mrc(inputs / "reference_noiseless.mrc", project(ref.density, theta).numpy(),
               voxel_size=ref.pixel_size)
     entries = []

@@ -15,7 +15,6 @@ import collections
 import os
 import time
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -165,6 +164,9 @@ class NSTWorker:
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.transfer = StyleTransfer(weights, settings, device=self.device)
         self.pid = os.getpid()
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def stylize(self, store: str, name: str, tilts: list[int]) -> list[dict]:
         import torch
@@ -190,7 +192,8 @@ class NSTWorker:
                 __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024)
         seconds = time.perf_counter() - t0
         return [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
-                 "peak_memory_bytes": int(peak), "pid": self.pid} for k, i in enumerate(idx)]
+                 "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
+                for k, i in enumerate(idx)]
 
 
 def _maybe_crash() -> None:
@@ -261,6 +264,8 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     say(f"{total} tilts, {done_before} already done, {to_do} to do, {n_actors} actor(s)")
     options = dict(num_gpus=gpus, num_cpus=res.cpus_per_actor, max_restarts=-1,
                    max_task_retries=res.max_task_retries)
+    if res.spread:
+        options["scheduling_strategy"] = "SPREAD"
     if os.environ.get(CRASH_ONCE_ENV):
         options["runtime_env"] = {"env_vars": {CRASH_ONCE_ENV: os.environ[CRASH_ONCE_ENV]}}
     worker_cls = ray.remote(NSTWorker).options(**options)
@@ -316,7 +321,8 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
                "actors": len(workers), "gpu": use_gpu, "nst_seconds": nst_seconds,
                "tilts_per_second": to_do / nst_seconds if to_do and nst_seconds > 0 else None,
                "seconds": time.perf_counter() - t_start, "reconstructions": recs,
-               "exported": exported, "workers": sorted({m["pid"] for m in meta})}
+               "exported": exported, "workers": sorted({m["pid"] for m in meta}),
+               "nodes": sorted({m["node"] for m in meta})}
     root.attrs.update({"last_run": {k: v for k, v in summary.items() if k != "exported"}})
     warnings.filterwarnings("ignore")
     return summary

@@ -64,7 +64,7 @@ SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruct
             "manifest"}
 RUN_KEYS = {"store", "export", "seed"}
 RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
-                 "max_task_retries", "address"}
+                 "max_task_retries", "address", "spread"}
 WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
@@ -93,6 +93,7 @@ class Resources:
     in_flight: int = 2
     max_task_retries: int = 3
     address: str | None = None
+    spread: bool = False
 
 
 @dataclass

@@ -151,7 +151,8 @@ def test_driver_killed_then_rerun_finishes_the_rest(inputs, tmp_path, test_weigh
 def test_bad_specs_fail_before_any_work(inputs, tmp_path, edit, message):
     from faket.io import read_mrc, write_mrc
 
-    write_mrc(inputs.parent / "inputs" / "short.mrc", read_mrc(inputs.parent / "inputs" / "reference.mrc")[:5])
+    ref = read_mrc(inputs.parent / "inputs" / "reference.mrc")
+    write_mrc(inputs.parent / "inputs" / "short.mrc", ref[:5])
     text = inputs.read_text().replace(*edit, 1)
     bad = inputs.parent / "bad.toml"
     bad.write_text(text.replace('store = "run.zarr"', f'store = "{tmp_path / "run.zarr"}"'))
@@ -218,3 +219,53 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
         assert np.abs(got - _reference(tmp_path / "run.zarr", name, test_weights)).max() <= 1e-5
         assert (tmp_path / "mrc" / name / "faket.mrc").exists()
         assert (tmp_path / "mrc" / name / "angles.tlt").exists()
+
+
+def _actor_on(node_id: str) -> bool:
+    """Whether a live NSTWorker actor runs on that node (Ray's global state, no dashboard)."""
+    from ray._private import state
+
+    return any(a.get("State") == "ALIVE" and a.get("Address", {}).get("NodeID") == node_id
+               and "NSTWorker" in str(a.get("ActorClassName", "")) for a in state.actors().values())
+
+
+def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray):
+    """Two nodes on one machine; the node of one actor goes away; its work is redone elsewhere."""
+    import threading
+
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "object_store_memory": 150 * 2**20, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)
+    try:
+        spec = load_spec(_spec_copy(inputs, tmp_path, **{"[resources]": "[resources]\nspread = true",
+                                                          'export = "': '# export = "'}))
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(
+            run(spec, address=cluster.address, say=lambda m: None)), daemon=True)
+        thread.start()
+        deadline = time.time() + 240
+        removed = False
+        while thread.is_alive() and time.time() < deadline:
+            if spec.store.exists():
+                try:
+                    root = open_store(spec.store, mode="r")
+                    done = sum(int(done_mask(root[n], "faket").sum()) for n in ("tomo_000", "tomo_001")
+                               if n in root and "faket" in root[n])
+                except Exception:
+                    done = 0
+                if done >= 2 and not removed and _actor_on(worker.node_id):
+                    cluster.remove_node(worker)
+                    removed = True
+            time.sleep(0.2)
+        thread.join(timeout=240)
+        assert removed and result.get("done_now") == 14, result
+        assert worker.node_id not in result["nodes"] or len(result["workers"]) >= 3
+        root = open_store(spec.store, mode="r")
+        for name in ("tomo_000", "tomo_001"):
+            got = np.asarray(root[name]["faket"][:])
+            assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
