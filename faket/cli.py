@@ -427,8 +427,10 @@ def reconstruct(
 # --------------------------------------------------------------------------- report
 @app.command()
 def report(
-    run: Optional[Path] = typer.Argument(None, help="A run folder (e.g. demo_out) holding "
-                                                    "noiseless/noisy/baseline/faket/reference .mrc."),
+    run: Optional[Path] = typer.Argument(None, help="A run folder (e.g. the output of `faket demo`) "
+                                                    "holding noiseless/noisy/baseline/faket/reference "
+                                                    ".mrc, or a faket run store (Zarr)."),
+    tomogram: Optional[str] = typer.Option(None, help="Tomogram of a run store [default: the first]."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o",
                                            help="Report folder [default: RUN/report]."),
     noiseless: Optional[Path] = typer.Option(None, help="Noiseless projections (MRC)."),
@@ -446,10 +448,13 @@ def report(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Realism metrics and pictures: index.html, metrics.json and PNG figures."""
-    from .report import (ReportInputs, TABLE_HEADER, check_inputs, find_run, metrics_table,
-                         write_report)
+    from .report import (ReportInputs, TABLE_HEADER, check_inputs, find_run, find_store_tomogram,
+                         metrics_table, write_report)
 
-    inputs = find_run(run) if run is not None else ReportInputs({})
+    if run is not None and (run / "zarr.json").is_file():
+        inputs = find_store_tomogram(run, tomogram)
+    else:
+        inputs = find_run(run) if run is not None else ReportInputs({})
     given = {"noiseless": noiseless, "noisy": noisy, "baseline": baseline, "faket": faket,
              "reference": reference}
     inputs.stacks.update({m: p for m, p in given.items() if p is not None})
@@ -460,7 +465,7 @@ def report(
     if out_dir is None:
         if run is None:
             raise FaketInputError("give --out-dir when no run folder is given")
-        out_dir = run / "report"
+        out_dir = (run.parent / f"{run.stem}_report") if (run / "zarr.json").is_file() else run / "report"
     if out_dir.exists() and not out_dir.is_dir():
         raise FaketInputError(f"report folder {out_dir} is a file: give a folder")
     n = check_inputs(inputs)

@@ -108,16 +108,69 @@ def spectrum_distance(spec: np.ndarray, ref: np.ndarray) -> float:
 # --------------------------------------------------------------------------- inputs
 @dataclass
 class ReportInputs:
-    """Paths of the stacks to compare; any of the simulated ones may be missing."""
+    """The stacks to compare (MRC paths or Zarr arrays); any simulated one may be missing.
 
-    stacks: dict[str, Path]
-    reconstructions: dict[str, Path] = field(default_factory=dict)
-    angles: Path | None = None
+    angles: a .tlt path or the angles themselves (degrees).
+    """
+
+    stacks: dict[str, object]
+    reconstructions: dict[str, object] = field(default_factory=dict)
+    angles: object = None
+
+
+class _ArrayStack:
+    """A Zarr array seen as an opened MRC stack (``data``, ``tilt``, ``shape``, ``path``)."""
+
+    def __init__(self, array, role: str) -> None:
+        self.data, self.path = array, f"{getattr(array, 'path', role)}"
+        self.shape = tuple(array.shape)
+
+    def tilt(self, i: int) -> np.ndarray:
+        return np.asarray(self.data[i], dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _open(source, role: str, check_finite: bool = True):
+    from .io import open_mrc
+
+    if isinstance(source, (str, Path)):
+        return open_mrc(source, role=role, check_finite=check_finite)
+    return _ArrayStack(source, role)
+
+
+def find_store_tomogram(store: Path, tomogram: str | None = None) -> ReportInputs:
+    """The stacks of one tomogram of a faket run store (default: the first)."""
+    from .store import done_mask, open_store, tomograms
+
+    root = open_store(store, mode="r")
+    names = tomograms(root)
+    if not names:
+        raise FaketInputError(f"store {store} holds no tomogram")
+    name = tomogram or names[0]
+    if name not in names:
+        raise FaketInputError(f"store {store} has no tomogram {name!r} (it has: {', '.join(names)})")
+    g = root[name]
+    stacks = {m: g[k] for m, k in (("noiseless", "noiseless"), ("noisy", "noisy"),
+                                   ("faket", "faket"), ("reference", "style")) if k in g}
+    if "faket" in stacks and not done_mask(g, "faket").all():
+        raise FaketInputError(f"{name}/faket in {store} is not complete: finish the run first")
+    recs = {"faket": g["reconstruction"]} if "reconstruction" in g else {}
+    return ReportInputs(stacks, recs, np.asarray(g.attrs["angles"]) if "angles" in g.attrs else None)
 
 
 def find_run(run: Path) -> ReportInputs:
     """Find the stacks of a run folder (the demo's layout, or all files in one folder)."""
     run = Path(run)
+    if (run / "zarr.json").is_file():
+        return find_store_tomogram(run)
     if not run.is_dir():
         raise FaketInputError(f"run {run} is not a folder: give a run folder or the stacks "
                               "with --noiseless/--faket/--reference")
@@ -172,13 +225,13 @@ class Report:
 
 
 def _open_all(inputs: ReportInputs):
-    from .io import open_mrc, read_tlt
+    from .io import read_tlt
 
     missing = [m for m in REQUIRED if m not in inputs.stacks]
     if missing:
         raise FaketInputError(f"missing modality {', '.join(missing)}: a report needs the noiseless, "
                               "FakET and reference stacks (give them or a run folder holding them)")
-    stacks = {m: open_mrc(p, role=m) for m, p in inputs.stacks.items()}
+    stacks = {m: _open(p, m) for m, p in inputs.stacks.items()}
     base = stacks["noiseless"].shape
     for m, s in stacks.items():
         if m == "reference":
@@ -188,8 +241,14 @@ def _open_all(inputs: ReportInputs):
         elif s.shape != base:
             raise FaketInputError(f"{m} {s.path} has shape {s.shape} but noiseless "
                                   f"{stacks['noiseless'].path} has {base}: they must match")
-    angles = (read_tlt(inputs.angles, expected=base[0]) if inputs.angles is not None
-              else np.arange(base[0], dtype=np.float64))
+    if inputs.angles is None:
+        angles = np.arange(base[0], dtype=np.float64)
+    elif isinstance(inputs.angles, (str, Path)):
+        angles = read_tlt(inputs.angles, expected=base[0])
+    else:
+        angles = np.asarray(inputs.angles, dtype=np.float64)
+        if len(angles) != base[0]:
+            raise FaketInputError(f"{len(angles)} angles for {base[0]} tilts")
     return stacks, angles
 
 
@@ -317,14 +376,12 @@ def montage(inputs: ReportInputs, angles: np.ndarray, path: Path,
     percentile of the reference tilt); the noiseless projections, in other
     units, use their own.
     """
-    from .io import open_mrc
-
     plt = _plt()
     names = [m for m in MODALITIES if m in inputs.stacks]
     rows = sorted({int(np.argmin(np.abs(angles - a))) for a in show}, key=lambda i: angles[i])
     fig, axes = plt.subplots(len(rows), len(names), figsize=(2.7 * len(names), 2.8 * len(rows)),
                              squeeze=False)
-    opened = {m: open_mrc(inputs.stacks[m], role=m, check_finite=False) for m in names}
+    opened = {m: _open(inputs.stacks[m], m, check_finite=False) for m in names}
     for r, i in enumerate(rows):
         lo, hi = np.percentile(opened["reference"].tilt(i), [1, 99])
         for c, m in enumerate(names):
@@ -405,15 +462,13 @@ def metrics_figure(report: Report, path: Path) -> Path:
 
 def reconstruction_figure(inputs: ReportInputs, path: Path) -> Path | None:
     """Central XY and XZ slices of each reconstruction."""
-    from .io import open_mrc
-
     if not inputs.reconstructions:
         return None
     plt = _plt()
     names = [m for m in MODALITIES if m in inputs.reconstructions]
     fig, axes = plt.subplots(2, len(names), figsize=(2.8 * len(names), 5.6), squeeze=False)
     for c, m in enumerate(names):
-        with open_mrc(inputs.reconstructions[m], role=f"{m} reconstruction", check_finite=False) as v:
+        with _open(inputs.reconstructions[m], f"{m} reconstruction", check_finite=False) as v:
             xy = v.tilt(v.shape[0] // 2)
             xz = np.asarray(v.data[:, v.shape[1] // 2, :], np.float32)
         for r, (img, name) in enumerate(((xy, "XY"), (xz, "XZ"))):

@@ -64,3 +64,28 @@ def test_export_refuses_incomplete_and_unknown(tmp_path, monkeypatch, capsys):
     assert code == 2 and "no tomogram 'nope'" in err
     code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "missing.zarr", "-o", tmp_path / "o")
     assert code == 2 and "does not exist" in err
+
+
+def test_report_reads_a_run_store(tmp_path, monkeypatch, capsys):
+    """`faket report STORE` on a store written tilt by tilt (no Ray needed to make one)."""
+    import json
+
+    rng = np.random.default_rng(5)
+    root = open_store(tmp_path / "run.zarr", mode="w")
+    g = root.require_group("tomo_a")
+    g.attrs.update({"angles": [-40.0, -20.0, 0.0, 20.0, 40.0], "voxel_size": 10.0})
+    clean = rng.normal(size=(5, 48, 48)).astype(np.float32)
+    for stage, arr in (("noiseless", clean), ("noisy", clean + rng.normal(size=clean.shape)),
+                       ("faket", clean + 0.5 * rng.normal(size=clean.shape)),
+                       ("style", rng.normal(size=clean.shape))):
+        ensure_stack(g, stage, clean.shape)
+        for i in range(5):
+            write_tilt(g, stage, i, arr[i])
+    code, _, err = call_main(monkeypatch, capsys, "report", tmp_path / "run.zarr", "--vgg-weights", "none")
+    assert code == 0, err
+    data = json.loads((tmp_path / "run_report" / "metrics.json").read_text())
+    assert data["angles"] == [-40.0, -20.0, 0.0, 20.0, 40.0]
+    assert data["summary"]["faket"]["ssim"] > data["summary"]["noisy"]["ssim"]
+    code, _, err = call_main(monkeypatch, capsys, "report", tmp_path / "run.zarr", "--tomogram", "x",
+                             "--vgg-weights", "none")
+    assert code == 2 and "no tomogram 'x'" in err
