@@ -26,6 +26,11 @@ from .spec import RunSpec, TomogramSpec
 #: Test hook: when this file names a path that does not exist yet, the first NST
 #: task creates it and kills its actor process hard (os._exit) before writing.
 CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
+#: Test hook: "tomogram:tilt" of a tilt whose task always raises.
+FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RunFailed(RuntimeError):
@@ -46,6 +51,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
+        # Ray swaps 127.0.0.1 for the host's routable address unless "clusters" are off
+        # (its switch for laptops); a local engine serves no other host, so turn them off.
+        os.environ[LOOPBACK_ENV] = "0"
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
         # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")
@@ -175,6 +186,9 @@ class NSTWorker:
         from faket.store import open_store, write_tilt
 
         t0 = time.perf_counter()
+        bad = os.environ.get(FAIL_TILT_ENV, "")
+        if bad and any(bad == f"{name}:{i}" for i in tilts):
+            raise RuntimeError(f"injected failure of {bad}")
         g = open_store(store)[name]
         r = g.attrs["ranges"]
         idx = list(tilts)
@@ -259,15 +273,16 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
         done_before += int(mask.sum())
         todo = [int(i) for i in np.flatnonzero(~mask)]
         for k in range(0, len(todo), batch):
-            pending.append((t.name, todo[k:k + batch]))
+            pending.append((t.name, tuple(todo[k:k + batch])))
     to_do = total - done_before
     say(f"{total} tilts, {done_before} already done, {to_do} to do, {n_actors} actor(s)")
     options = dict(num_gpus=gpus, num_cpus=res.cpus_per_actor, max_restarts=-1,
                    max_task_retries=res.max_task_retries)
     if res.spread:
         options["scheduling_strategy"] = "SPREAD"
-    if os.environ.get(CRASH_ONCE_ENV):
-        options["runtime_env"] = {"env_vars": {CRASH_ONCE_ENV: os.environ[CRASH_ONCE_ENV]}}
+    hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
+    if hooks:
+        options["runtime_env"] = {"env_vars": hooks}
     worker_cls = ray.remote(NSTWorker).options(**options)
     weights_ref = ray.put(weights.state_dict)
     workers = [worker_cls.remote(weights_ref, spec.nst, use_gpu, int(res.cpus_per_actor))
@@ -282,7 +297,7 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
         for w in range(len(workers)):
             while pending and load[w] < res.in_flight:
                 job = pending.popleft()
-                ref = workers[w].stylize.remote(store, job[0], job[1])
+                ref = workers[w].stylize.remote(store, job[0], list(job[1]))
                 in_flight[ref] = (w, job)
                 load[w] += 1
         ready, _ = ray.wait(list(in_flight), num_returns=1)

@@ -39,10 +39,11 @@ Example (paths are relative to the spec file)::
     particles = "particles.csv"   # optional
     seed = 1                      # noise seed
 
-    [[manifest]]                  # optional: many tomograms x seeds from one entry
+    [[manifest]]                  # optional: many tomograms x styles x seeds from one entry
     volume = "volume.mrc"
     angles = "angles.tlt"
     seeds = [1, 2, 3]
+    styles = ["ref_a.mrc", "ref_b.mrc"]   # optional; default: drawn from [style]
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
 TOMO_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seed"}
-MANIFEST_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seeds"}
+MANIFEST_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seeds", "styles"}
 
 
 @dataclass
@@ -215,9 +216,12 @@ def _tomograms(spec: Path, raw: dict, pool: list[Path], seed: int) -> list[Tomog
     for k, m in enumerate(raw.get("manifest", [])):
         _check_keys(spec, "[manifest]", m, MANIFEST_KEYS)
         base = m.get("name", f"m{k}")
-        for sd in m.get("seeds", [0]):
-            e = {key: v for key, v in m.items() if key not in ("seeds", "name")}
-            entries.append(e | {"name": f"{base}_s{sd}", "seed": sd})
+        styles = m.get("styles", [None])
+        for j, style in enumerate(styles):
+            for sd in m.get("seeds", [0]):
+                e = {key: v for key, v in m.items() if key not in ("seeds", "name", "styles")}
+                tag = f"_st{j}" if len(styles) > 1 else ""
+                entries.append(e | {"name": f"{base}{tag}_s{sd}", "seed": sd, "_style": style})
     if not entries:
         raise _fail(spec, "no [[tomogram]] or [[manifest]] entries: nothing to simulate")
     rng = random.Random(seed)
@@ -238,7 +242,9 @@ def _tomograms(spec: Path, raw: dict, pool: list[Path], seed: int) -> list[Tomog
             labels=_file(spec, e["labels"], f"tomogram {name} labels") if "labels" in e else None,
             particles=_file(spec, e["particles"], f"tomogram {name} particles")
             if "particles" in e else None,
-            seed=int(e.get("seed", k)), style=pool[rng.randrange(len(pool))]))
+            seed=int(e.get("seed", k)),
+            style=(_file(spec, e["_style"], f"tomogram {name} style") if e.get("_style")
+                   else pool[rng.randrange(len(pool))])))
     return out
 
 

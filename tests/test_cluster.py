@@ -182,7 +182,9 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
 
     ray_cli = str(Path(sys.executable).parent / "ray")
     gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray from swapping 127.0.0.1 for a routable address
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
@@ -269,3 +271,34 @@ def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_manifest_expands_tomograms_styles_seeds(inputs, tmp_path):
+    text = inputs.read_text() + '''
+[[manifest]]
+name = "many"
+volume = "inputs/tomo_000_volume.mrc"
+angles = "inputs/angles.tlt"
+seeds = [5, 6, 7]
+styles = ["inputs/reference.mrc", "inputs/reference.mrc"]
+'''
+    p = inputs.parent / "manifest.toml"
+    p.write_text(text)
+    spec = load_spec(p)
+    names = [t.name for t in spec.tomograms]
+    assert len(names) == 2 + 6 and "many_st1_s7" in names
+    assert {t.seed for t in spec.tomograms if t.name.startswith("many")} == {5, 6, 7}
+
+
+def test_a_tilt_that_keeps_failing_fails_the_run_after_the_rest(inputs, tmp_path, local_ray,
+                                                                 monkeypatch):
+    from cluster.engine import FAIL_TILT_ENV, RunFailed
+
+    monkeypatch.setenv(FAIL_TILT_ENV, "tomo_001:3")
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "',
+                                                      "[resources]": "[resources]\nmax_task_retries = 1"}))
+    with pytest.raises(RunFailed, match="tomogram tomo_001 tilt 3 failed 2 times"):
+        run(spec, say=lambda m: None)
+    root = open_store(spec.store, mode="r")
+    assert done_mask(root["tomo_000"], "faket").all()
+    assert done_mask(root["tomo_001"], "faket").tolist() == [True] * 3 + [False] + [True] * 3
