@@ -28,6 +28,7 @@ def _console():
 def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from faket.io import read_tlt
     from faket.store import done_mask, open_store
 
     from .engine import run
@@ -35,17 +36,12 @@ def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict
 
     spec = load_spec(spec_path)
     console = _console()
-    total = 0
+    total = sum(len(read_tlt(t.angles)) for t in spec.tomograms)
     done = 0
     if spec.store.exists():
         root = open_store(spec.store, mode="r")
-        for t in spec.tomograms:
-            if t.name in root and "faket" in root[t.name]:
-                m = done_mask(root[t.name], "faket")
-                done += int(m.sum())
-    from faket.io import read_tlt
-
-    total = sum(len(read_tlt(t.angles)) for t in spec.tomograms)
+        done = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms
+                   if t.name in root and "faket" in root[t.name])
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("stylize (all tilts)", total=total, completed=done)

@@ -365,12 +365,9 @@ class StyleTransfer:
                             (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))))
         return out
 
-    def _layer_factor(self, layer: int) -> int:
-        return min_input_size(layer)
-
     def _inner(self, feats: torch.Tensor, layer: int, inner, padded) -> torch.Tensor:
         """The part of a tile's features that lies in its inner region."""
-        f = self._layer_factor(layer)
+        f = min_input_size(layer)                      # the layer's downsampling
         (y0, y1, x0, x1), (py0, _, px0, _) = inner, padded
         return feats[..., (y0 - py0) // f:(y1 - py0) // f, (x0 - px0) // f:(x1 - px0) // f]
 
