@@ -146,6 +146,35 @@ def command_case(tmp: Path) -> dict:
             "speedup_vs_baseline": times["baseline"] / times["faket"]}
 
 
+def precision_cases(device: str) -> list[dict]:
+    """Deviation of each numeric mode from float32 on the golden inputs, and its speed.
+
+    Speed at 1024^2 on a GPU, 64^2 on a CPU (bf16 is emulated, slowly, on CPUs without it).
+    """
+    from faket.io import read_mrc
+
+    data = HERE.parent / "tests" / "data"
+    c, s, i = (read_mrc(data / f"{k}.mrc") for k in ("content", "style", "init"))
+    sd = random_state_dict(0)
+    ref = stylize_stack(c, [s], i, StyleTransfer(sd, NSTSettings(), device=device))
+    rng = np.random.default_rng(3)
+    size = 1024 if device.startswith("cuda") else 64
+    big = [rng.normal(size=(2, size, size)).astype(np.float32) for _ in range(3)]
+    rows = []
+    base_time = None
+    for mode in ("float32", "tf32", "bf16"):
+        st = NSTSettings(precision=mode)
+        out = stylize_stack(c, [s], i, StyleTransfer(sd, st, device=device))
+        t = StyleTransfer(sd, st, device=device)
+        stylize_stack(big[0][:1], [big[1][:1]], big[2][:1], t)
+        secs = time_call(lambda t=t: stylize_stack(big[0], [big[1]], big[2], t), device, 2) / 2
+        base_time = base_time or secs
+        rows.append({"case": "precision", "mode": mode, "max_abs_vs_float32": float(np.abs(out - ref).max()),
+                     "mean_abs_vs_float32": float(np.abs(out - ref).mean()),
+                     "size": size, "seconds_per_tilt": secs, "speedup_vs_float32": base_time / secs})
+    return rows
+
+
 def geometry_cases(sizes: list[int], device: str) -> list[dict]:
     rows = []
     theta = angles_range(-60, 60, 2)
@@ -187,6 +216,11 @@ def main() -> None:
         rows.append(row)
         print(f"command 9x128x128: faket {row['faket_seconds']:.2f} s, baseline "
               f"{row['baseline_seconds']:.2f} s, x{row['speedup_vs_baseline']:.2f}", flush=True)
+    for row in precision_cases(args.device):
+        rows.append(row)
+        print(f"precision {row['mode']}: max |diff| vs float32 {row['max_abs_vs_float32']:.3g} "
+              f"(mean {row['mean_abs_vs_float32']:.3g}), {row['seconds_per_tilt']:.3f} s/tilt at "
+              f"{row['size']}^2, x{row['speedup_vs_float32']:.2f}", flush=True)
     geo = [128] if args.quick else [128, 256] + ([512] if args.full else [])
     for row in geometry_cases(geo, args.device):
         rows.append(row)

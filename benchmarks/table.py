@@ -44,6 +44,10 @@ def table(results: dict[str, dict]) -> str:
                 lines.append(f"| {name} | `faket stylize` 9x128x128 | {r['faket_seconds']:.2f} s"
                              f" | {r['baseline_seconds']:.2f} s | x{r['speedup_vs_baseline']:.2f}"
                              " | whole command, start-up included |")
+            elif r["case"] == "precision":
+                lines.append(f"| {name} | NST {r['size']}^2, {r['mode']} | {r['seconds_per_tilt']:.3f} s/tilt"
+                             f" | | x{r['speedup_vs_float32']:.2f} vs float32 | max abs deviation on the "
+                             f"golden inputs {r['max_abs_vs_float32']:.2g} |")
             else:
                 lines.append(f"| {name} | {r['case']} 61 x {r['size']}^3 | {r['seconds']:.2f} s | | | |")
         lines.append(f"| | | | | | from `{data['file']}` |")

@@ -319,6 +319,8 @@ def stylize(
                                                        "(exact; for images larger than memory)."),
     memory_budget: Optional[float] = typer.Option(None, help="GB one step may use; picks the "
                                                              "tile size."),
+    precision: str = typer.Option(_NST.precision, help="float32 (exact), or opt-in tf32 (GPU) / "
+                                                        "bf16 (faster, deviates; see README)."),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -342,7 +344,8 @@ def stylize(
         initial_iterations=iterations if initial_iterations is None else initial_iterations,
         step_size=step_size, avg_decay=avg_decay, pooling=pooling, min_scale=min_scale,
         end_scale=end_scale, init=init if init in INITS else _NST.init, seed=seed,
-        batch_size=batch_size, tile_size=tile_size, memory_budget_gb=memory_budget)
+        batch_size=batch_size, tile_size=tile_size, memory_budget_gb=memory_budget,
+        precision=precision)
     validate_settings(st)
     sw = None if style_weights is None else _floats(style_weights, "--style-weights")
     if sw is not None and len(sw) != len(style):

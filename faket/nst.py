@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FaketInputError
-from .settings import INITS, NSTSettings
+from .settings import INITS, PRECISIONS, NSTSettings
 from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
                   tile_halo)
 
@@ -234,6 +234,17 @@ class StyleTransfer:
         self.net = VGGFeatures(weights, self.content_layers + self.style_layers,
                                pooling=settings.pooling).to(self.device, dtype)
         self.min_size = min_input_size(self.net.last)
+        if settings.precision == "tf32" and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True     # process-wide switches
+            torch.backends.cudnn.allow_tf32 = True
+
+    def _features(self, x: torch.Tensor, layers) -> dict[int, torch.Tensor]:
+        """Network features; under bfloat16 autocast when ``precision`` is bf16 (then cast back)."""
+        if self.settings.precision != "bf16":
+            return self.net(x, layers)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            feats = self.net(x, layers)
+        return {k: v.to(self.dtype) for k, v in feats.items()}
 
     def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
@@ -289,7 +300,7 @@ class StyleTransfer:
             with torch.no_grad():
                 content_targets = None
                 if tiles is None:
-                    cfeats = self.net(content_s, self.content_layers)
+                    cfeats = self._features(content_s, self.content_layers)
                     content_targets = {i: cfeats[i] for i in self.content_layers}
                     del cfeats
                 style_targets: dict[int, torch.Tensor] = {}
@@ -325,7 +336,7 @@ class StyleTransfer:
     def _gradient(self, image: torch.Tensor, content_targets: dict[int, torch.Tensor],
                   style_targets: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient of the total loss w.r.t. ``image`` and the per-tilt loss ``(B,)``."""
-        feats = self.net(image, self.content_layers + self.style_layers)
+        feats = self._features(image, self.content_layers + self.style_layers)
         terms = []
         for layer, wt in zip(self.content_layers, self.content_weights):
             terms.append(scaled_error(feats[layer], content_targets[layer]) * wt)
@@ -375,13 +386,13 @@ class StyleTransfer:
         """Gram matrices of the style layers of ``images`` (B, 3, H, W), in tiles if configured."""
         tiles = self._tiles(*images.shape[-2:], images.shape[0])
         if tiles is None:
-            feats = self.net(images, self.style_layers)
+            feats = self._features(images, self.style_layers)
             return {layer: gram(feats[layer]) for layer in self.style_layers}
         sums: dict[int, torch.Tensor] = {}
         count = dict.fromkeys(self.style_layers, 0)
         for inner, padded in tiles:
             py0, py1, px0, px1 = padded
-            feats = self.net(images[..., py0:py1, px0:px1], self.style_layers)
+            feats = self._features(images[..., py0:py1, px0:px1], self.style_layers)
             for layer in self.style_layers:
                 m = self._inner(feats[layer], layer, inner, padded).flatten(-2)
                 g = m @ m.transpose(-2, -1)
@@ -407,8 +418,8 @@ class StyleTransfer:
             s2 = {layer: 0.0 for layer in cl}
             for inner, padded in tiles:
                 py0, py1, px0, px1 = padded
-                f = self.net(image[..., py0:py1, px0:px1], cl + sl)
-                c = self.net(content[..., py0:py1, px0:px1], cl)
+                f = self._features(image[..., py0:py1, px0:px1], cl + sl)
+                c = self._features(content[..., py0:py1, px0:px1], cl)
                 for layer in sl:
                     m = self._inner(f[layer], layer, inner, padded).flatten(-2)
                     g = m @ m.transpose(-2, -1)
@@ -432,9 +443,9 @@ class StyleTransfer:
         for inner, padded in tiles:
             py0, py1, px0, px1 = padded
             xt = image[..., py0:py1, px0:px1].detach().requires_grad_()
-            f = self.net(xt, cl + sl)
+            f = self._features(xt, cl + sl)
             with torch.no_grad():
-                c = self.net(content[..., py0:py1, px0:px1], cl)
+                c = self._features(content[..., py0:py1, px0:px1], cl)
             surrogate = 0
             for layer in sl:
                 m = self._inner(f[layer], layer, inner, padded)
@@ -481,6 +492,8 @@ def validate_settings(s: NSTSettings) -> None:
         raise FaketInputError(f"batch size must be >= 1, got {s.batch_size}")
     if s.tile_size is not None and s.tile_size < 16:
         raise FaketInputError(f"tile size must be >= 16 pixels, got {s.tile_size}")
+    if s.precision not in PRECISIONS:
+        raise FaketInputError(f"unknown precision {s.precision!r}: use one of {', '.join(PRECISIONS)}")
     if s.memory_budget_gb is not None and not s.memory_budget_gb > 0:
         raise FaketInputError(f"memory budget must be > 0 GB, got {s.memory_budget_gb}")
     for name in ("min_scale", "end_scale"):

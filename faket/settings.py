@@ -18,6 +18,7 @@ PUBLISHED_CONTENT_WEIGHTS: tuple[float, ...] = (100.0,)
 
 POOLINGS = ("max", "average", "l2")
 INITS = ("content", "gray", "uniform")
+PRECISIONS = ("float32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class NSTSettings:
     tile_size: compute in tiles of this many pixels (a multiple of 16) with a halo
         of context; exact up to round-off, for images too large for memory.
     memory_budget_gb: pick the tile size so that one step stays under this many GB.
+    precision: ``float32`` (default, exact to the published code), or the faster
+        opt-in modes ``tf32`` (GPU convolutions and matmuls in TF32) and ``bf16``
+        (network passes under bfloat16 autocast; losses in float32).
     """
 
     content_layers: tuple[int, ...] = PUBLISHED_CONTENT_LAYERS
@@ -76,6 +80,7 @@ class NSTSettings:
     batch_size: int = 1
     tile_size: int | None = None
     memory_budget_gb: float | None = None
+    precision: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -220,3 +220,17 @@ def test_memory_budget_picks_tiles(test_weights):
     assert tiles is not None and all((y1 - y0) % 16 == 0 for (y0, y1, _, _), _ in tiles)
     with pytest.raises(FaketInputError, match="too small"):
         StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.01))._tiles(4096, 4096, 1)
+
+
+def test_precision_modes(inputs, test_weights):
+    c, s, i = inputs["content"], inputs["style"], inputs["init"]
+    ref = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
+    # tf32 only switches GPU kernels: on the CPU it is float32 exactly
+    tf32 = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(precision="tf32")))
+    assert np.array_equal(tf32, ref)
+    # bf16 is emulated (slowly) on CPUs without it: one tilt is enough
+    bf16 = stylize_stack(c[:1], [s[:1]], i[:1], StyleTransfer(test_weights, NSTSettings(precision="bf16")))
+    d = np.abs(bf16 - ref[:1])
+    assert np.isfinite(bf16).all() and 0 < d.max() and d.mean() < 0.2 * ref.std()
+    with pytest.raises(FaketInputError, match="precision"):
+        StyleTransfer(test_weights, NSTSettings(precision="fp8"))
