@@ -7,27 +7,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from faket.errors import FaketInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.")
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True)
-
-
 def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from faket.cli import err_console, progress_bar
     from faket.io import read_tlt
     from faket.store import done_mask, open_store
 
@@ -35,19 +26,16 @@ def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict
     from .spec import load_spec
 
     spec = load_spec(spec_path)
-    console = _console()
+    console = err_console()
     total = sum(len(read_tlt(t.angles)) for t in spec.tomograms)
     done = 0
     if spec.store.exists():
         root = open_store(spec.store, mode="r")
         done = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms
                    if t.name in root and "faket" in root[t.name])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("stylize (all tilts)", total=total, completed=done)
+    with progress_bar(total, "stylize (all tilts)", completed=done) as advance:
         summary = run(spec, address=address, actors=actors,
-                      say=lambda m: console.print(m, highlight=False),
-                      progress=lambda k: bar.advance(task, k))
+                      say=lambda m: console.print(m, highlight=False), progress=advance)
     return summary
 
 
@@ -76,20 +64,21 @@ def demo(
     from .demo import run_demo
 
     run_demo(out_dir, tomograms=tomograms, size=size, actors=actors, vgg_weights=vgg_weights,
-             runner=_run, say=lambda m: _console().print(m, highlight=False))
+             runner=_run, say=_say)
+
+
+def _say(msg: str) -> None:
+    from faket.cli import err_console
+
+    err_console().print(msg, highlight=False)
 
 
 def main() -> None:
+    from faket.cli import run_app
+
     from .engine import RunFailed
 
-    try:
-        app()
-    except FaketInputError as err:
-        print(f"cluster: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except RunFailed as err:
-        print(f"cluster: run failed: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_app(app, "cluster", {RunFailed: 1})
 
 
 if __name__ == "__main__":

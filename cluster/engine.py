@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import os
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -112,7 +111,7 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     g = root.require_group(tomo.name)
     angles = read_tlt(tomo.angles)
     n = len(angles)
-    model = NoiseModel(**_model_args(model_json))
+    model = NoiseModel.from_json(model_json)
     if tomo.volume is not None:
         with open_mrc(tomo.volume, role="volume") as v:
             voxel = v.voxel_size[0] or 1.0
@@ -156,12 +155,6 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     return {"name": tomo.name, "n": n}
 
 
-def _model_args(d: dict) -> dict:
-    return {"curves": {k: np.asarray(v) for k, v in d["curves"].items()}, "order": d["order"],
-            "series": [{k: np.asarray(v) for k, v in s.items()} for s in d.get("series", [])],
-            "sources": d.get("sources", [])}
-
-
 # --------------------------------------------------------------------------- actors
 class NSTWorker:
     """Holds VGG-19 on its device; stylises tilts read from the store, writes them back."""
@@ -202,8 +195,12 @@ class NSTWorker:
         _maybe_crash()
         for k, i in enumerate(idx):
             write_tilt(g, "faket", i, out[k])
-        peak = (torch.cuda.max_memory_allocated() if self.device == "cuda" else
-                __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024)
+        if self.device == "cuda":
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         seconds = time.perf_counter() - t0
         return [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
                  "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
@@ -339,5 +336,4 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
                "exported": exported, "workers": sorted({m["pid"] for m in meta}),
                "nodes": sorted({m["node"] for m in meta})}
     root.attrs.update({"last_run": {k: v for k, v in summary.items() if k != "exported"}})
-    warnings.filterwarnings("ignore")
     return summary

@@ -63,30 +63,30 @@ def _device(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _progress(total: int, what: str) -> Iterator:
-    """A rich progress bar; yields ``advance(k)``."""
+def progress_bar(total: int, what: str, completed: int = 0) -> Iterator:
+    """A rich progress bar on stderr; yields ``advance(k)``."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                  console=_console()) as bar:
-        task = bar.add_task(what, total=total)
+                  console=err_console()) as bar:
+        task = bar.add_task(what, total=total, completed=completed)
         yield lambda k=1: bar.advance(task, k)
 
 
-def _console():
+def err_console():
     from rich.console import Console
 
     return Console(stderr=True, soft_wrap=True)
 
 
 def _say(msg: str) -> None:
-    _console().print(msg, highlight=False)
+    err_console().print(msg, highlight=False)
 
 
 def _warn(msg: str) -> None:
-    _console().print(f"[bold yellow]WARNING:[/] {msg}", highlight=False)
+    err_console().print(f"[bold yellow]WARNING:[/] {msg}", highlight=False)
 
 
 # --------------------------------------------------------------------------- info
@@ -171,7 +171,7 @@ def project(
     with open_mrc(volume, role="volume") as vol:
         theta = read_tlt(angles)
         st = ProjectionSettings(dose=dose, detector_width=detector_width)
-        with _progress(len(theta), "project") as advance:
+        with progress_bar(len(theta), "project") as advance:
             tilts = run_projection(vol.data, theta, st, device=dev, progress=advance)
         vs = vol.voxel_size[0] or 1.0
     write_mrc(output, tilts.cpu().numpy(), voxel_size=vs)
@@ -267,7 +267,7 @@ def noise_apply(
                               f"has {nm.n_tilts}: use a model made for this tilt scheme")
     base = nm.baseline()
     vs = clean.voxel_size[0] or 1.0
-    with _progress(len(mods) * clean.shape[0], "noise") as advance:
+    with progress_bar(len(mods) * clean.shape[0], "noise") as advance:
         for m in mods:
             with MrcWriter(out_dir / f"{m}.mrc", clean.shape, voxel_size=vs) as w:
                 for i in range(clean.shape[0]):
@@ -370,7 +370,7 @@ def stylize(
     transfer = StyleTransfer(weights.state_dict, st, device=dev)
     losses = np.zeros(c.shape[0])
     with MrcWriter(output, c.shape, voxel_size=c.voxel_size[0] or 1.0) as w, \
-            _progress(c.shape[0], "stylize") as advance:
+            progress_bar(c.shape[0], "stylize") as advance:
         for start, images, loss in iter_stylize(
                 c.data, [s.data for s in ss], None if init_stack is None else init_stack.data,
                 transfer, style_image_weights=sw):
@@ -405,7 +405,7 @@ def reconstruct(
 ) -> None:
     """Weighted back-projection into a float32 volume."""
     from .io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
-    from .reconstruction import reconstruct as run_reconstruction
+    from .reconstruction import reconstruct as run_reconstruction, z_slices
 
     zr = _floats(z_range, "--z-range")
     if len(zr) != 2:
@@ -418,8 +418,8 @@ def reconstruct(
     with open_mrc(tilts, role="tilt-series") as ts:
         theta = read_tlt(angles, expected=ts.shape[0])
         vs = (ts.voxel_size[0] or 1.0) * st.binning
-        z_total = st.thickness or ts.shape[2] // st.binning
-        with _progress(z_total, "reconstruct") as advance:
+        z_total = len(z_slices(st.thickness or ts.shape[2] // st.binning, st.z_range))
+        with progress_bar(z_total, "reconstruct") as advance:
             vol = run_reconstruction(ts.data, theta, st, device=dev, progress=advance)
     write_mrc(output, vol.cpu().numpy(), voxel_size=vs, volume=True)
     write_provenance(output, provenance({k: v for k, v in st.__dict__.items()},
@@ -473,7 +473,7 @@ def report(
         raise FaketInputError(f"report folder {out_dir} is a file: give a folder")
     n = check_inputs(inputs)
     weights = _report_weights(vgg_weights)
-    with _progress(n, "report") as advance:
+    with progress_bar(n, "report") as advance:
         index = write_report(inputs, out_dir, weights=weights, style_tilts=style_tilts,
                              device=_device(device), progress=advance)
     data = json.loads((out_dir / "metrics.json").read_text())
@@ -502,7 +502,7 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     t = Table(*header)
     for r in rows:
         t.add_row(*r)
-    _console().print(t)
+    err_console().print(t)
 
 
 # --------------------------------------------------------------------------- export
@@ -563,19 +563,30 @@ def demo(
     if len(a) != 3 or a[2] <= 0:
         raise FaketInputError(f"--angles must be START,STOP,STEP, got {angles!r}")
     run_demo(out_dir, size=size, angles=a, vgg_weights=vgg_weights, device=_device(device),
-             say=_say, warn=_warn, progress=_progress)
+             say=_say, warn=_warn, progress=progress_bar)
+
+
+def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> None:
+    """Run a typer app: bad input is one line on stderr and exit code 2, no traceback.
+
+    failures: other exception types that end the program with one line, and their exit codes.
+    """
+    try:
+        typer_app()
+    except FaketInputError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except tuple(failures or {}) as err:
+        print(f"{prog}: failed: {err}", file=sys.stderr)
+        sys.exit(failures[type(err)])
 
 
 def main() -> None:
-    """Console entry point: one clear line and exit code 2 on bad input."""
-    try:
-        app()
-    except FaketInputError as err:
-        print(f"faket: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("faket: interrupted", file=sys.stderr)
-        sys.exit(130)
+    """Console entry point of ``faket``."""
+    run_app(app, "faket")
 
 
 if __name__ == "__main__":

@@ -150,23 +150,27 @@ class NoiseModel:
         return Path(path)
 
     @classmethod
+    def from_json(cls, d: dict) -> "NoiseModel":
+        """A model from :meth:`to_json`'s dict; ValueError/KeyError/TypeError when malformed."""
+        if d.get("format") != MODEL_FORMAT:
+            raise ValueError("not a faket noise model")
+        curves = {k: np.asarray(d["curves"][k], dtype=np.float64) for k in CURVE_NAMES}
+        series = [{k: np.asarray(v, dtype=np.float64) for k, v in s.items()}
+                  for s in d.get("series", [])]
+        if len({len(v) for v in curves.values()}) != 1:
+            raise ValueError("curves of different lengths")
+        return cls(curves, int(d["order"]), series, d.get("sources", []), d.get("provenance", {}))
+
+    @classmethod
     def load(cls, path: str | Path) -> "NoiseModel":
         p = Path(path)
         if not p.is_file():
             raise FaketInputError(f"noise model {p} does not exist: run `faket noise estimate` first")
         try:
-            d = json.loads(p.read_text())
-            if d.get("format") != MODEL_FORMAT:
-                raise ValueError("not a faket noise model")
-            curves = {k: np.asarray(d["curves"][k], dtype=np.float64) for k in CURVE_NAMES}
-            series = [{k: np.asarray(v, dtype=np.float64) for k, v in s.items()}
-                      for s in d.get("series", [])]
-            if len({len(v) for v in curves.values()}) != 1:
-                raise ValueError("curves of different lengths")
+            return cls.from_json(json.loads(p.read_text()))
         except (ValueError, KeyError, TypeError) as err:
             raise FaketInputError(f"noise model {p} is not a valid faket noise model ({err}): "
                                   "make it with `faket noise estimate`") from None
-        return cls(curves, int(d["order"]), series, d.get("sources", []), d.get("provenance", {}))
 
 
 # --------------------------------------------------------------------------- apply

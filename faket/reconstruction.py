@@ -161,6 +161,12 @@ def backprojection_matrix(angles_rad: torch.Tensor, z: torch.Tensor, nx: int, wi
                          torch.stack(valid, -1).reshape(rows, -1), len(angles_rad) * width)
 
 
+def z_slices(nz: int, z_range: tuple[float, float]) -> range:
+    """Indices of the Z slices kept from a volume of ``nz`` slices for fractions ``z_range``."""
+    lo, hi = z_range
+    return range(int(math.floor(lo * nz)), int(math.ceil(hi * nz)))
+
+
 def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
                 settings: ReconstructionSettings = ReconstructionSettings(), *,
                 device: str | torch.device = "cpu",
@@ -181,7 +187,7 @@ def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
     if not 0 <= lo < hi <= 1:
         raise FaketInputError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
     nz = settings.thickness or w
-    z_idx = torch.arange(int(math.floor(lo * nz)), int(math.ceil(hi * nz)))
+    z_idx = torch.tensor(list(z_slices(nz, settings.z_range)), dtype=torch.int64)
     theta = np.asarray(angles_deg, dtype=np.float64) * math.pi / 180
     weights = torch.as_tensor(angle_weights(theta), dtype=torch.float32, device=t.device)
     filt = filter_projections(t, settings.filter) * weights[:, None, None]

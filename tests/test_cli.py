@@ -272,3 +272,31 @@ def test_weights_commands(monkeypatch, capsys, weights_file, tmp_path):
     code, _, err = call_main(monkeypatch, capsys, "stylize", "a.mrc", "b.mrc", "-o",
                              tmp_path / "x.mrc", "--vgg-weights", "imagenet")
     assert code == 2 and "a.mrc does not exist" in err
+
+
+def test_run_app_maps_errors_to_one_line_and_exit_codes(capsys):
+    import typer
+
+    from faket.cli import run_app
+    from faket.errors import FaketInputError
+
+    class Boom(RuntimeError):
+        pass
+
+    for exc, code in ((FaketInputError("bad thing"), 2), (Boom("tilt 3 failed"), 1)):
+        demo_app = typer.Typer()
+
+        @demo_app.command()
+        def go(exc=exc) -> None:
+            raise exc
+
+        with pytest.raises(SystemExit) as info:
+            import sys
+            old = sys.argv
+            sys.argv = ["prog"]
+            try:
+                run_app(demo_app, "prog", {Boom: 1})
+            finally:
+                sys.argv = old
+        err = capsys.readouterr().err
+        assert info.value.code == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err

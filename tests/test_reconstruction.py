@@ -9,7 +9,7 @@ from skimage.transform import iradon
 from faket.errors import FaketInputError
 from faket.projection import project
 from faket.reconstruction import (FILTERS, angle_weights, approx_shrec_filter, bin_tilts,
-                                  ramp_filter, reconstruct)
+                                  ramp_filter, reconstruct, z_slices)
 from faket.settings import PAPER_RECONSTRUCTION, ReconstructionSettings
 from test_projection import _spheres
 
@@ -84,6 +84,7 @@ def test_binning_and_z_crop(phantom):
     rec = reconstruct(p, theta, PAPER_RECONSTRUCTION).numpy()
     lo, hi = PAPER_RECONSTRUCTION.z_range
     assert rec.shape == (int(np.ceil(hi * 24)) - int(np.floor(lo * 24)), 24, 24)
+    assert rec.shape[0] == len(z_slices(24, (lo, hi)))       # what the CLI's progress bar counts
     thick = reconstruct(p, theta, ReconstructionSettings(thickness=20)).numpy()
     assert thick.shape == (20, N, N)
 
