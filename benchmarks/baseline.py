@@ -7,6 +7,13 @@ for the image being optimised, loss modules summed in Python,
 every step (the published progress callback) and the GPU cache emptied at
 every scale. Its arithmetic is the method's, so its output matches
 ``faket.nst`` (benchmarks check that before timing).
+
+The network is built as ``torchvision.models.vgg19(weights=...)`` builds it
+(all 37 feature layers and the classifier, with PyTorch's default
+initialisation, then ``load_state_dict``), then cut after the deepest layer
+used and its first convolution swapped for a replicate-padded copy, as the
+published code does. The command form loads the weight file whole
+(``torch.load`` without mmap), as torchvision's loader does.
 """
 
 from __future__ import annotations
@@ -14,9 +21,48 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from torch import nn
+
 from faket.nst import gram, match_tilt_stats, scaled_error, stack_range, to_unit
 from faket.settings import NSTSettings
-from faket.vgg import VGGFeatures
+from faket.vgg import CONV_CHANNELS, CONV_INDICES, IMAGENET_MEAN, IMAGENET_STD, N_LAYERS, POOL_INDICES
+
+
+class TorchvisionVGG19(nn.Module):
+    """torchvision's VGG-19 module layout: features, avgpool, classifier (default init)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        convs = dict(zip(CONV_INDICES, CONV_CHANNELS))
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i in range(N_LAYERS):
+            if i in convs:
+                layers.append(nn.Conv2d(c_in, convs[i], 3, padding=1))
+                c_in = convs[i]
+            elif i in POOL_INDICES:
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 1000))
+
+
+def published_features(state_dict: dict[str, torch.Tensor], last: int) -> nn.Sequential:
+    """The published network: whole VGG-19 built and loaded, features cut after ``last``."""
+    model = TorchvisionVGG19()
+    model.load_state_dict(state_dict, strict=any(k.startswith("classifier.") for k in state_dict))
+    features = model.features[:last + 1]
+    first = features[0]
+    padded = nn.Conv2d(3, first.out_channels, 3, padding=1, padding_mode="replicate")
+    padded.load_state_dict(first.state_dict())
+    features[0] = padded
+    features.eval()
+    features.requires_grad_(False)
+    return features
 
 
 class BaselineNST:
@@ -31,8 +77,20 @@ class BaselineNST:
                                 for w in settings.content_layer_weights]
         total = sum(abs(w) for w in settings.style_layer_weights)
         self.style_weights = [w / total for w in settings.style_layer_weights]
-        self.net = VGGFeatures(weights, self.content_layers + self.style_layers,
-                               settings.pooling).to(self.device)
+        if settings.pooling != "max":
+            raise ValueError("the baseline models the published settings (max pooling)")
+        self.net = published_features(weights, max(self.content_layers + self.style_layers)).to(self.device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(-1, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(-1, 1, 1)
+
+    def _forward(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        feats = {}
+        x = (x - self.mean) / self.std
+        for i in range(max(layers) + 1):
+            x = self.net[i](x)
+            if i in layers:
+                feats[i] = x
+        return feats
 
     def _rgb(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(image[..., None], image.shape + (3,))))
@@ -51,12 +109,12 @@ class BaselineNST:
         value *= decay
         value += (1 - decay) * image
         image.requires_grad_()
-        content_feats = self.net(content_t, self.content_layers)
-        style_feats = self.net(style_t, self.style_layers)
+        content_feats = self._forward(content_t, self.content_layers)
+        style_feats = self._forward(style_t, self.style_layers)
         style_targets = {k: gram(style_feats[k]) for k in self.style_layers}
         opt = torch.optim.Adam([image], lr=s.step_size)
         for _ in range(s.initial_iterations):
-            feats = self.net(image, self.style_layers + self.content_layers)
+            feats = self._forward(image, self.style_layers + self.content_layers)
             losses = [scaled_error(feats[k], content_feats[k]) * w
                       for k, w in zip(self.content_layers, self.content_weights)]
             losses += [scaled_error(gram(feats[k]), style_targets[k]) * w
@@ -87,10 +145,12 @@ def main() -> None:
     import sys
 
     from faket.io import read_mrc, write_mrc
-    from faket.weights import resolve_weights
+    from faket.weights import random_state_dict
 
     content, style, init, out, weights = sys.argv[1:6]
-    nst = BaselineNST(resolve_weights(weights).state_dict)
+    state = (random_state_dict(0) if weights == "random"
+             else torch.load(weights, map_location="cpu", weights_only=True))
+    nst = BaselineNST(state)
     result = nst.stylize_stack(read_mrc(content), read_mrc(style), read_mrc(init))
     write_mrc(out, result)
 

@@ -143,6 +143,17 @@ def activation_floats_per_pixel(last_layer: int) -> float:
     return 2 * total
 
 
+class _Conv3x3(nn.Conv2d):
+    """A 3x3 convolution whose parameters are left uninitialised: they are loaded next.
+
+    (``nn.utils.skip_init`` would do the same through the meta device, whose
+    first use imports torch's symbolic-shape machinery: ~0.5 s per process.)
+    """
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class Scale(nn.Module):
     """Multiply a module's output by a constant (float32 buffer)."""
 
@@ -179,8 +190,8 @@ class VGGFeatures(nn.Module):
         for i in range(self.last + 1):
             if i in conv_channels:
                 c_out = conv_channels[i]
-                conv = nn.utils.skip_init(nn.Conv2d, c_in, c_out, 3, padding=1,
-                                          padding_mode="replicate" if i == 0 else "zeros")
+                conv = _Conv3x3(c_in, c_out, 3, padding=1,
+                                padding_mode="replicate" if i == 0 else "zeros")
                 with torch.no_grad():
                     conv.weight.copy_(state_dict[f"features.{i}.weight"])
                     conv.bias.copy_(state_dict[f"features.{i}.bias"])

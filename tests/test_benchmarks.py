@@ -1,0 +1,39 @@
+"""The benchmark's baseline: a speed yardstick is only fair if it computes the same thing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faket.io import read_mrc
+from faket.settings import NSTSettings
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+from baseline import BaselineNST, TorchvisionVGG19  # noqa: E402
+
+from test_nst import GOLDEN_CASES  # noqa: E402
+
+
+@pytest.mark.parametrize("name,iterations,step", GOLDEN_CASES)
+def test_baseline_reproduces_golden(golden, test_weights, name, iterations, step):
+    c, s, i = (read_mrc(golden[k]) for k in ("content", "style", "init"))
+    st = NSTSettings(iterations=iterations, initial_iterations=iterations, step_size=step)
+    out = BaselineNST(test_weights, st).stylize_stack(c, s, i)
+    assert np.abs(out - read_mrc(golden[name])).max() <= 1e-4
+
+
+def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, tmp_path):
+    """The command form reads a file with the classifier, as torchvision's own does."""
+    full = TorchvisionVGG19().state_dict()
+    assert {k for k in full if k.startswith("features.")} == set(test_weights)
+    full.update(test_weights)
+    path = tmp_path / "vgg19_full.pth"
+    torch.save(full, path)
+    out = tmp_path / "out.mrc"
+    subprocess.run([sys.executable, str(BENCH / "baseline.py"), golden["content"], golden["style"],
+                    golden["init"], out, path], check=True, capture_output=True)
+    assert np.abs(read_mrc(out) - read_mrc(golden["expected_iter1_step0.15"])).max() <= 1e-4
