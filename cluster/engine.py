@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -172,39 +173,61 @@ class NSTWorker:
 
         self.node = ray.get_runtime_context().get_node_id()
 
-    def stylize(self, store: str, name: str, tilts: list[int]) -> list[dict]:
+    def stylize(self, store: str, names: list[str], tilts: list[int]) -> dict:
+        """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
+
+        The style tilts' Gram targets are computed once and serve every
+        tomogram (bit for bit what each would compute alone). A tomogram whose
+        tilts are all done already (a retry) is skipped; one that fails is
+        reported in ``failed`` while the others go on.
+        Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why}}``.
+        """
         import torch
 
         from faket.nst import match_tilt_stats, to_unit
-        from faket.store import open_store, write_tilt
+        from faket.store import done_mask, open_store, write_tilt
 
-        t0 = time.perf_counter()
-        bad = os.environ.get(FAIL_TILT_ENV, "")
-        if bad and any(bad == f"{name}:{i}" for i in tilts):
-            raise RuntimeError(f"injected failure of {bad}")
-        g = open_store(store)[name]
-        r = g.attrs["ranges"]
+        root = open_store(store)
         idx = list(tilts)
-        content = np.stack([np.asarray(g["content"][i]) for i in idx])
-        init = np.stack([np.asarray(g["noisy"][i]) for i in idx])
-        style = np.stack([np.asarray(g["style"][i]) for i in idx])
-        res = self.transfer.stylize_batch(to_unit(content, *map(np.float32, r["content"])),
-                                          [to_unit(style, *map(np.float32, r["style"]))],
-                                          to_unit(init, *map(np.float32, r["noisy"])))
-        out = match_tilt_stats(res.images.cpu().numpy(), style)
-        _maybe_crash()
-        for k, i in enumerate(idx):
-            write_tilt(g, "faket", i, out[k])
-        if self.device == "cuda":
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            import resource
+        first = root[names[0]]
+        style = np.stack([np.asarray(first["style"][i]) for i in idx])
+        targets = self.transfer.style_targets(
+            [to_unit(style, *map(np.float32, first.attrs["ranges"]["style"]))], first["content"].shape[-2:])
+        bad = os.environ.get(FAIL_TILT_ENV, "")
+        out: dict = {"rows": [], "skipped": [], "failed": {}, "style_tilts": len(idx)}
+        for name in names:
+            t0 = time.perf_counter()
+            g = root[name]
+            if done_mask(g, "faket")[idx].all():
+                out["skipped"].append(name)
+                continue
+            try:
+                if bad and any(bad == f"{name}:{i}" for i in idx):
+                    raise RuntimeError(f"injected failure of {bad}")
+                r = g.attrs["ranges"]
+                content = np.stack([np.asarray(g["content"][i]) for i in idx])
+                init = np.stack([np.asarray(g["noisy"][i]) for i in idx])
+                res = self.transfer.stylize_batch(to_unit(content, *map(np.float32, r["content"])), None,
+                                                  to_unit(init, *map(np.float32, r["noisy"])),
+                                                  style_targets=targets)
+                result = match_tilt_stats(res.images.cpu().numpy(), style)
+                _maybe_crash()
+                for k, i in enumerate(idx):
+                    write_tilt(g, "faket", i, result[k])
+            except Exception as err:          # reported per tomogram; the driver retries it
+                out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                continue
+            if self.device == "cuda":
+                peak = torch.cuda.max_memory_allocated()
+            else:
+                import resource
 
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        seconds = time.perf_counter() - t0
-        return [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
-                 "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
-                for k, i in enumerate(idx)]
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            seconds = time.perf_counter() - t0
+            out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
+                             "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
+                            for k, i in enumerate(idx)]
+        return out
 
 
 def _maybe_crash() -> None:
@@ -260,17 +283,29 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     ray.get([prepare.remote(store, t, model_json, spec.content_sigma) for t in spec.tomograms])
 
-    # Per-tilt NST tasks over all tomograms, only for tilts not done yet.
+    # Per-tilt NST tasks, only for tilts not done yet. Tomograms styled by the
+    # same style stack (same file, same image sizes) go together, up to
+    # share_style per task, so that its Gram targets are computed once.
     batch = res.batch
     pending: collections.deque = collections.deque()
     total = done_before = 0
+    groups: dict = {}
     for t in spec.tomograms:
-        mask = done_mask(root[t.name], "faket")
-        total += len(mask)
-        done_before += int(mask.sum())
-        todo = [int(i) for i in np.flatnonzero(~mask)]
-        for k in range(0, len(todo), batch):
-            pending.append((t.name, tuple(todo[k:k + batch])))
+        g = root[t.name]
+        key = (str(Path(t.style).resolve()), g["style"].shape, g["content"].shape)
+        groups.setdefault(key, []).append(t.name)
+    for members in groups.values():
+        for m0 in range(0, len(members), res.share_style):
+            names = members[m0:m0 + res.share_style]
+            masks = {n: done_mask(root[n], "faket") for n in names}
+            for mask in masks.values():
+                total += len(mask)
+                done_before += int(mask.sum())
+            todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
+            for k in range(0, len(todo), batch):
+                tilts = tuple(todo[k:k + batch])
+                need = tuple(n for n in names if not masks[n][list(tilts)].all())
+                pending.append((need, tilts))
     to_do = total - done_before
     say(f"{total} tilts, {done_before} already done, {to_do} to do, {n_actors} actor(s)")
     options = dict(num_gpus=gpus, num_cpus=res.cpus_per_actor, max_restarts=-1,
@@ -289,29 +324,38 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     attempts: collections.Counter = collections.Counter()
     failures: dict = {}
     meta: list[dict] = []
+    style_tilts = 0                       # style tilts whose Gram targets were computed
     t_nst = time.perf_counter()
     while pending or in_flight:
         for w in range(len(workers)):
             while pending and load[w] < res.in_flight:
                 job = pending.popleft()
-                ref = workers[w].stylize.remote(store, job[0], list(job[1]))
+                ref = workers[w].stylize.remote(store, list(job[0]), list(job[1]))
                 in_flight[ref] = (w, job)
                 load[w] += 1
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
             w, job = in_flight.pop(ref)
             load[w] -= 1
+            names, tilts = job
             try:
-                rows = ray.get(ref)
-                meta.extend(rows)
-                if progress is not None:
-                    progress(len(rows))
+                out = ray.get(ref)
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
-                attempts[job] = attempts.get(job, 0) + 1
-                if attempts[job] <= res.max_task_retries:
-                    pending.append(job)
+                out = {"rows": [], "skipped": [],
+                       "failed": dict.fromkeys(names, str(err).strip().splitlines()[-1][:200])}
+            meta.extend(out["rows"])
+            style_tilts += out.get("style_tilts", 0)
+            if progress is not None:
+                progress(len(out["rows"]) + len(out["skipped"]) * len(tilts))
+            retry = []
+            for name, why in out["failed"].items():
+                attempts[(name, tilts)] += 1
+                if attempts[(name, tilts)] <= res.max_task_retries:
+                    retry.append(name)
                 else:
-                    failures[job] = str(err).strip().splitlines()[-1][:200]
+                    failures[(name, tilts)] = why
+            if retry:
+                pending.append((tuple(retry), tilts))
     nst_seconds = time.perf_counter() - t_nst
     for w in workers:
         ray.kill(w)
@@ -332,6 +376,7 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     summary = {"store": store, "tilts": total, "done_before": done_before, "done_now": to_do,
                "actors": len(workers), "gpu": use_gpu, "nst_seconds": nst_seconds,
                "tilts_per_second": to_do / nst_seconds if to_do and nst_seconds > 0 else None,
+               "style_gram_tilts": style_tilts,
                "seconds": time.perf_counter() - t_start, "reconstructions": recs,
                "exported": exported, "workers": sorted({m["pid"] for m in meta}),
                "nodes": sorted({m["node"] for m in meta})}

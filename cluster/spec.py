@@ -11,6 +11,7 @@ Example (paths are relative to the spec file)::
     gpus_per_actor = 0
     cpus_per_actor = 1
     batch = 1                     # tilts per task
+    share_style = 8               # tomograms with the same style per task (its Grams computed once)
     in_flight = 2                 # tasks queued per actor
     max_task_retries = 3
 
@@ -65,7 +66,7 @@ SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruct
             "manifest"}
 RUN_KEYS = {"store", "export", "seed"}
 RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
-                 "max_task_retries", "address", "spread"}
+                 "max_task_retries", "address", "spread", "share_style"}
 WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
@@ -95,6 +96,7 @@ class Resources:
     max_task_retries: int = 3
     address: str | None = None
     spread: bool = False
+    share_style: int = 8
 
 
 @dataclass
@@ -162,8 +164,9 @@ def load_spec(path: str | Path) -> RunSpec:
         raise _fail(spec, f"resources.actors must be >= 1, got {res.actors}")
     if res.gpus_per_actor < 0 or res.cpus_per_actor <= 0:
         raise _fail(spec, "resources.gpus_per_actor must be >= 0 and cpus_per_actor > 0")
-    if res.batch < 1 or res.in_flight < 1 or res.max_task_retries < 0:
-        raise _fail(spec, "resources.batch and in_flight must be >= 1, max_task_retries >= 0")
+    if res.batch < 1 or res.in_flight < 1 or res.share_style < 1 or res.max_task_retries < 0:
+        raise _fail(spec, "resources.batch, in_flight and share_style must be >= 1, "
+                          "max_task_retries >= 0")
     w = raw.get("weights", {})
     _check_keys(spec, "weights", w, WEIGHT_KEYS)
     vgg = w.get("vgg", "imagenet")

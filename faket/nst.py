@@ -250,31 +250,68 @@ class StyleTransfer:
         t = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
         return t.to(self.device, self.dtype)[:, None].expand(-1, 3, -1, -1)
 
+    def _scales(self, h: int, w: int) -> list[int]:
+        """The pyramid's scales (long-edge sizes in pixels) for ``h x w`` content images."""
+        if min(h, w) < self.min_size:
+            raise FaketInputError(f"images are {h}x{w} but the layers used need at least "
+                                  f"{self.min_size}x{self.min_size}")
+        end_scale = self.settings.end_scale or max(h, w)
+        return gen_scales(min(self.settings.min_scale or end_scale, end_scale), end_scale)
+
+    def style_targets(self, styles: Sequence[np.ndarray | torch.Tensor], content_size: tuple[int, int],
+                      style_image_weights: Sequence[float] | None = None
+                      ) -> dict[int, dict[int, torch.Tensor]]:
+        """Style Gram targets per scale: ``{scale: {layer: (B, C, C)}}``.
+
+        styles: one or more ``(B, Hs, Ws)`` stacks in [0, 1] (the same tilts);
+        content_size: ``(H, W)`` of the content images they will style (it sets
+        the scales). Depends only on the style images and the settings, so one
+        result serves every content stack styled by the same style tilts
+        (:meth:`stylize_batch` ``style_targets=``), bit for bit.
+        """
+        style_ts = [self._as_batch(st) for st in styles]
+        n_styles = len(style_ts)
+        sw = ([1 / n_styles] * n_styles if style_image_weights is None
+              else normalised_weights(style_image_weights, "style image"))
+        out: dict[int, dict[int, torch.Tensor]] = {}
+        with torch.no_grad():
+            for scale in self._scales(*content_size):
+                targets: dict[int, torch.Tensor] = {}
+                for k, style_t in enumerate(style_ts):
+                    sh, sww = size_at_scale(*style_t.shape[-2:], scale, scale_up=False)
+                    grams = self._grams(_resize(style_t, (sh, sww)))
+                    for layer in self.style_layers:
+                        g = grams[layer] * sw[k]
+                        targets[layer] = g if layer not in targets else targets[layer] + g
+                    del grams
+                out[scale] = targets
+        return out
+
     def stylize_batch(self, content: np.ndarray | torch.Tensor,
-                      styles: Sequence[np.ndarray | torch.Tensor],
+                      styles: Sequence[np.ndarray | torch.Tensor] | None,
                       init: np.ndarray | torch.Tensor | None = None,
                       style_image_weights: Sequence[float] | None = None,
-                      generator: torch.Generator | None = None) -> BatchResult:
+                      generator: torch.Generator | None = None,
+                      style_targets: dict[int, dict[int, torch.Tensor]] | None = None) -> BatchResult:
         """Stylise a batch of tilts already scaled to [0, 1].
 
-        content: ``(B, H, W)``; styles: one or more ``(B, Hs, Ws)`` (same tilts);
+        content: ``(B, H, W)``; styles: one or more ``(B, Hs, Ws)`` (same tilts),
+        or None when ``style_targets`` (from :meth:`style_targets`) are given;
         init: ``(B, H, W)`` start images, or None to start from ``settings.init``.
         style_image_weights: relative weights of the style stacks (normalised to 1).
         Returns the result in [0, 1], averaged over the 3 channels.
         """
         s = self.settings
         content_t = self._as_batch(content)
-        style_ts = [self._as_batch(st) for st in styles]
-        n_styles = len(style_ts)
-        sw = ([1 / n_styles] * n_styles if style_image_weights is None
-              else normalised_weights(style_image_weights, "style image"))
         b, _, h, w = content_t.shape
-        if min(h, w) < self.min_size:
-            raise FaketInputError(f"images are {h}x{w} but the layers used need at least "
-                                  f"{self.min_size}x{self.min_size}")
-        end_scale = s.end_scale or max(h, w)
-        min_scale = min(s.min_scale or end_scale, end_scale)
-        scales = gen_scales(min_scale, end_scale)
+        scales = self._scales(h, w)
+        if style_targets is None:
+            if not styles:
+                raise ValueError("give style images or style targets")
+            style_targets = self.style_targets(styles, (h, w), style_image_weights)
+        elif set(style_targets) != set(scales):
+            raise ValueError(f"style targets for scales {sorted(style_targets)}, "
+                             f"these images need {scales}")
 
         ch, cw = size_at_scale(h, w, scales[0])
         if init is not None:
@@ -297,29 +334,22 @@ class StyleTransfer:
             image.requires_grad_()
 
             tiles = self._tiles(ch, cw, b)
+            targets = style_targets[scale]
             with torch.no_grad():
                 content_targets = None
                 if tiles is None:
                     cfeats = self._features(content_s, self.content_layers)
                     content_targets = {i: cfeats[i] for i in self.content_layers}
                     del cfeats
-                style_targets: dict[int, torch.Tensor] = {}
-                for k, style_t in enumerate(style_ts):
-                    sh, sww = size_at_scale(*style_t.shape[-2:], scale, scale_up=False)
-                    grams = self._grams(_resize(style_t, (sh, sww)))
-                    for layer in self.style_layers:
-                        g = grams[layer] * sw[k]
-                        style_targets[layer] = g if layer not in style_targets else style_targets[layer] + g
-                    del grams
 
             opt = Adam(image, s.step_size) if opt is None else opt.moved_to(image)
 
             n_iter = s.initial_iterations if scale == scales[0] else s.iterations
             for _ in range(n_iter):
                 if tiles is None:
-                    grad, per_tilt = self._gradient(image, content_targets, style_targets)
+                    grad, per_tilt = self._gradient(image, content_targets, targets)
                 else:
-                    grad, per_tilt = self._tiled_gradient(image, content_s, style_targets, tiles)
+                    grad, per_tilt = self._tiled_gradient(image, content_s, targets, tiles)
                 opt.step(grad)
                 with torch.no_grad():
                     image.clamp_(0, 1)

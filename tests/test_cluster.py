@@ -77,6 +77,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     spec = load_spec(_spec_copy(inputs, tmp_path))
     summary = run(spec, say=lambda m: None)
     assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
+    assert summary["style_gram_tilts"] == 7        # both tomograms share the reference: Grams once
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()
@@ -91,10 +92,12 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
 def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
     marker = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
-    spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "'}))
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "',
+                                                      "[resources]": "[resources]\nshare_style = 1"}))
     summary = run(spec, say=lambda m: None)
     assert marker.exists()                                # an actor did die mid-task
     assert summary["done_now"] == 14
+    assert summary["style_gram_tilts"] >= 14              # share_style = 1: Grams per tomogram
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         got = np.asarray(root[name]["faket"][:])

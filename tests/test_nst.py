@@ -101,6 +101,20 @@ def test_one_tilt_alone_equals_its_place_in_the_stack(inputs, test_weights):
     assert np.array_equal(one[0], full[2])
 
 
+def test_style_targets_computed_once_serve_other_contents_bit_for_bit(inputs, test_weights):
+    """The engine computes a style tilt's Gram targets once for every tomogram sharing it."""
+    transfer = StyleTransfer(test_weights, NSTSettings())
+    c, s, i = (to_unit(x[1:3], *stack_range(x)) for x in (inputs["content"], inputs["style"], inputs["init"]))
+    targets = transfer.style_targets([s], c.shape[-2:])
+    assert list(targets) == [64] and targets[64][29].shape == (2, 512, 512)
+    for content, init in ((c, i), (c[:, ::-1].copy(), i[:, :, ::-1].copy())):
+        own = transfer.stylize_batch(content, [s], init).images
+        shared = transfer.stylize_batch(content, None, init, style_targets=targets).images
+        assert torch.equal(own, shared)
+    with pytest.raises(ValueError, match="scales"):
+        transfer.stylize_batch(c[:, :48, :48], None, i[:, :48, :48], style_targets=targets)
+
+
 def test_zero_weight_style_stack_has_no_effect(inputs, test_weights):
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
     other = np.ascontiguousarray(s[::-1])
