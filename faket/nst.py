@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FaketInputError
-from .settings import INITS, PRECISIONS, NSTSettings
+from .settings import INITS, PRECISIONS, TILE_GRID, NSTSettings
 from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
                   tile_halo)
 
@@ -221,7 +221,8 @@ class StyleTransfer:
     """
 
     def __init__(self, weights: dict[str, torch.Tensor], settings: NSTSettings = NSTSettings(),
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                 channels_last: bool = False, compile: bool = False) -> None:
         validate_settings(settings)
         self.settings = settings
         self.device = torch.device(device)
@@ -234,16 +235,24 @@ class StyleTransfer:
         self.net = VGGFeatures(weights, self.content_layers + self.style_layers,
                                pooling=settings.pooling).to(self.device, dtype)
         self.min_size = min_input_size(self.net.last)
+        # Execution experiments (benchmarks/run.py --experiments measures them):
+        # NHWC activations, and the network compiled by torch.compile (inductor).
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._net = torch.compile(self.net, dynamic=False) if compile else self.net
         if settings.precision == "tf32" and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True     # process-wide switches
             torch.backends.cudnn.allow_tf32 = True
 
     def _features(self, x: torch.Tensor, layers) -> dict[int, torch.Tensor]:
         """Network features; under bfloat16 autocast when ``precision`` is bf16 (then cast back)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.settings.precision != "bf16":
-            return self.net(x, layers)
+            return self._net(x, tuple(layers))
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-            feats = self.net(x, layers)
+            feats = self._net(x, tuple(layers))
         return {k: v.to(self.dtype) for k, v in feats.items()}
 
     def _as_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -395,6 +404,7 @@ class StyleTransfer:
             if tile < align:
                 raise FaketInputError(f"memory budget {s.memory_budget_gb} GB is too small for "
                                       f"tiles with a {halo}-pixel halo: raise it")
+            tile = grid_tile(tile, align)
         if tile is None or tile >= max(h, w):
             return None
         tile = max(align, tile // align * align)
@@ -497,6 +507,21 @@ class StyleTransfer:
             grad += torch.autograd.grad(tv.sum(), tv_image)[0]
             per_tilt = per_tilt + tv.detach()
         return grad, per_tilt.detach()
+
+
+def grid_tile(tile: int, align: int = 16) -> int:
+    """The largest tile edge <= ``tile`` that divides ``TILE_GRID`` or is a multiple of it.
+
+    Tiles picked this way line up with the store's chunks: each NST tile's
+    inner region covers whole chunks, or a chunk is covered by whole tiles.
+    ``tile`` must be >= ``align`` (a power of two dividing ``TILE_GRID``).
+    """
+    if tile >= TILE_GRID:
+        return tile // TILE_GRID * TILE_GRID
+    edge = TILE_GRID
+    while edge > tile and edge > align:
+        edge //= 2
+    return edge
 
 
 def validate_settings(s: NSTSettings) -> None:

@@ -46,6 +46,11 @@ class NoiseSettings:
     content_sigma_factor: float = 0.25
 
 
+#: Edge of the Zarr store's tilt chunks (pixels). NST tiles picked from a memory
+#: budget divide it or are multiples of it, so that tiles and chunks line up.
+TILE_GRID = 1024
+
+
 @dataclass(frozen=True)
 class NSTSettings:
     """Neural style transfer (method section 3); defaults are the published ones.
@@ -56,7 +61,8 @@ class NSTSettings:
     batch_size: tilts per network call (speed only).
     tile_size: compute in tiles of this many pixels (a multiple of 16) with a halo
         of context; exact up to round-off, for images too large for memory.
-    memory_budget_gb: pick the tile size so that one step stays under this many GB.
+    memory_budget_gb: pick the tile size so that one step stays under this many GB;
+        the tiles then divide the store's 1024-pixel chunks or are multiples of them.
     precision: ``float32`` (default, exact to the published code), or the faster
         opt-in modes ``tf32`` (GPU convolutions and matmuls in TF32) and ``bf16``
         (network passes under bfloat16 autocast; losses in float32).

@@ -24,10 +24,11 @@ from typing import Iterable
 import numpy as np
 
 from .errors import FaketInputError
+from .settings import TILE_GRID
 
 FORMAT = "faket-run-store"
 FORMAT_VERSION = 1
-TILT_TILE = 1024
+TILT_TILE = TILE_GRID
 STAGES = ("noiseless", "noisy", "content", "style", "faket")
 
 

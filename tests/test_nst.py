@@ -8,7 +8,7 @@ import torch
 
 from faket.errors import FaketInputError
 from faket.io import read_mrc
-from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
+from faket.nst import (StyleTransfer, gen_scales, gram, grid_tile, match_tilt_stats, normalised_weights,
                        scaled_error, stack_range, stylize_stack, to_unit, tv_loss)
 from faket.settings import NSTSettings
 
@@ -232,8 +232,21 @@ def test_memory_budget_picks_tiles(test_weights):
     t = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.5))
     tiles = t._tiles(1024, 1024, 1)
     assert tiles is not None and all((y1 - y0) % 16 == 0 for (y0, y1, _, _), _ in tiles)
+    # automatic tiles line up with the store's 1024^2 chunks: every chunk edge is a tile edge
+    for h, w, budget in ((4096, 4096, 2.0), (4092, 5760, 8.0), (2048, 3000, 0.5)):
+        tiles = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=budget))._tiles(h, w, 1)
+        starts = {y0 for (y0, _, _, _), _ in tiles} | {x0 for (_, _, x0, _), _ in tiles}
+        assert len(tiles) > 1 and set(range(0, max(h, w), 1024)) <= starts, (h, w, budget)
+        edge = tiles[0][0][1]
+        assert 1024 % edge == 0 or edge % 1024 == 0
     with pytest.raises(FaketInputError, match="too small"):
         StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.01))._tiles(4096, 4096, 1)
+
+
+@pytest.mark.parametrize("tile,expected", [(16, 16), (100, 64), (1000, 512), (1024, 1024),
+                                           (3000, 2048), (5000, 4096)])
+def test_grid_tile(tile, expected):
+    assert grid_tile(tile) == expected
 
 
 def test_precision_modes(inputs, test_weights):
