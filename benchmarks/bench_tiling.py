@@ -3,8 +3,9 @@
 usage: python benchmarks/bench_tiling.py [--device cpu|cuda] [--sizes 1024x1024] [--budgets none,2,1]
 
 Each (size, budget) runs one tilt at the published settings in its own process,
-so that its peak memory is its own: process RSS on the CPU (and the growth
-over the RSS before the tilt), ``torch.cuda.max_memory_allocated`` on a GPU.
+so that its peak memory is its own: the process's RSS high-water mark during
+the tilt on the CPU (weights and inputs included), ``torch.cuda.max_memory_allocated``
+on a GPU.
 Outputs are compared with the untiled result of the same size (max and 99.9th
 percentile of |difference|; tilts have values in [0, 1] before the final
 match to the reference's statistics, which is skipped here).
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -27,18 +27,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def one(device: str, h: int, w: int, budget: float | None, out: str) -> None:
     """Child process: stylise one h x w tilt, print a JSON row, save the result to ``out``."""
-    import resource
-
     import numpy as np
-    import torch
 
+    from bench_core import peak_memory_mb, reset_peak_memory, sync
     from faket.nst import StyleTransfer
     from faket.settings import NSTSettings
     from faket.weights import random_state_dict
@@ -47,21 +40,16 @@ def one(device: str, h: int, w: int, budget: float | None, out: str) -> None:
     c, s, i = (rng.random((1, h, w), dtype=np.float32) for _ in range(3))
     transfer = StyleTransfer(random_state_dict(0), NSTSettings(memory_budget_gb=budget), device=device)
     tiles = transfer._tiles(h, w, 1)
-    before = _rss_mb()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    reset_peak_memory(device)
     t = time.perf_counter()
     res = transfer.stylize_batch(c, [s], i).images.cpu().numpy()
     seconds = time.perf_counter() - t
+    peak = peak_memory_mb(device)
     row = {"height": h, "width": w, "budget_gb": budget, "seconds": seconds,
            "tiles": len(tiles) if tiles else 1,
            "tile_edge": (tiles[0][0][1] - tiles[0][0][0]) if tiles else None}
-    if device.startswith("cuda"):
-        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        row.update(peak_rss_mb=peak, rss_growth_mb=peak - before)
+    row["peak_gpu_mb" if device.startswith("cuda") else "peak_rss_mb"] = peak
     np.save(out, res)
     print(json.dumps(row))
 

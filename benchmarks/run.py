@@ -1,6 +1,6 @@
 """The benchmark suite: one command, JSON results with machine info.
 
-usage: python benchmarks/run.py [--quick] [--full] [--device cpu|cuda] [--out FILE]
+usage: python benchmarks/run.py [--quick] [--full] [--experiments] [--device cpu|cuda] [--out FILE]
 
 Cases (sizes depend on the device; --quick runs the smallest only):
 - nst: FakET NST per tilt at the published settings against the unoptimised
@@ -8,7 +8,8 @@ Cases (sizes depend on the device; --quick runs the smallest only):
   peak memory (process RSS, or GPU max allocated) and achieved conv FLOP/s;
 - command: the whole `faket stylize` command on 9 x 128 x 128 (start-up
   included) against the baseline run as a command;
-- projection / reconstruction: 61 tilts of 128^3, 256^3 (and 512^3 with --full).
+- projection / reconstruction: 61 tilts of 128^3, 256^3 (and 512^3 with --full);
+- experiments (--experiments): cudnn autotuning, channels_last, torch.compile.
 Weights are `random` (speed does not depend on their values).
 """
 
@@ -18,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from baseline import BaselineNST, TorchvisionVGG19  # noqa: E402
-from bench_core import machine_info  # noqa: E402
+from bench_core import (cpu_peak_gflops, gpu_peak_tflops, machine_info, peak_memory_mb,  # noqa: E402
+                        reset_peak_memory, time_call)
 
 from faket.io import angles_range, write_mrc  # noqa: E402
 from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
@@ -41,17 +42,6 @@ from faket.reconstruction import reconstruct  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
 from faket.vgg import CONV_CHANNELS, CONV_INDICES, POOL_INDICES  # noqa: E402
 from faket.weights import random_state_dict  # noqa: E402
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def conv_flops(h: int, w: int, last: int) -> float:
@@ -73,31 +63,6 @@ def nst_step_flops(h: int, w: int, s: NSTSettings) -> float:
     return conv_flops(h, w, max(s.content_layers)) + 3 * conv_flops(h, w, last)
 
 
-def cpu_peak_gflops() -> float | None:
-    """Dense FP32 peak estimate: cores x clock x 32 (two AVX2 FMA units, 8 lanes, 2 FLOPs)."""
-    try:
-        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz")]
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    if not mhz:
-        return None
-    lanes = 16 if " avx512f" in flags else 8
-    return torch.get_num_threads() * max(mhz) / 1000 * lanes * 2 * 2
-
-
-def time_call(fn, device: str, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def nst_case(h: int, w: int, n: int, device: str, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     c, s, i = (rng.normal(size=(n, h, w)).astype(np.float32) for _ in range(3))
@@ -107,8 +72,7 @@ def nst_case(h: int, w: int, n: int, device: str, repeats: int) -> dict:
     base = BaselineNST(sd, st, device=device)
     out_fast = stylize_stack(c[:1], [s[:1]], i[:1], fast)         # warm-up and check
     out_base = base.stylize_stack(c[:1], s[:1], i[:1])
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     t_fast = time_call(lambda: stylize_stack(c, [s], i, fast), device, 1)
     mem = peak_memory_mb(device)
     t_base = time_call(lambda: base.stylize_stack(c, s, i), device, 1)
@@ -117,11 +81,26 @@ def nst_case(h: int, w: int, n: int, device: str, repeats: int) -> dict:
         t_base = min(t_base, time_call(lambda: base.stylize_stack(c, s, i), device, 1))
     per_tilt = t_fast / n
     flops = nst_step_flops(h, w, st)
+    peaks = gpu_peak_tflops(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
     return {"case": "nst", "height": h, "width": w, "tilts": n, "seconds_per_tilt": per_tilt,
             "tilts_per_second": 1 / per_tilt, "baseline_seconds_per_tilt": t_base / n,
             "speedup_vs_baseline": t_base / t_fast, "peak_memory_mb": mem,
             "gflops_per_second": flops / per_tilt / 1e9,
-            "max_abs_diff_vs_baseline": float(np.abs(out_fast - out_base).max())}
+            "max_abs_diff_vs_baseline": float(np.abs(out_fast - out_base).max()),
+            **({f"fraction_of_{k}_peak": flops / per_tilt / 1e12 / v for k, v in peaks.items()}
+               if peaks else {})}
+
+
+def series_case(h: int, w: int, n: int, device: str) -> dict:
+    """A whole tilt-series through stylize_stack (host arrays in, host array out), published settings."""
+    rng = np.random.default_rng(5)
+    c, s, i = (rng.random((n, h, w), dtype=np.float32) for _ in range(3))
+    t = StyleTransfer(random_state_dict(0), NSTSettings(), device=device)
+    stylize_stack(c[:1], [s[:1]], i[:1], t)                     # warm-up
+    reset_peak_memory(device)
+    secs = time_call(lambda: stylize_stack(c, [s], i, t), device, 1)
+    return {"case": "series", "height": h, "width": w, "tilts": n, "seconds": secs,
+            "seconds_per_tilt": secs / n, "peak_memory_mb": peak_memory_mb(device)}
 
 
 def command_case(tmp: Path) -> dict:
@@ -196,6 +175,45 @@ def precision_cases(device: str) -> list[dict]:
     return rows
 
 
+def experiment_cases(device: str) -> list[dict]:
+    """Execution experiments at the published settings: speed and deviation against the default.
+
+    cudnn autotuning (GPU only), NHWC activations (channels_last) and
+    torch.compile of the network. Deviation on the golden inputs (CPU
+    float32 default as the reference on a CPU, the device's default on a GPU);
+    speed on 2 tilts of 1024^2 on a GPU, 128^2 on a CPU (compile time reported
+    apart: it is paid once per process and shape).
+    """
+    from faket.io import read_mrc
+
+    data = HERE.parent / "tests" / "data"
+    c, s, i = (read_mrc(data / f"{k}.mrc") for k in ("content", "style", "init"))
+    sd = random_state_dict(0)
+    gpu = device.startswith("cuda")
+    size = 1024 if gpu else 128
+    rng = np.random.default_rng(4)
+    big = [rng.normal(size=(2, size, size)).astype(np.float32) for _ in range(3)]
+    options = [("default", {}), ("channels_last", {"channels_last": True}), ("compile", {"compile": True})]
+    if gpu:
+        options.insert(1, ("cudnn_benchmark", {}))
+    rows, ref, base_time = [], None, None
+    for name, kw in options:
+        torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
+        t = StyleTransfer(sd, NSTSettings(), device=device, **kw)
+        start = time.perf_counter()
+        out = stylize_stack(c, [s], i, t)                   # golden inputs (64^2), also compiles
+        first = time.perf_counter() - start
+        ref = out if ref is None else ref
+        stylize_stack(big[0][:1], [big[1][:1]], big[2][:1], t)   # warm-up at the timed size
+        secs = time_call(lambda t=t: stylize_stack(big[0], [big[1]], big[2], t), device, 2) / 2
+        base_time = base_time or secs
+        rows.append({"case": "experiment", "option": name, "size": size, "seconds_per_tilt": secs,
+                     "speedup_vs_default": base_time / secs, "first_call_seconds": first,
+                     "max_abs_vs_default": float(np.abs(out - ref).max())})
+    torch.backends.cudnn.benchmark = False
+    return rows
+
+
 def geometry_cases(sizes: list[int], device: str) -> list[dict]:
     rows = []
     theta = angles_range(-60, 60, 2)
@@ -215,6 +233,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full", action="store_true")
+    ap.add_argument("--experiments", action="store_true",
+                    help="also measure cudnn autotuning, channels_last and torch.compile")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
@@ -242,6 +262,16 @@ def main() -> None:
         print(f"precision {row['mode']}: max |diff| vs float32 {row['max_abs_vs_float32']:.3g} "
               f"(mean {row['mean_abs_vs_float32']:.3g}), {row['seconds_per_tilt']:.3f} s/tilt at "
               f"{row['size']}^2, x{row['speedup_vs_float32']:.2f}", flush=True)
+    if gpu:
+        row = series_case(4096, 4096, 61, args.device)
+        rows.append(row)
+        print(f"series 61 x 4096^2: {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+    if args.experiments:
+        for row in experiment_cases(args.device):
+            rows.append(row)
+            print(f"experiment {row['option']}: {row['seconds_per_tilt']:.3f} s/tilt at {row['size']}^2, "
+                  f"x{row['speedup_vs_default']:.2f}, first call {row['first_call_seconds']:.1f} s, "
+                  f"max |diff| vs default {row['max_abs_vs_default']:.3g}", flush=True)
     geo = [128] if args.quick else [128, 256] + ([512] if args.full else [])
     for row in geometry_cases(geo, args.device):
         rows.append(row)

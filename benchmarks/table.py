@@ -36,14 +36,26 @@ def table(results: dict[str, dict]) -> str:
         name = device if data["machine"].get("gpu") else f"{device} ({threads} threads)"
         for r in data["results"]:
             if r["case"] == "nst":
+                peak = "".join(f", {r[k]:.0%} of dense {k.split('_')[2].upper()} peak"
+                               for k in ("fraction_of_fp32_peak", "fraction_of_tf32_peak") if k in r)
                 lines.append(f"| {name} | NST {r['height']}x{r['width']} "
                              f"| {r['seconds_per_tilt']:.3f} s/tilt"
                              f" | {r['baseline_seconds_per_tilt']:.3f} s/tilt | x{r['speedup_vs_baseline']:.2f}"
-                             f" | {r['gflops_per_second']:.0f} GFLOP/s, peak {r['peak_memory_mb']:.0f} MB |")
+                             f" | {r['gflops_per_second']:.0f} GFLOP/s{peak}, peak {r['peak_memory_mb']:.0f} MB |")
             elif r["case"] == "command":
+                cold = f"; first run {r['faket_cold_seconds']:.2f} s (hashes the weights)" \
+                    if "faket_cold_seconds" in r else ""
                 lines.append(f"| {name} | `faket stylize` 9x128x128 | {r['faket_seconds']:.2f} s"
                              f" | {r['baseline_seconds']:.2f} s | x{r['speedup_vs_baseline']:.2f}"
-                             " | whole command, start-up included |")
+                             f" | whole command, start-up and 548 MB weight file included{cold} |")
+            elif r["case"] == "series":
+                lines.append(f"| {name} | NST {r['tilts']} x {r['height']}x{r['width']} series "
+                             f"| {r['seconds']:.1f} s | | | peak {r['peak_memory_mb']:.0f} MB |")
+            elif r["case"] == "experiment":
+                lines.append(f"| {name} | NST {r['size']}^2, {r['option'].replace('_', ' ')} "
+                             f"| {r['seconds_per_tilt']:.3f} s/tilt | | x{r['speedup_vs_default']:.2f} vs default"
+                             f" | max abs deviation on the golden inputs {r['max_abs_vs_default']:.2g}; "
+                             f"first call {r['first_call_seconds']:.1f} s |")
             elif r["case"] == "precision":
                 lines.append(f"| {name} | NST {r['size']}^2, {r['mode']} | {r['seconds_per_tilt']:.3f} s/tilt"
                              f" | | x{r['speedup_vs_float32']:.2f} vs float32 | max abs deviation on the "

@@ -241,9 +241,12 @@ class StyleTransfer:
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
-        if settings.precision == "tf32" and self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True     # process-wide switches
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            # Process-wide switches. PyTorch lets cuDNN convolutions use TF32 by
+            # default; float32 means float32 here, so it is turned off.
+            tf32 = settings.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
 
     def _features(self, x: torch.Tensor, layers) -> dict[int, torch.Tensor]:
         """Network features; under bfloat16 autocast when ``precision`` is bf16 (then cast back)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import FaketInputError
@@ -154,6 +155,23 @@ class _Conv3x3(nn.Conv2d):
         pass
 
 
+class _EdgeConv3x3(_Conv3x3):
+    """The first convolution: pads by replicating the edge pixels, then convolves.
+
+    The padding is written as concatenations of the edge rows and columns:
+    the same values as ``padding_mode="replicate"`` (bit for bit), and it
+    compiles with ``torch.compile``, whose replication-pad backward fails here.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 3, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+        x = torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class Scale(nn.Module):
     """Multiply a module's output by a constant (float32 buffer)."""
 
@@ -190,8 +208,7 @@ class VGGFeatures(nn.Module):
         for i in range(self.last + 1):
             if i in conv_channels:
                 c_out = conv_channels[i]
-                conv = _Conv3x3(c_in, c_out, 3, padding=1,
-                                padding_mode="replicate" if i == 0 else "zeros")
+                conv = _EdgeConv3x3(c_in, c_out) if i == 0 else _Conv3x3(c_in, c_out, 3, padding=1)
                 with torch.no_grad():
                     conv.weight.copy_(state_dict[f"features.{i}.weight"])
                     conv.bias.copy_(state_dict[f"features.{i}.bias"])

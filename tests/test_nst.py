@@ -115,6 +115,16 @@ def test_style_targets_computed_once_serve_other_contents_bit_for_bit(inputs, te
         transfer.stylize_batch(c[:, :48, :48], None, i[:, :48, :48], style_targets=targets)
 
 
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_execution_experiments_compute_the_same(inputs, test_weights, option):
+    """NHWC activations and torch.compile change kernels, not arithmetic: equal in float64."""
+    c, s, i = (to_unit(x[:2], *stack_range(x)) for x in (inputs["content"], inputs["style"], inputs["init"]))
+    st = NSTSettings(initial_iterations=2, step_size=0.05)
+    ref = StyleTransfer(test_weights, st, dtype=torch.float64).stylize_batch(c, [s], i).images
+    got = StyleTransfer(test_weights, st, dtype=torch.float64, **{option: True}).stylize_batch(c, [s], i).images
+    assert (got - ref).abs().max() < 1e-6
+
+
 def test_zero_weight_style_stack_has_no_effect(inputs, test_weights):
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
     other = np.ascontiguousarray(s[::-1])
