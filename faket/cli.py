@@ -373,7 +373,9 @@ def stylize(
             progress_bar(c.shape[0], "stylize") as advance:
         for start, images, loss in iter_stylize(
                 c.data, [s.data for s in ss], None if init_stack is None else init_stack.data,
-                transfer, style_image_weights=sw):
+                transfer, style_image_weights=sw,
+                ranges={"content": c.value_range, "init": init_stack and init_stack.value_range,
+                        **{f"style{k}": s.value_range for k, s in enumerate(ss)}}):
             for k, image in enumerate(images):
                 w.write(start + k, image)
             losses[start:start + len(images)] = loss

@@ -36,12 +36,15 @@ class Stack:
 
     data: read-only memory map, ``(n, Y, X)`` for stacks, ``(Z, Y, X)`` volumes.
     voxel_size: Angstrom per pixel (x, y, z); 0 when the header has none.
+    value_range: float32 (min, max) of the data, found by the finite check in
+        the same pass (None when it was not run or the data are integers).
     """
 
     path: Path
     data: np.ndarray
     voxel_size: tuple[float, float, float]
     _handle: object
+    value_range: tuple[np.float32, np.float32] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,7 +74,8 @@ def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
 
     role names the input in error messages ("content", "style", ...).
     ndim: 3 for a tilt-series or volume, 2 for a single image, 0 for either.
-    check_finite streams through the data once (tilt by tilt) to refuse NaN/Inf.
+    check_finite streams through the data once (tilt by tilt) to refuse NaN/Inf,
+    and keeps the data's min and max from that pass (``value_range``).
     Raises FaketInputError with one line naming the file and the problem.
     """
     p = Path(path)
@@ -105,14 +109,18 @@ def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
     vs = handle.voxel_size
     stack = Stack(p, data, (float(vs.x), float(vs.y), float(vs.z)), handle)
     if check_finite and data.dtype.kind == "f":
+        lo, hi = np.float32(np.inf), np.float32(-np.inf)
         for i in range(data.shape[0] if data.ndim == 3 else 1):
             part = data[i] if data.ndim == 3 else data
-            if not np.isfinite(part).all():
+            p_lo, p_hi = np.float32(part.min()), np.float32(part.max())   # NaN and Inf show here
+            if not (np.isfinite(p_lo) and np.isfinite(p_hi)):
                 stack.close()
                 where = f"tilt/slice {i}" if data.ndim == 3 else "the image"
                 raise FaketInputError(
                     f"{role} file {p} contains NaN or Inf values in {where}: "
                     "clean the input first")
+            lo, hi = min(lo, p_lo), max(hi, p_hi)
+        stack.value_range = (lo, hi)
     return stack
 
 

@@ -578,7 +578,8 @@ def check_stacks(content_shape: tuple[int, ...], style_shapes: Sequence[tuple[in
 
 
 def iter_stylize(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
-                 transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None
+                 transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None,
+                 ranges: dict[str, tuple | None] | None = None
                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """FakET NST of whole stacks, one batch of tilts at a time.
 
@@ -587,11 +588,14 @@ def iter_stylize(content: np.ndarray, styles: Sequence[np.ndarray], init: np.nda
     may be memory maps: only the stacks' ranges and one batch are read at once.
     Yields ``(first tilt index, stylised tilts (b, H, W) in the first style
     stack's units, last loss of each tilt (b,))``.
+    ranges: stack (min, max) already known, ``{"content", "init", "style0", ...}``
+    (e.g. :attr:`faket.io.Stack.value_range`); the others are read here.
     """
     check_stacks(content.shape, [st.shape for st in styles], None if init is None else init.shape)
-    c_rng = stack_range(content)
-    s_rngs = [stack_range(st) for st in styles]
-    i_rng = None if init is None else stack_range(init)
+    known = {k: v for k, v in (ranges or {}).items() if v is not None}
+    c_rng = known.get("content") or stack_range(content)
+    s_rngs = [known.get(f"style{k}") or stack_range(st) for k, st in enumerate(styles)]
+    i_rng = None if init is None else (known.get("init") or stack_range(init))
     n = content.shape[0]
     bs = transfer.settings.batch_size
     gen = torch.Generator().manual_seed(transfer.settings.seed)

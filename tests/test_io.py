@@ -77,6 +77,22 @@ def test_open_mrc_truncated_2d_and_nan(tmp_path):
     write_mrc(tmp_path / "n.mrc", nan)
     with pytest.raises(FaketInputError, match="NaN or Inf values in tilt/slice 1"):
         open_mrc(tmp_path / "n.mrc")
+    inf = np.ones((3, 8, 8), np.float32)
+    inf[2, 0, 0] = -np.inf
+    write_mrc(tmp_path / "i.mrc", inf)
+    with pytest.raises(FaketInputError, match="NaN or Inf values in tilt/slice 2"):
+        open_mrc(tmp_path / "i.mrc")
+
+
+def test_finite_check_keeps_the_stack_range(tmp_path):
+    """The one pass that refuses NaN/Inf also gives the range the NST normalises with."""
+    from faket.nst import stack_range
+
+    data = np.random.default_rng(0).normal(size=(5, 16, 16)).astype(np.float32)
+    with open_mrc(write_mrc(tmp_path / "r.mrc", data)) as s:
+        assert s.value_range == stack_range(data)
+    with open_mrc(tmp_path / "r.mrc", check_finite=False) as s:
+        assert s.value_range is None
 
 
 def test_tlt_roundtrip_and_errors(tmp_path):
