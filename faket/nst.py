@@ -407,14 +407,13 @@ class StyleTransfer:
             if tile < align:
                 raise FaketInputError(f"memory budget {s.memory_budget_gb} GB is too small for "
                                       f"tiles with a {halo}-pixel halo: raise it")
-            tile = grid_tile(tile, align)
         if tile is None or tile >= max(h, w):
             return None
         tile = max(align, tile // align * align)
+        ys, xs = tile_cuts(h, tile, align), tile_cuts(w, tile, align)
         out = []
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+        for y0, y1 in zip(ys[:-1], ys[1:]):
+            for x0, x1 in zip(xs[:-1], xs[1:]):
                 out.append(((y0, y1, x0, x1),
                             (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))))
         return out
@@ -512,19 +511,28 @@ class StyleTransfer:
         return grad, per_tilt.detach()
 
 
-def grid_tile(tile: int, align: int = 16) -> int:
-    """The largest tile edge <= ``tile`` that divides ``TILE_GRID`` or is a multiple of it.
+def tile_cuts(n: int, tile: int, align: int = 16) -> list[int]:
+    """Tile boundaries along an axis of ``n`` pixels: tiles of at most ``tile`` pixels.
 
-    Tiles picked this way line up with the store's chunks: each NST tile's
-    inner region covers whole chunks, or a chunk is covered by whole tiles.
-    ``tile`` must be >= ``align`` (a power of two dividing ``TILE_GRID``).
+    The tiles line up with the store's ``TILE_GRID`` chunks: below the chunk
+    edge each chunk is split into equal parts (multiples of ``align``, the
+    pooling alignment), above it tiles are whole multiples of chunks. Every
+    chunk edge is a tile edge. Returns ``[0, ..., n]``.
     """
     if tile >= TILE_GRID:
-        return tile // TILE_GRID * TILE_GRID
-    edge = TILE_GRID
-    while edge > tile and edge > align:
-        edge //= 2
-    return edge
+        step = tile // TILE_GRID * TILE_GRID
+        return [*range(0, n, step), n]
+    per_tile = max(1, tile // align)                  # align-blocks per tile at most
+    cuts = []
+    for c0 in range(0, n, TILE_GRID):
+        blocks = -(-(min(c0 + TILE_GRID, n) - c0) // align)
+        parts = -(-blocks // per_tile)
+        base, extra = divmod(blocks, parts)
+        pos = c0
+        for j in range(parts):
+            cuts.append(pos)
+            pos += (base + (j < extra)) * align
+    return [*cuts, n]
 
 
 def validate_settings(s: NSTSettings) -> None:

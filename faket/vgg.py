@@ -119,11 +119,13 @@ def receptive_field(last_layer: int) -> int:
 def tile_halo(last_layer: int) -> int:
     """Context to add around a tile so that its inner features equal the whole image's.
 
-    Half the receptive field plus one pooling stride, rounded up to the pooling
-    alignment (so that pooling windows of the tile and the image coincide).
+    With total stride J (the pooling alignment) and receptive field R, the
+    features of an aligned pixel range [a, b) see the input [a - L, b + L)
+    with L = (R - J) / 2; L rounded up to J keeps pooling windows aligned.
+    relu5_1: R = 156, J = 16, L = 70 -> 80 pixels.
     """
     align = min_input_size(last_layer)
-    need = receptive_field(last_layer) // 2 + align
+    need = (receptive_field(last_layer) - align) // 2
     return int(-(-need // align) * align)
 
 

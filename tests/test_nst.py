@@ -8,8 +8,8 @@ import torch
 
 from faket.errors import FaketInputError
 from faket.io import read_mrc
-from faket.nst import (StyleTransfer, gen_scales, gram, grid_tile, match_tilt_stats, normalised_weights,
-                       scaled_error, stack_range, stylize_stack, to_unit, tv_loss)
+from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
+                       scaled_error, stack_range, stylize_stack, tile_cuts, to_unit, tv_loss)
 from faket.settings import NSTSettings
 
 GOLDEN_CASES = [("expected_iter1_step0.15", 1, 0.15), ("expected_iter3_step0.05", 3, 0.05)]
@@ -247,16 +247,25 @@ def test_memory_budget_picks_tiles(test_weights):
         tiles = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=budget))._tiles(h, w, 1)
         starts = {y0 for (y0, _, _, _), _ in tiles} | {x0 for (_, _, x0, _), _ in tiles}
         assert len(tiles) > 1 and set(range(0, max(h, w), 1024)) <= starts, (h, w, budget)
-        edge = tiles[0][0][1]
-        assert 1024 % edge == 0 or edge % 1024 == 0
     with pytest.raises(FaketInputError, match="too small"):
         StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.01))._tiles(4096, 4096, 1)
 
 
-@pytest.mark.parametrize("tile,expected", [(16, 16), (100, 64), (1000, 512), (1024, 1024),
-                                           (3000, 2048), (5000, 4096)])
-def test_grid_tile(tile, expected):
-    assert grid_tile(tile) == expected
+@pytest.mark.parametrize("n,tile", [(100, 16), (1024, 480), (1500, 480), (4092, 700), (5760, 1000),
+                                    (5760, 2500), (4096, 1024), (300, 64)])
+def test_tile_cuts_line_up_with_store_chunks(n, tile):
+    cuts = tile_cuts(n, tile)
+    assert cuts[0] == 0 and cuts[-1] == n and cuts == sorted(set(cuts))
+    if tile < 1024:
+        assert set(range(0, n, 1024)) <= set(cuts)          # every chunk edge is a tile edge
+    else:
+        assert all(c % 1024 == 0 for c in cuts[:-1])        # tiles made of whole chunks
+    assert all(c % 16 == 0 for c in cuts[:-1])              # pooling alignment
+    sizes = np.diff(cuts)
+    assert sizes.max() <= max(tile // 16 * 16, 16) or (tile >= 1024 and sizes.max() <= tile)
+    if tile < 1024 and n >= 1024:                           # equal parts within a whole chunk
+        first = [d for c, d in zip(cuts, sizes) if c < 1024]
+        assert max(first) - min(first) <= 16
 
 
 def test_precision_modes(inputs, test_weights):

@@ -68,3 +68,23 @@ def test_validate_state_dict_refuses_damage(test_weights, damage, match):
     damage(sd)
     with pytest.raises(FaketInputError, match=match):
         validate_state_dict(sd, "bad.pth")
+
+
+def test_tile_halo_is_just_enough_for_relu5_1(test_weights):
+    """Inner features of a tile with the halo equal the whole image's; 16 pixels less do not."""
+    from faket.vgg import receptive_field, tile_halo
+
+    assert receptive_field(29) == 156 and tile_halo(29) == 80
+    net = VGGFeatures(test_weights, [29]).double()
+    x = torch.rand(1, 3, 288, 288, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    full = net(x, [29])[29]
+    y0, y1 = 112, 176                                  # an interior tile, aligned to 16
+
+    def inner(halo):
+        crop = x[..., y0 - halo:y1 + halo, y0 - halo:y1 + halo]
+        f = net(crop, [29])[29]
+        return f[..., halo // 16:(halo + y1 - y0) // 16, halo // 16:(halo + y1 - y0) // 16]
+
+    want = full[..., y0 // 16:y1 // 16, y0 // 16:y1 // 16]
+    assert (inner(80) - want).abs().max() < 1e-10
+    assert (inner(64) - want).abs().max() > 1e-6
