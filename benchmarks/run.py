@@ -1,6 +1,7 @@
 """The benchmark suite: one command, JSON results with machine info.
 
-usage: python benchmarks/run.py [--quick] [--full] [--experiments] [--device cpu|cuda] [--out FILE]
+usage: python benchmarks/run.py [--quick] [--full] [--experiments] [--cases nst,...] [--device cpu|cuda]
+                               [--out FILE]
 
 Cases (sizes depend on the device; --quick runs the smallest only):
 - nst: FakET NST per tilt at the published settings against the unoptimised
@@ -235,8 +236,12 @@ def main() -> None:
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--experiments", action="store_true",
                     help="also measure cudnn autotuning, channels_last and torch.compile")
+    ap.add_argument("--cases", default="nst,command,precision,series,experiments,geometry",
+                    help="comma list to run (command runs on CPUs, series on GPUs, "
+                         "experiments with --experiments)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    cases = set(args.cases.split(","))
     gpu = args.device.startswith("cuda")
     if gpu:
         sizes = [(1024, 1024, 5), (2048, 2048, 3), (4096, 4096, 2), (4092, 5760, 2)]
@@ -245,35 +250,35 @@ def main() -> None:
     if args.quick:
         sizes = sizes[:2]
     rows = []
-    for h, w, n in sizes:
+    for h, w, n in (sizes if "nst" in cases else []):
         row = nst_case(h, w, n, args.device, repeats=2 if (args.quick or h >= 512) else 3)
         rows.append(row)
         print(f"nst {h}x{w}: {row['seconds_per_tilt']:.3f} s/tilt, baseline "
               f"{row['baseline_seconds_per_tilt']:.3f} s/tilt, x{row['speedup_vs_baseline']:.2f}, "
               f"{row['gflops_per_second']:.1f} GFLOP/s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
-    if not gpu:
+    if not gpu and "command" in cases:
         with tempfile.TemporaryDirectory() as tmp:
             row = command_case(Path(tmp))
         rows.append(row)
         print(f"command 9x128x128: faket {row['faket_seconds']:.2f} s, baseline "
               f"{row['baseline_seconds']:.2f} s, x{row['speedup_vs_baseline']:.2f}", flush=True)
-    for row in precision_cases(args.device):
+    for row in (precision_cases(args.device) if "precision" in cases else []):
         rows.append(row)
         print(f"precision {row['mode']}: max |diff| vs float32 {row['max_abs_vs_float32']:.3g} "
               f"(mean {row['mean_abs_vs_float32']:.3g}), {row['seconds_per_tilt']:.3f} s/tilt at "
               f"{row['size']}^2, x{row['speedup_vs_float32']:.2f}", flush=True)
-    if gpu:
+    if gpu and "series" in cases:
         row = series_case(4096, 4096, 61, args.device)
         rows.append(row)
         print(f"series 61 x 4096^2: {row['seconds']:.1f} s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
-    if args.experiments:
+    if args.experiments and "experiments" in cases:
         for row in experiment_cases(args.device):
             rows.append(row)
             print(f"experiment {row['option']}: {row['seconds_per_tilt']:.3f} s/tilt at {row['size']}^2, "
                   f"x{row['speedup_vs_default']:.2f}, first call {row['first_call_seconds']:.1f} s, "
                   f"max |diff| vs default {row['max_abs_vs_default']:.3g}", flush=True)
     geo = [128] if args.quick else [128, 256] + ([512] if args.full else [])
-    for row in geometry_cases(geo, args.device):
+    for row in (geometry_cases(geo, args.device) if "geometry" in cases else []):
         rows.append(row)
         print(f"{row['case']} 61 x {row['size']}^3: {row['seconds']:.2f} s", flush=True)
     info = machine_info(args.device)

@@ -17,16 +17,28 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- perf-table -->", "<!-- /perf-table -->"
 
 
+def _key(row: dict) -> tuple:
+    """What a row measures: its case and size/mode/option (not its numbers)."""
+    return tuple((k, row[k]) for k in ("case", "height", "width", "size", "mode", "option", "tilts")
+                 if k in row)
+
+
 def newest_by_device() -> dict[str, dict]:
+    """Per device, the newest row of every case over all full suite files (partial runs merge)."""
     out: dict[str, dict] = {}
     for path in sorted((HERE / "results").glob("suite-*.json")):
         data = json.loads(path.read_text())
         if data.get("quick"):
             continue
         key = data["machine"].get("gpu") or data["machine"].get("cpu", "cpu")
-        if key not in out or data["created"] > out[key]["created"]:
-            out[key] = data | {"file": path.name}
-    return out
+        dev = out.setdefault(key, {"machine": data["machine"], "rows": {}, "files": set()})
+        for row in data["results"]:
+            k = _key(row)
+            if k not in dev["rows"] or data["created"] > dev["rows"][k][0]:
+                dev["rows"][k] = (data["created"], row, path.name)
+    return {key: {"machine": d["machine"], "results": [r for _, r, _ in d["rows"].values()],
+                  "files": sorted({f for _, _, f in d["rows"].values()})}
+            for key, d in out.items()}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -62,7 +74,7 @@ def table(results: dict[str, dict]) -> str:
                              f"golden inputs {r['max_abs_vs_float32']:.2g} |")
             else:
                 lines.append(f"| {name} | {r['case']} 61 x {r['size']}^3 | {r['seconds']:.2f} s | | | |")
-        lines.append(f"| | | | | | from `{data['file']}` |")
+        lines.append("| | | | | | from " + ", ".join(f"`{f}`" for f in data["files"]) + " |")
     return "\n".join(lines)
 
 
