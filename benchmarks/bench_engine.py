@@ -59,6 +59,9 @@ def main() -> None:
                 first = first or tmp / f"run{n}_{share}.zarr"
                 rows.append({"actors": n, "share_style": share, "tilts": summary["tilts"],
                              "style_gram_tilts": summary["style_gram_tilts"],
+                             "prefetched_tasks": summary["prefetched_tasks"],
+                             "input_read_seconds": summary["input_read_seconds"],
+                             "input_wait_seconds": summary["input_wait_seconds"],
                              "nst_seconds": summary["nst_seconds"],
                              "tilts_per_second": summary["tilts_per_second"],
                              "run_seconds": summary["seconds"]})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import ray
 
 from faket.errors import FaketInputError
 
@@ -43,8 +44,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     A local Ray binds to 127.0.0.1, has no dashboard and a small object store.
     """
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -63,8 +62,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _remote_functions():
-    import ray
-
     @ray.remote(num_cpus=1, max_retries=3)
     def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
         return prepare_tomogram(store, tomo, model_json, content_sigma)
@@ -158,9 +155,19 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
 
 # --------------------------------------------------------------------------- actors
 class NSTWorker:
-    """Holds VGG-19 on its device; stylises tilts read from the store, writes them back."""
+    """Holds VGG-19 on its device; stylises tilts read from the store, writes them back.
+
+    I/O overlaps compute: :meth:`prefetch` runs in the actor's own "io"
+    thread (a Ray concurrency group), so the driver asks it to read the next
+    queued task's inputs while the current one computes; within a task each
+    tomogram's result is written by a writer thread while the next one
+    computes, and the task returns only once its writes are done.
+    """
 
     def __init__(self, weights: dict, settings, use_gpu: bool, threads: int = 1) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
 
         from faket.nst import StyleTransfer
@@ -169,9 +176,74 @@ class NSTWorker:
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.transfer = StyleTransfer(weights, settings, device=self.device)
         self.pid = os.getpid()
-        import ray
-
         self.node = ray.get_runtime_context().get_node_id()
+        self._lock = threading.Lock()
+        self._prefetched: dict = {}        # task key -> {"done": Event, "data": inputs or None}
+        self._taken: set = set()           # keys the compute thread read itself
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
+
+    @staticmethod
+    def _read(store: str, names: list[str], tilts: list[int]) -> dict:
+        """A task's inputs from the store: style tilts once, content and start per tomogram."""
+        from faket.store import open_store
+
+        root = open_store(store)
+        first = root[names[0]]
+        data = {"style": np.stack([np.asarray(first["style"][i]) for i in tilts]),
+                "style_range": first.attrs["ranges"]["style"], "size": first["content"].shape[-2:],
+                "members": {}}
+        for name in names:
+            g = root[name]
+            data["members"][name] = {
+                "ranges": g.attrs["ranges"],
+                "content": np.stack([np.asarray(g["content"][i]) for i in tilts]),
+                "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts])}
+        return data
+
+    @ray.method(concurrency_group="io")
+    def prefetch(self, store: str, names: list[str], tilts: list[int]) -> None:
+        """Read a queued task's inputs in the io thread (best effort: errors surface in stylize)."""
+        import threading
+
+        key = (store, tuple(names), tuple(tilts))
+        with self._lock:
+            if key in self._taken:
+                self._taken.discard(key)
+                return
+            if key in self._prefetched:
+                return
+            entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
+        t0 = time.perf_counter()
+        try:
+            entry["data"] = self._read(store, names, tilts)
+            entry["seconds"] = time.perf_counter() - t0
+        except Exception:
+            pass
+        finally:
+            entry["done"].set()
+
+    def _inputs(self, store: str, names: list[str], tilts: list[int]) -> tuple[dict, float, float]:
+        """The task's inputs, prefetched or read now.
+
+        Returns (inputs, seconds the compute thread waited for them, seconds
+        the reading took wherever it ran; 0 wait with a positive read time =
+        the read was hidden behind compute).
+        """
+        key = (store, tuple(names), tuple(tilts))
+        t0 = time.perf_counter()
+        with self._lock:
+            entry = self._prefetched.pop(key, None)
+            if entry is None:
+                self._taken.add(key)
+        data, read = None, 0.0
+        if entry is not None:
+            entry["done"].wait()
+            data, read = entry["data"], entry["seconds"]
+        if data is None:
+            t1 = time.perf_counter()
+            data = self._read(store, names, tilts)
+            read = time.perf_counter() - t1
+        return data, time.perf_counter() - t0, read
 
     def stylize(self, store: str, names: list[str], tilts: list[int]) -> dict:
         """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
@@ -180,21 +252,30 @@ class NSTWorker:
         tomogram (bit for bit what each would compute alone). A tomogram whose
         tilts are all done already (a retry) is skipped; one that fails is
         reported in ``failed`` while the others go on.
-        Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why}}``.
+        Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
+        "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "prefetched": bool}``.
         """
         import torch
 
         from faket.nst import match_tilt_stats, to_unit
         from faket.store import done_mask, open_store, write_tilt
 
-        root = open_store(store)
         idx = list(tilts)
-        first = root[names[0]]
-        style = np.stack([np.asarray(first["style"][i]) for i in idx])
+        data, waited, read = self._inputs(store, names, idx)
+        root = open_store(store)
+        style = data["style"]
         targets = self.transfer.style_targets(
-            [to_unit(style, *map(np.float32, first.attrs["ranges"]["style"]))], first["content"].shape[-2:])
+            [to_unit(style, *map(np.float32, data["style_range"]))], data["size"])
         bad = os.environ.get(FAIL_TILT_ENV, "")
-        out: dict = {"rows": [], "skipped": [], "failed": {}, "style_tilts": len(idx)}
+        out: dict = {"rows": [], "skipped": [], "failed": {}, "style_tilts": len(idx),
+                     "input_wait_seconds": waited, "input_read_seconds": read,
+                     "prefetched": waited < read}
+        writes = {}
+
+        def write(g, result) -> None:
+            for k, i in enumerate(idx):
+                write_tilt(g, "faket", i, result[k])
+
         for name in names:
             t0 = time.perf_counter()
             g = root[name]
@@ -204,16 +285,14 @@ class NSTWorker:
             try:
                 if bad and any(bad == f"{name}:{i}" for i in idx):
                     raise RuntimeError(f"injected failure of {bad}")
-                r = g.attrs["ranges"]
-                content = np.stack([np.asarray(g["content"][i]) for i in idx])
-                init = np.stack([np.asarray(g["noisy"][i]) for i in idx])
-                res = self.transfer.stylize_batch(to_unit(content, *map(np.float32, r["content"])), None,
-                                                  to_unit(init, *map(np.float32, r["noisy"])),
+                m = data["members"][name]
+                r = m["ranges"]
+                res = self.transfer.stylize_batch(to_unit(m["content"], *map(np.float32, r["content"])), None,
+                                                  to_unit(m["noisy"], *map(np.float32, r["noisy"])),
                                                   style_targets=targets)
                 result = match_tilt_stats(res.images.cpu().numpy(), style)
                 _maybe_crash()
-                for k, i in enumerate(idx):
-                    write_tilt(g, "faket", i, result[k])
+                writes[name] = self._writer.submit(write, g, result)
             except Exception as err:          # reported per tomogram; the driver retries it
                 out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
                 continue
@@ -227,6 +306,12 @@ class NSTWorker:
             out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
                              "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
                             for k, i in enumerate(idx)]
+        for name, fut in writes.items():           # the task returns once its results are stored
+            try:
+                fut.result()
+            except Exception as err:
+                out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
+                out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
         return out
 
 
@@ -245,8 +330,6 @@ def _maybe_crash() -> None:
 def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
         say: Callable[[str], None] = print, progress=None) -> dict:
     """Run a spec to completion (or resume it); returns a summary dict."""
-    import ray
-
     from faket.noise import NoiseModel
     from faket.store import done_mask, open_store
     from faket.weights import resolve_weights
@@ -315,7 +398,7 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
     if hooks:
         options["runtime_env"] = {"env_vars": hooks}
-    worker_cls = ray.remote(NSTWorker).options(**options)
+    worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)
     weights_ref = ray.put(weights.state_dict)
     workers = [worker_cls.remote(weights_ref, spec.nst, use_gpu, int(res.cpus_per_actor))
                for _ in range(min(n_actors, len(pending)))]
@@ -325,12 +408,16 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     failures: dict = {}
     meta: list[dict] = []
     style_tilts = 0                       # style tilts whose Gram targets were computed
+    input_wait = 0.0                      # seconds actors waited for inputs
+    input_read = 0.0                      # seconds reading inputs took (hidden or not)
+    prefetched = 0                        # tasks whose inputs were read ahead
     t_nst = time.perf_counter()
     while pending or in_flight:
         for w in range(len(workers)):
             while pending and load[w] < res.in_flight:
                 job = pending.popleft()
                 ref = workers[w].stylize.remote(store, list(job[0]), list(job[1]))
+                workers[w].prefetch.remote(store, list(job[0]), list(job[1]))   # read while it waits
                 in_flight[ref] = (w, job)
                 load[w] += 1
         ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -345,6 +432,9 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
                        "failed": dict.fromkeys(names, str(err).strip().splitlines()[-1][:200])}
             meta.extend(out["rows"])
             style_tilts += out.get("style_tilts", 0)
+            input_wait += out.get("input_wait_seconds", 0.0)
+            input_read += out.get("input_read_seconds", 0.0)
+            prefetched += bool(out.get("prefetched"))
             if progress is not None:
                 progress(len(out["rows"]) + len(out["skipped"]) * len(tilts))
             retry = []
@@ -376,7 +466,9 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     summary = {"store": store, "tilts": total, "done_before": done_before, "done_now": to_do,
                "actors": len(workers), "gpu": use_gpu, "nst_seconds": nst_seconds,
                "tilts_per_second": to_do / nst_seconds if to_do and nst_seconds > 0 else None,
-               "style_gram_tilts": style_tilts,
+               "style_gram_tilts": style_tilts, "input_wait_seconds": input_wait,
+               "input_read_seconds": input_read,
+               "prefetched_tasks": prefetched,
                "seconds": time.perf_counter() - t_start, "reconstructions": recs,
                "exported": exported, "workers": sorted({m["pid"] for m in meta}),
                "nodes": sorted({m["node"] for m in meta})}

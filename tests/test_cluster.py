@@ -78,6 +78,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     summary = run(spec, say=lambda m: None)
     assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
     assert summary["style_gram_tilts"] == 7        # both tomograms share the reference: Grams once
+    assert summary["prefetched_tasks"] >= 1        # queued tasks' inputs were read ahead
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()
