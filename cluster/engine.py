@@ -164,7 +164,8 @@ class NSTWorker:
     computes, and the task returns only once its writes are done.
     """
 
-    def __init__(self, weights: dict, settings, use_gpu: bool, threads: int = 1) -> None:
+    def __init__(self, weights: list, settings, use_gpu: bool, threads: int = 1) -> None:
+        """weights: ``[ObjectRef of the state dict]``, kept alive by the driver for restarts."""
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
@@ -174,7 +175,7 @@ class NSTWorker:
 
         torch.set_num_threads(max(1, threads))   # as many as the CPUs Ray gave this actor
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.transfer = StyleTransfer(weights, settings, device=self.device)
+        self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
         self.pid = os.getpid()
         self.node = ray.get_runtime_context().get_node_id()
         self._lock = threading.Lock()
@@ -399,8 +400,10 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     if hooks:
         options["runtime_env"] = {"env_vars": hooks}
     worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)
+    # Nested in a list, the reference is fetched by the actor rather than resolved by Ray
+    # as an argument; the driver holds it for the whole run, so restarted actors find it.
     weights_ref = ray.put(weights.state_dict)
-    workers = [worker_cls.remote(weights_ref, spec.nst, use_gpu, int(res.cpus_per_actor))
+    workers = [worker_cls.remote([weights_ref], spec.nst, use_gpu, int(res.cpus_per_actor))
                for _ in range(min(n_actors, len(pending)))]
     in_flight: dict = {}
     load = [0] * len(workers)
