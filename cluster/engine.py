@@ -39,7 +39,7 @@ class RunFailed(RuntimeError):
 
 
 # --------------------------------------------------------------------------- Ray setup
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start a local one.
 
     A local Ray binds to 127.0.0.1, has no dashboard and a small object store.
@@ -57,7 +57,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
         ray_constants.ENABLE_RAY_CLUSTER = False
         # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=False,
                  object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")
 
 
@@ -164,8 +165,9 @@ class NSTWorker:
     computes, and the task returns only once its writes are done.
     """
 
-    def __init__(self, weights: list, settings, use_gpu: bool, threads: int = 1) -> None:
-        """weights: ``[ObjectRef of the state dict]``, kept alive by the driver for restarts."""
+    def __init__(self, weights: list, settings, use_gpu: bool, threads: int = 1, keep: int = 4) -> None:
+        """weights: ``[ObjectRef of the state dict]``, kept alive by the driver for restarts;
+        keep: tasks whose inputs are kept read ahead at most (more than the driver queues)."""
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
@@ -178,9 +180,11 @@ class NSTWorker:
         self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
         self.pid = os.getpid()
         self.node = ray.get_runtime_context().get_node_id()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]      # what Ray assigned this actor
         self._lock = threading.Lock()
         self._prefetched: dict = {}        # task key -> {"done": Event, "data": inputs or None}
         self._taken: set = set()           # keys the compute thread read itself
+        self._keep = keep
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
 
     @staticmethod
@@ -213,6 +217,8 @@ class NSTWorker:
                 return
             if key in self._prefetched:
                 return
+            while len(self._prefetched) >= self._keep:   # stale: a task retried elsewhere
+                self._prefetched.pop(next(iter(self._prefetched)))
             entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
         t0 = time.perf_counter()
         try:
@@ -305,7 +311,8 @@ class NSTWorker:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             seconds = time.perf_counter() - t0
             out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
-                             "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node}
+                             "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node,
+                             "device": self.device, "gpu_ids": self.gpu_ids}
                             for k, i in enumerate(idx)]
         for name, fut in writes.items():           # the task returns once its results are stored
             try:
@@ -403,7 +410,7 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     # Nested in a list, the reference is fetched by the actor rather than resolved by Ray
     # as an argument; the driver holds it for the whole run, so restarted actors find it.
     weights_ref = ray.put(weights.state_dict)
-    workers = [worker_cls.remote([weights_ref], spec.nst, use_gpu, int(res.cpus_per_actor))
+    workers = [worker_cls.remote([weights_ref], spec.nst, use_gpu, int(res.cpus_per_actor), res.in_flight + 2)
                for _ in range(min(n_actors, len(pending)))]
     in_flight: dict = {}
     load = [0] * len(workers)
@@ -474,6 +481,8 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
                "prefetched_tasks": prefetched,
                "seconds": time.perf_counter() - t_start, "reconstructions": recs,
                "exported": exported, "workers": sorted({m["pid"] for m in meta}),
-               "nodes": sorted({m["node"] for m in meta})}
+               "nodes": sorted({m["node"] for m in meta}),
+               "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
+               "devices": sorted({m["device"] for m in meta})}
     root.attrs.update({"last_run": {k: v for k, v in summary.items() if k != "exported"}})
     return summary
