@@ -366,12 +366,12 @@ class StyleTransfer:
                 with torch.no_grad():
                     image.clamp_(0, 1)
                 average.update(image)
-                losses = per_tilt.detach().cpu()
+                losses = per_tilt.detach()            # stays on the device: no host sync per step
                 del grad, per_tilt
             with torch.no_grad():
                 image.copy_(average.get())
         out = average.get().detach().clamp(0, 1).mean(dim=1)
-        return BatchResult(out, losses)
+        return BatchResult(out, losses.cpu())
 
 
     # ---------------------------------------------------------------- one step, whole images
