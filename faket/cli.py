@@ -315,10 +315,11 @@ def stylize(
     end_scale: Optional[int] = typer.Option(None, help="Longest side at the last scale "
                                                        "[default: image size]."),
     batch_size: int = typer.Option(_NST.batch_size, help="Tilts per network call."),
-    tile_size: Optional[int] = typer.Option(None, help="Compute in tiles of this many pixels "
+    tile_size: Optional[int] = typer.Option(None, help="Compute in tiles of at most this many "
+                                                       "pixels, lined up with 1024-pixel chunks "
                                                        "(exact; for images larger than memory)."),
-    memory_budget: Optional[float] = typer.Option(None, help="GB one step may use; picks the "
-                                                             "tile size."),
+    memory_budget: Optional[float] = typer.Option(None, help="GB one step's working memory may "
+                                                             "use; picks the tile size."),
     precision: str = typer.Option(_NST.precision, help="float32 (exact), or opt-in tf32 (GPU) / "
                                                         "bf16 (faster, deviates; see README)."),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
