@@ -324,6 +324,10 @@ class StyleTransfer:
         elif set(style_targets) != set(scales):
             raise ValueError(f"style targets for scales {sorted(style_targets)}, "
                              f"these images need {scales}")
+        elif any(g.shape[0] != b for t in style_targets.values() for g in t.values()):
+            raise ValueError(f"style targets are for batches of "
+                             f"{next(iter(style_targets[scales[0]].values())).shape[0]} tilts, "
+                             f"the content has {b}")     # would broadcast silently otherwise
 
         ch, cw = size_at_scale(h, w, scales[0])
         if init is not None:

@@ -46,8 +46,8 @@ class NoiseSettings:
     content_sigma_factor: float = 0.25
 
 
-#: Edge of the Zarr store's tilt chunks (pixels). NST tiles picked from a memory
-#: budget divide it or are multiples of it, so that tiles and chunks line up.
+#: Edge of the Zarr store's tilt chunks (pixels). NST tiles cut each chunk into
+#: equal parts or are whole chunks, so that every chunk edge is a tile edge.
 TILE_GRID = 1024
 
 
@@ -59,10 +59,11 @@ class NSTSettings:
     the pyramid; ``None`` = the image size (one scale, as in the paper).
     init: ``content``, ``gray`` or ``uniform`` when no start stack is given.
     batch_size: tilts per network call (speed only).
-    tile_size: compute in tiles of this many pixels (a multiple of 16) with a halo
-        of context; exact up to round-off, for images too large for memory.
-    memory_budget_gb: pick the tile size so that one step stays under this many GB;
-        the tiles then divide the store's 1024-pixel chunks or are multiples of them.
+    tile_size: compute in tiles of at most this many pixels (multiples of 16, lined
+        up with ``TILE_GRID`` chunks) with a halo of context; exact up to
+        round-off, for images too large for memory.
+    memory_budget_gb: pick the tile size so that one step's working memory stays
+        under this many GB.
     precision: ``float32`` (default, exact to the published code), or the faster
         opt-in modes ``tf32`` (GPU convolutions and matmuls in TF32) and ``bf16``
         (network passes under bfloat16 autocast; losses in float32).

@@ -113,6 +113,8 @@ def test_style_targets_computed_once_serve_other_contents_bit_for_bit(inputs, te
         assert torch.equal(own, shared)
     with pytest.raises(ValueError, match="scales"):
         transfer.stylize_batch(c[:, :48, :48], None, i[:, :48, :48], style_targets=targets)
+    with pytest.raises(ValueError, match="batches of 2 tilts, the content has 1"):
+        transfer.stylize_batch(c[:1], None, i[:1], style_targets=targets)
 
 
 @pytest.mark.parametrize("option", ["channels_last", "compile"])
