@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from faket.reproducible import HELP as REPRODUCIBLE_HELP
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.")
@@ -45,8 +47,13 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, help="Ray cluster address [default: RAY_ADDRESS "
                                                      "or a local Ray]."),
     actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
+    reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
 ) -> None:
     """Simulate everything a spec lists; rerun the same spec to resume."""
+    if reproducible:                 # before torch is imported here or in any actor
+        from faket.reproducible import enable
+
+        enable()
     summary = _run(spec, address, actors)
     print(json.dumps(summary, indent=1))
 

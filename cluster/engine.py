@@ -12,6 +12,7 @@ completion. The method itself lives in :mod:`faket`.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from pathlib import Path
@@ -174,10 +175,12 @@ class NSTWorker:
         import torch
 
         from faket.nst import StyleTransfer
+        from faket.reproducible import compute_record
 
         torch.set_num_threads(max(1, threads))   # as many as the CPUs Ray gave this actor
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
+        self.compute = compute_record(self.device, settings.precision)
         self.pid = os.getpid()
         self.node = ray.get_runtime_context().get_node_id()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]      # what Ray assigned this actor
@@ -312,7 +315,7 @@ class NSTWorker:
             seconds = time.perf_counter() - t0
             out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
                              "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node,
-                             "device": self.device, "gpu_ids": self.gpu_ids}
+                             "device": self.device, "gpu_ids": self.gpu_ids, "compute": self.compute}
                             for k, i in enumerate(idx)]
         for name, fut in writes.items():           # the task returns once its results are stored
             try:
@@ -335,10 +338,19 @@ def _maybe_crash() -> None:
 
 
 # --------------------------------------------------------------------------- driver
+def _distinct(records) -> list[dict]:
+    """The distinct dicts of an iterable, in first-seen order (actors' compute records)."""
+    seen: dict[str, dict] = {}
+    for r in records:
+        seen.setdefault(json.dumps(r, sort_keys=True), r)
+    return list(seen.values())
+
+
 def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
         say: Callable[[str], None] = print, progress=None) -> dict:
     """Run a spec to completion (or resume it); returns a summary dict."""
     from faket.noise import NoiseModel
+    from faket.reproducible import requested, switch_environment
     from faket.store import done_mask, open_store
     from faket.weights import resolve_weights
 
@@ -352,6 +364,9 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     use_gpu = res.gpus_per_actor > 0 or (res.actors is None and n_gpus > 0)
     gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
     n_actors = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
+    if res.device == "cuda" and not use_gpu:
+        raise FaketInputError(f"spec {spec.path}: resources.device = \"cuda\" but the cluster has no "
+                              "GPUs: use device = \"cpu\" or \"auto\"")
     if use_gpu and n_gpus < gpus:
         raise FaketInputError(f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
                               f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors")
@@ -404,13 +419,16 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     if res.spread:
         options["scheduling_strategy"] = "SPREAD"
     hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
+    if requested():                      # the reproducible switch travels to every actor
+        hooks.update(switch_environment())
     if hooks:
         options["runtime_env"] = {"env_vars": hooks}
     worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)
     # Nested in a list, the reference is fetched by the actor rather than resolved by Ray
     # as an argument; the driver holds it for the whole run, so restarted actors find it.
     weights_ref = ray.put(weights.state_dict)
-    workers = [worker_cls.remote([weights_ref], spec.nst, use_gpu, int(res.cpus_per_actor), res.in_flight + 2)
+    on_gpu = use_gpu and res.device != "cpu"      # device = "cpu": GPUs reserved, not used
+    workers = [worker_cls.remote([weights_ref], spec.nst, on_gpu, int(res.cpus_per_actor), res.in_flight + 2)
                for _ in range(min(n_actors, len(pending)))]
     in_flight: dict = {}
     load = [0] * len(workers)
@@ -483,6 +501,8 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
                "exported": exported, "workers": sorted({m["pid"] for m in meta}),
                "nodes": sorted({m["node"] for m in meta}),
                "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
-               "devices": sorted({m["device"] for m in meta})}
-    root.attrs.update({"last_run": {k: v for k, v in summary.items() if k != "exported"}})
+               "devices": sorted({m["device"] for m in meta}),
+               "compute": _distinct(m["compute"] for m in meta)}
+    root.attrs.update({"last_run": {k: v for k, v in summary.items() if k not in ("exported", "compute")},
+                       "compute": summary["compute"]})
     return summary

@@ -13,6 +13,7 @@ Example (paths are relative to the spec file)::
     batch = 1                     # tilts per task
     share_style = 8               # tomograms with the same style per task (its Grams computed once)
     in_flight = 2                 # tasks queued per actor
+    device = "auto"               # auto | cpu | cuda: where actors compute
     max_task_retries = 3
 
     [weights]
@@ -66,7 +67,7 @@ SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruct
             "manifest"}
 RUN_KEYS = {"store", "export", "seed"}
 RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
-                 "max_task_retries", "address", "spread", "share_style"}
+                 "max_task_retries", "address", "spread", "share_style", "device"}
 WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
@@ -97,6 +98,10 @@ class Resources:
     address: str | None = None
     spread: bool = False
     share_style: int = 8
+    device: str = "auto"
+
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -162,6 +167,8 @@ def load_spec(path: str | Path) -> RunSpec:
     res = Resources(**res_raw)
     if res.actors is not None and res.actors < 1:
         raise _fail(spec, f"resources.actors must be >= 1, got {res.actors}")
+    if res.device not in DEVICES:
+        raise _fail(spec, f"resources.device = {res.device!r} is not one of {', '.join(DEVICES)}")
     if res.gpus_per_actor < 0 or res.cpus_per_actor <= 0:
         raise _fail(spec, "resources.gpus_per_actor must be >= 0 and cpus_per_actor > 0")
     if res.batch < 1 or res.in_flight < 1 or res.share_style < 1 or res.max_task_retries < 0:

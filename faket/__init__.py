@@ -8,3 +8,8 @@ plus :mod:`faket.phantom` (synthetic data), :mod:`faket.io` and :mod:`faket.cli`
 """
 
 __version__ = "0.1.0"
+
+# FAKET_REPRODUCIBLE=1 pins torch's CPU kernels; it must act before torch is imported.
+from .reproducible import pin_from_environment as _pin_from_environment  # noqa: E402
+
+_pin_from_environment()

@@ -18,6 +18,7 @@ import typer
 
 from . import __version__
 from .errors import FaketInputError
+from .reproducible import HELP as REPRODUCIBLE_HELP
 from .settings import (INITS, NoiseSettings, NSTSettings, PAPER_RECONSTRUCTION, PhantomSettings,
                        ProjectionSettings, ReconstructionSettings)
 
@@ -30,6 +31,16 @@ app.add_typer(noise_app, name="noise")
 app.add_typer(weights_app, name="weights")
 
 _NST = NSTSettings()
+def _reproducible_option() -> bool:
+    return typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP)
+
+
+def _switch(on: bool) -> None:
+    """Apply ``--reproducible`` before anything imports torch."""
+    if on:
+        from .reproducible import enable
+
+        enable()
 _REC = ReconstructionSettings()
 _PH = PhantomSettings()
 _NOISE = NoiseSettings()
@@ -98,11 +109,17 @@ def info() -> None:
     import numpy
     import torch
 
+    from .reproducible import ENV_VAR, compute_record
     from .weights import weights_status
 
     print(f"faket {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}")
-    print(f"cpu threads: {torch.get_num_threads()}")
+    rec = compute_record("cpu")
+    pin = ", ".join(f"{k}={v}" for k, v in rec["cpu_pin"].items()) or "not pinned"
+    print(f"cpu: {rec['device_name']}, {rec['cpu_threads']} threads, kernels {rec['cpu_capability']} "
+          f"({pin}); reproducible switch {'on' if rec['reproducible'] else 'off'} ({ENV_VAR})")
+    print(f"cuda build: {rec['cuda'] or 'none'}, cudnn: {rec['cudnn'] or 'none'}")
+    print(f"precision: float32 on the CPU; on CUDA {NSTSettings().precision} unless --precision")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -175,7 +192,8 @@ def project(
             tilts = run_projection(vol.data, theta, st, device=dev, progress=advance)
         vs = vol.voxel_size[0] or 1.0
     write_mrc(output, tilts.cpu().numpy(), voxel_size=vs)
-    write_provenance(output, provenance(st.__dict__, inputs={"volume": volume, "angles": angles}))
+    write_provenance(output, provenance(st.__dict__, inputs={"volume": volume, "angles": angles},
+                                       device=dev))
     _say(f"{tuple(tilts.shape)} -> {output}")
 
 
@@ -324,12 +342,14 @@ def stylize(
                                                         "bf16 (faster, deviates; see README)."),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    reproducible: bool = _reproducible_option(),
 ) -> None:
     """Give CONTENT tilts the look of the style tilt-series (FakET NST, per tilt).
 
     Defaults are the published FAKET settings: 1 Adam step of 0.15, content
     relu2_2, style relu1_1..relu5_1 weighted 256:64:16:4:1, max pooling.
     """
+    _switch(reproducible)
     import numpy as np
 
     from .io import MrcWriter, check_output_path, open_mrc, provenance, write_provenance
@@ -385,7 +405,8 @@ def stylize(
         st.to_dict(), inputs={"content": content, "init": init,
                               **{f"style{k}": p for k, p in enumerate(style)}},
         weights=weights.identity, seeds={"init": seed, "weights": weights_seed},
-        extra={"device": dev, "final_loss_per_tilt": losses.tolist()}))
+        extra={"device": dev, "final_loss_per_tilt": losses.tolist()}, device=dev,
+        precision=st.precision))
     _say(f"{c.shape[0]} tilts -> {output}")
 
 
@@ -426,7 +447,7 @@ def reconstruct(
             vol = run_reconstruction(ts.data, theta, st, device=dev, progress=advance)
     write_mrc(output, vol.cpu().numpy(), voxel_size=vs, volume=True)
     write_provenance(output, provenance({k: v for k, v in st.__dict__.items()},
-                                        inputs={"tilts": tilts, "angles": angles}))
+                                        inputs={"tilts": tilts, "angles": angles}, device=dev))
     _say(f"{tuple(vol.shape)} -> {output}")
 
 
@@ -558,8 +579,10 @@ def demo(
     vgg_weights: str = typer.Option("imagenet", help="imagenet (falls back to random when "
                                                      "missing, loudly), random or a file."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    reproducible: bool = _reproducible_option(),
 ) -> None:
     """The whole method on built-in synthetic data: phantom -> project -> noise -> stylize -> reconstruct."""
+    _switch(reproducible)
     from .demo import run_demo
 
     a = _floats(angles, "--angles")
@@ -575,6 +598,9 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     failures: other exception types that end the program with one line, and their exit codes.
     """
     try:
+        from .reproducible import requested
+
+        requested()                     # a bad FAKET_REPRODUCIBLE ends here, before any work
         typer_app()
     except FaketInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -115,7 +115,8 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     stacks["faket"] = faket
     write_provenance(paths["faket"], provenance(st.to_dict(), weights=weights.identity,
                                                 seeds={"noise": 1, "phantom": 1},
-                                                extra={"nst_seconds": nst_seconds}))
+                                                extra={"nst_seconds": nst_seconds}, device=device,
+                                                precision=st.precision))
     model.provenance = provenance({"order": 2}, inputs=model.sources[0])
     model.save(paths["noise_model"])
 
@@ -129,7 +130,8 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     paths["preview"] = write_preview(out_dir / "preview.png", stacks, recs, theta)
     record = provenance({"demo": {"size": size, "angles": list(angles)}, "nst": st.to_dict(),
                          "reconstruction": rec_settings.__dict__}, weights=weights.identity,
-                        seeds={"reference_phantom": 0, "phantom": 1, "noise": 1})
+                        seeds={"reference_phantom": 0, "phantom": 1, "noise": 1}, device=device,
+                        precision=st.precision)
     for key in ("reference", "noiseless", "noisy", "content", "baseline", "labels",
                 *(f"{m}_rec" for m in recs)):
         write_provenance(paths[key], record)

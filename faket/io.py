@@ -353,9 +353,14 @@ def cached_sha256(path: str | os.PathLike) -> str:
 
 
 def provenance(parameters: dict, *, inputs: dict | None = None, weights: dict | None = None,
-               seeds: dict | None = None, extra: dict | None = None) -> dict:
-    """A provenance record: faket version, command line, parameters, inputs, weights, seeds."""
+               seeds: dict | None = None, extra: dict | None = None, device: str = "cpu",
+               precision: str | None = None) -> dict:
+    """A provenance record: faket version, command line, parameters, inputs, weights, seeds,
+    and ``compute``: the device, CPU kernel level, precision mode, reproducible switch and
+    torch / CUDA versions (:func:`faket.reproducible.compute_record`)."""
     import torch
+
+    from .reproducible import compute_record
 
     rec = {
         "faket_version": __version__,
@@ -367,6 +372,7 @@ def provenance(parameters: dict, *, inputs: dict | None = None, weights: dict | 
         "host": platform.node(),
         "parameters": parameters,
         "inputs": {k: str(v) for k, v in (inputs or {}).items()},
+        "compute": compute_record(device, precision),
     }
     if weights is not None:
         rec["weights"] = weights

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FaketInputError
+from .reproducible import check_precision, configure_device
 from .settings import INITS, PRECISIONS, TILE_GRID, NSTSettings
 from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
                   tile_halo)
@@ -241,12 +242,9 @@ class StyleTransfer:
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
-        if self.device.type == "cuda":
-            # Process-wide switches. PyTorch lets cuDNN convolutions use TF32 by
-            # default; float32 means float32 here, so it is turned off.
-            tf32 = settings.precision == "tf32"
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
+        # Process-wide switches: PyTorch lets cuDNN convolutions use TF32 by default;
+        # float32 means float32 here. FAKET_REPRODUCIBLE adds deterministic algorithms.
+        configure_device(self.device, settings.precision)
 
     def _features(self, x: torch.Tensor, layers) -> dict[int, torch.Tensor]:
         """Network features; under bfloat16 autocast when ``precision`` is bf16 (then cast back)."""
@@ -564,6 +562,7 @@ def validate_settings(s: NSTSettings) -> None:
         raise FaketInputError(f"tile size must be >= 16 pixels, got {s.tile_size}")
     if s.precision not in PRECISIONS:
         raise FaketInputError(f"unknown precision {s.precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision(s.precision)
     if s.memory_budget_gb is not None and not s.memory_budget_gb > 0:
         raise FaketInputError(f"memory budget must be > 0 GB, got {s.memory_budget_gb}")
     for name in ("min_scale", "end_scale"):

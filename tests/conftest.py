@@ -1,14 +1,31 @@
-"""Shared test setup: offline weights, isolated caches, golden data, CLI runners."""
+"""Shared test setup: pinned CPU kernels, offline weights, isolated caches, golden data,
+CLI runners, and the devices tests run on.
+
+The golden fixtures were made with AVX2 CPU kernels, and the NST's first Adam step
+(about +-step_size, the sign of the gradient) turns another kernel's round-off into
+pixel differences of 2 * step_size. So the whole suite runs with the CPU kernels
+pinned to AVX2 (faket.reproducible.CPU_PIN), set here before torch is imported:
+in-process tests, every CLI subprocess and every Ray worker inherit it.
+``test_reproducible.py`` checks the host's own unpinned kernels in subprocesses.
+"""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}   # = faket.reproducible.CPU_PIN
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+if X86_64:
+    assert "torch" not in sys.modules, "torch was imported before the CPU kernels could be pinned"
+    os.environ.update(CPU_PIN)
+os.environ.pop("FAKET_REPRODUCIBLE", None)     # tests that want the switch set it themselves
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,3 +83,17 @@ def call_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+HAS_CUDA = torch.cuda.is_available()
+#: Parametrise a test that holds on any device: ``@pytest.mark.parametrize("device", DEVICES)``.
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[
+               pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine")])]
+
+
+def pytest_report_header(config) -> str:
+    from faket.reproducible import cpu_capability
+
+    gpu = torch.cuda.get_device_name(0) if HAS_CUDA else "none"
+    return f"faket tests: CPU kernels {cpu_capability()} (pinned: {X86_64}), CUDA GPU: {gpu}"

@@ -61,7 +61,7 @@ def _reference(store: Path, name: str, weights) -> np.ndarray:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return stylize_stack(c, [s], i, StyleTransfer(weights, NSTSettings()))
+        return stylize_stack(c, [s], i, StyleTransfer(weights, NSTSettings(), device="cpu"))
     finally:
         torch.set_num_threads(threads)
 
@@ -172,21 +172,28 @@ def test_impossible_resources_fail_before_any_work(inputs, tmp_path, local_ray):
     assert not (tmp_path / "run.zarr").exists()
 
 
-def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, local_ray):
-    """GPU scheduling, with two GPUs declared to Ray: a stand-in, as this machine has none.
+def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, local_ray, monkeypatch):
+    """GPU scheduling, with two GPUs declared to Ray: a stand-in for GPUs (device="cpu").
 
     Ray's resource accounting is real: with no actor count given the engine
-    starts one actor per GPU and Ray gives each its own GPU id; without CUDA
-    the actors compute on the CPU, with the same results.
+    starts one actor per GPU and Ray gives each its own GPU id; with
+    ``device = "cpu"`` the actors compute on the CPU, also on a machine with a
+    real GPU, with the same results. The reproducible switch reaches every actor.
     """
     from cluster.engine import init_ray
+    from faket.reproducible import ENV_VAR
 
+    monkeypatch.setenv(ENV_VAR, "1")
     init_ray(num_cpus=2, num_gpus=2)
-    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2": "", 'export = "': '# export = "'}))
-    assert spec.resources.actors is None
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2": 'device = "cpu"',
+                                                     'export = "': '# export = "'}))
+    assert spec.resources.actors is None and spec.resources.device == "cpu"
     summary = run(spec, say=lambda m: None)
     assert summary["gpu"] and summary["actors"] == 2
     assert summary["gpu_ids"] == ["0", "1"] and summary["devices"] == ["cpu"]
+    [compute] = summary["compute"]                     # both actors: the same arithmetic
+    assert compute["reproducible"] is True and compute["device"] == "cpu"
+    assert open_store(spec.store, mode="r").attrs["compute"] == summary["compute"]
     root = open_store(spec.store, mode="r")
     got = np.asarray(root["tomo_000"]["faket"][:])
     assert np.abs(got - _reference(spec.store, "tomo_000", test_weights)).max() <= 1e-5

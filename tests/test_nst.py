@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DEVICES
 from faket.errors import FaketInputError
 from faket.io import read_mrc
 from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
@@ -20,23 +21,26 @@ def inputs(golden):
     return {k: read_mrc(golden[k]) for k in ("content", "style", "init")}
 
 
-def test_gram_of_known_tensor():
-    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])  # (1, 2, 2, 2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram_of_known_tensor(device):
+    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]], device=device)  # (1, 2, 2, 2)
     g = gram(f)
     expected = torch.tensor([[[30.0, 6.0], [6.0, 2.0]]]) / 4
-    assert torch.equal(g, expected)
+    assert g.device.type == device and torch.equal(g.cpu(), expected)
 
 
-def test_scaled_error_analytic():
-    x = torch.tensor([[1.0, -2.0, 0.0]])
-    t = torch.zeros(1, 3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_scaled_error_analytic(device):
+    x = torch.tensor([[1.0, -2.0, 0.0]], device=device)
+    t = torch.zeros(1, 3, device=device)
     # sum d^2 = 5, sum |d| = 3
     assert scaled_error(x, t).item() == pytest.approx(5 / (3 + 1e-8))
     assert scaled_error(t, t).item() == 0.0
 
 
-def test_tv_loss_of_ramp():
-    x = torch.arange(4.0).repeat(4, 1)[None, None]  # horizontal ramp of slope 1
+@pytest.mark.parametrize("device", DEVICES)
+def test_tv_loss_of_ramp(device):
+    x = torch.arange(4.0, device=device).repeat(4, 1)[None, None]  # horizontal ramp of slope 1
     # replicate padding: the last column's x-difference is 0 -> 12 of 16 pixels have 1
     assert tv_loss(x).item() == pytest.approx(12 / 16)
 
@@ -73,19 +77,20 @@ def test_match_tilt_stats_sets_std_then_mean():
 def test_golden_fidelity(inputs, test_weights, golden, name, iterations, step):
     st = NSTSettings(iterations=iterations, initial_iterations=iterations, step_size=step)
     out = stylize_stack(inputs["content"], [inputs["style"]], inputs["init"],
-                        StyleTransfer(test_weights, st))
+                        StyleTransfer(test_weights, st, device="cpu"))
     expected = read_mrc(golden[name])
     assert out.dtype == np.float32 and out.shape == expected.shape
     assert np.abs(out - expected).max() <= 1e-4
 
 
-def test_batching_is_exact_in_float64(inputs, test_weights):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batching_is_exact_in_float64(inputs, test_weights, device):
     """Every loss stays per tilt: in float64 (no amplified round-off) batches change nothing."""
     st1 = NSTSettings(initial_iterations=2, step_size=0.05, batch_size=1)
     st5 = NSTSettings(initial_iterations=2, step_size=0.05, batch_size=5)
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
-    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, st1, dtype=torch.float64))
-    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, st5, dtype=torch.float64))
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, st1, dtype=torch.float64, device=device))
+    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, st5, dtype=torch.float64, device=device))
     assert np.abs(a - b).max() < 1e-5
 
 
@@ -93,8 +98,8 @@ def test_one_tilt_alone_equals_its_place_in_the_stack(inputs, test_weights):
     """A worker processing one tilt with the stack ranges gets the same tilt."""
     st = NSTSettings()
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
-    full = stylize_stack(c, [s], i, StyleTransfer(test_weights, st))
-    transfer = StyleTransfer(test_weights, st)
+    full = stylize_stack(c, [s], i, StyleTransfer(test_weights, st, device="cpu"))
+    transfer = StyleTransfer(test_weights, st, device="cpu")
     res = transfer.stylize_batch(to_unit(c[2:3], *stack_range(c)), [to_unit(s[2:3], *stack_range(s))],
                                  to_unit(i[2:3], *stack_range(i)))
     one = match_tilt_stats(res.images.numpy(), s[2:3])
@@ -103,7 +108,7 @@ def test_one_tilt_alone_equals_its_place_in_the_stack(inputs, test_weights):
 
 def test_style_targets_computed_once_serve_other_contents_bit_for_bit(inputs, test_weights):
     """The engine computes a style tilt's Gram targets once for every tomogram sharing it."""
-    transfer = StyleTransfer(test_weights, NSTSettings())
+    transfer = StyleTransfer(test_weights, NSTSettings(), device="cpu")
     c, s, i = (to_unit(x[1:3], *stack_range(x)) for x in (inputs["content"], inputs["style"], inputs["init"]))
     targets = transfer.style_targets([s], c.shape[-2:])
     assert list(targets) == [64] and targets[64][29].shape == (2, 512, 512)
@@ -122,19 +127,19 @@ def test_execution_experiments_compute_the_same(inputs, test_weights, option):
     """NHWC activations and torch.compile change kernels, not arithmetic: equal in float64."""
     c, s, i = (to_unit(x[:2], *stack_range(x)) for x in (inputs["content"], inputs["style"], inputs["init"]))
     st = NSTSettings(initial_iterations=2, step_size=0.05)
-    ref = StyleTransfer(test_weights, st, dtype=torch.float64).stylize_batch(c, [s], i).images
-    got = StyleTransfer(test_weights, st, dtype=torch.float64, **{option: True}).stylize_batch(c, [s], i).images
+    ref = StyleTransfer(test_weights, st, dtype=torch.float64, device="cpu").stylize_batch(c, [s], i).images
+    got = StyleTransfer(test_weights, st, dtype=torch.float64, **{option: True}, device="cpu").stylize_batch(c, [s], i).images
     assert (got - ref).abs().max() < 1e-6
 
 
 def test_zero_weight_style_stack_has_no_effect(inputs, test_weights):
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
     other = np.ascontiguousarray(s[::-1])
-    one = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
-    two = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings()),
+    one = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"))
+    two = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"),
                         style_image_weights=[1.0, 0.0])
     assert np.abs(one - two).max() <= 1e-6
-    mixed = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings()),
+    mixed = stylize_stack(c, [s, other], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"),
                           style_image_weights=[1.0, 1.0])
     assert np.abs(one - mixed).max() > 1e-3
 
@@ -142,28 +147,28 @@ def test_zero_weight_style_stack_has_no_effect(inputs, test_weights):
 @pytest.mark.parametrize("pooling", ["average", "l2"])
 def test_other_poolings_run_and_differ(inputs, test_weights, pooling):
     c, s, i = (inputs[k][:2] for k in ("content", "style", "init"))
-    base = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
-    out = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(pooling=pooling)))
+    base = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"))
+    out = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(pooling=pooling), device="cpu"))
     assert np.isfinite(out).all() and np.abs(out - base).max() > 1e-4
 
 
 def test_pyramid_and_inits(inputs, test_weights):
     c, s = inputs["content"][:2], inputs["style"][:2]
     st = NSTSettings(min_scale=32, end_scale=64, iterations=2, initial_iterations=2, init="gray")
-    out = stylize_stack(c, [s], None, StyleTransfer(test_weights, st))
+    out = stylize_stack(c, [s], None, StyleTransfer(test_weights, st, device="cpu"))
     assert out.shape == c.shape and np.isfinite(out).all()
     # gray/uniform starts are seeded: same seed, same result; another seed, another result
     for init in ("gray", "uniform"):
-        a = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1)))
-        b = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1)))
-        d = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=2)))
+        a = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1), device="cpu"))
+        b = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=1), device="cpu"))
+        d = stylize_stack(c, [s], None, StyleTransfer(test_weights, NSTSettings(init=init, seed=2), device="cpu"))
         assert np.array_equal(a, b) and not np.array_equal(a, d)
 
 
 def test_tv_weight_changes_result(inputs, test_weights):
     c, s, i = (inputs[k][:1] for k in ("content", "style", "init"))
-    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
-    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tv_weight=1e3)))
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"))
+    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tv_weight=1e3), device="cpu"))
     assert np.abs(a - b).max() > 1e-4
 
 
@@ -175,11 +180,11 @@ def test_tv_weight_changes_result(inputs, test_weights):
 ])
 def test_bad_settings_are_refused(test_weights, bad):
     with pytest.raises(FaketInputError):
-        StyleTransfer(test_weights, NSTSettings(**bad))
+        StyleTransfer(test_weights, NSTSettings(**bad), device="cpu")
 
 
 def test_too_small_images_are_refused(test_weights):
-    t = StyleTransfer(test_weights, NSTSettings())
+    t = StyleTransfer(test_weights, NSTSettings(), device="cpu")
     x = np.zeros((1, 8, 8), np.float32)
     with pytest.raises(FaketInputError, match="at least"):
         t.stylize_batch(x, [x], x)
@@ -209,12 +214,14 @@ def _random_stacks(n, h, w, seed=0):
     return [rng.random((n, h, w)).astype(np.float32) for _ in range(3)]
 
 
-def test_tiling_is_exact_in_float64(test_weights):
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiling_is_exact_in_float64(test_weights, device):
     """Halo >= receptive field, aligned tiles, global sums first: the tiled step is the untiled one."""
     c, s, i = _random_stacks(2, 96, 80)
     base = dict(initial_iterations=3, step_size=0.05, **SHALLOW)
-    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(**base), dtype=torch.float64))
-    t = StyleTransfer(test_weights, NSTSettings(tile_size=16, **base), dtype=torch.float64)
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(**base), dtype=torch.float64,
+                                               device=device))
+    t = StyleTransfer(test_weights, NSTSettings(tile_size=16, **base), dtype=torch.float64, device=device)
     assert len(t._tiles(96, 80, 2)) == 30                  # really tiled, halos overlapping
     b = stylize_stack(c, [s], i, t)
     assert np.abs(a - b).max() < 1e-6
@@ -223,34 +230,34 @@ def test_tiling_is_exact_in_float64(test_weights):
 def test_tiling_with_published_layers_and_tv_in_float64(test_weights):
     c, s, i = _random_stacks(1, 128, 112, seed=1)
     a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tv_weight=0.5),
-                                               dtype=torch.float64))
+                                               dtype=torch.float64, device="cpu"))
     b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tv_weight=0.5, tile_size=64),
-                                               dtype=torch.float64))
+                                               dtype=torch.float64, device="cpu"))
     assert np.abs(a - b).max() < 1e-6
 
 
 def test_tiling_in_float32_differs_by_round_off_only(test_weights):
     """float32: summation order differs; the near-sign Adam step amplifies it on a few pixels."""
     c, s, i = _random_stacks(2, 96, 80, seed=2)
-    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(**SHALLOW)))
-    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tile_size=16, **SHALLOW)))
+    a = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(**SHALLOW), device="cpu"))
+    b = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(tile_size=16, **SHALLOW), device="cpu"))
     d = np.abs(a - b)
     assert (d <= 1e-4).mean() >= 0.999 and (d <= 1e-5).mean() >= 0.99 and d.max() <= 1e-2
 
 
 def test_memory_budget_picks_tiles(test_weights):
-    t = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=64))
+    t = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=64), device="cpu")
     assert t._tiles(512, 512, 1) is None                    # fits whole
-    t = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.5))
+    t = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.5), device="cpu")
     tiles = t._tiles(1024, 1024, 1)
     assert tiles is not None and all((y1 - y0) % 16 == 0 for (y0, y1, _, _), _ in tiles)
     # automatic tiles line up with the store's 1024^2 chunks: every chunk edge is a tile edge
     for h, w, budget in ((4096, 4096, 2.0), (4092, 5760, 8.0), (2048, 3000, 0.5)):
-        tiles = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=budget))._tiles(h, w, 1)
+        tiles = StyleTransfer(test_weights, NSTSettings(memory_budget_gb=budget), device="cpu")._tiles(h, w, 1)
         starts = {y0 for (y0, _, _, _), _ in tiles} | {x0 for (_, _, x0, _), _ in tiles}
         assert len(tiles) > 1 and set(range(0, max(h, w), 1024)) <= starts, (h, w, budget)
     with pytest.raises(FaketInputError, match="too small"):
-        StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.01))._tiles(4096, 4096, 1)
+        StyleTransfer(test_weights, NSTSettings(memory_budget_gb=0.01), device="cpu")._tiles(4096, 4096, 1)
 
 
 @pytest.mark.parametrize("n,tile", [(100, 16), (1024, 480), (1500, 480), (4092, 700), (5760, 1000),
@@ -272,13 +279,13 @@ def test_tile_cuts_line_up_with_store_chunks(n, tile):
 
 def test_precision_modes(inputs, test_weights):
     c, s, i = inputs["content"], inputs["style"], inputs["init"]
-    ref = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings()))
+    ref = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(), device="cpu"))
     # tf32 only switches GPU kernels: on the CPU it is float32 exactly
-    tf32 = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(precision="tf32")))
+    tf32 = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(precision="tf32"), device="cpu"))
     assert np.array_equal(tf32, ref)
     # bf16 is emulated (slowly) on CPUs without it: one tilt is enough
-    bf16 = stylize_stack(c[:1], [s[:1]], i[:1], StyleTransfer(test_weights, NSTSettings(precision="bf16")))
+    bf16 = stylize_stack(c[:1], [s[:1]], i[:1], StyleTransfer(test_weights, NSTSettings(precision="bf16"), device="cpu"))
     d = np.abs(bf16 - ref[:1])
     assert np.isfinite(bf16).all() and 0 < d.max() and d.mean() < 0.2 * ref.std()
     with pytest.raises(FaketInputError, match="precision"):
-        StyleTransfer(test_weights, NSTSettings(precision="fp8"))
+        StyleTransfer(test_weights, NSTSettings(precision="fp8"), device="cpu")

@@ -10,6 +10,8 @@ from faket.errors import FaketInputError
 from faket.projection import project
 from faket.settings import ProjectionSettings
 
+from conftest import DEVICES
+
 
 def _spheres(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -22,18 +24,20 @@ def _spheres(n: int, seed: int = 0) -> np.ndarray:
     return vol
 
 
-def test_matches_skimage_radon_per_y_slice():
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_skimage_radon_per_y_slice(device):
     n = 48
     vol = _spheres(n)
     theta = np.linspace(-60, 60, 21)
-    ours = -project(vol, theta).numpy()
+    ours = -project(vol, theta, device=device).cpu().numpy()
     ref = np.moveaxis(np.stack([radon(vol[:, j, :], theta=theta, circle=True)
                                 for j in range(n)]), -1, 0)
     assert ours.shape == ref.shape == (21, n, n)
     assert np.abs(ours - ref).max() < 1e-4 * ref.max()
 
 
-def test_point_projects_to_its_rotated_position():
+@pytest.mark.parametrize("device", DEVICES)
+def test_point_projects_to_its_rotated_position(device):
     """A small Gaussian blob (a 'point' that sampling can resolve) off the centre."""
     n = 33
     dz, dx = 4.0, 6.0                                 # offsets from the centre (16, 16)
@@ -42,7 +46,7 @@ def test_point_projects_to_its_rotated_position():
     vol = np.zeros((n, n, n), np.float32)
     vol[:, 10, :] = blob
     theta = np.array([-50.0, -20.0, 0.0, 30.0, 60.0])
-    p = -project(vol, theta).numpy()
+    p = -project(vol, theta, device=device).cpu().numpy()
     for k, th in enumerate(np.deg2rad(theta)):
         row = p[k, 10]
         assert row.sum() == pytest.approx(blob.sum(), rel=5e-3)       # mass is conserved

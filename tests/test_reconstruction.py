@@ -13,6 +13,8 @@ from faket.reconstruction import (FILTERS, angle_weights, approx_shrec_filter, b
 from faket.settings import PAPER_RECONSTRUCTION, ReconstructionSettings
 from test_projection import _spheres
 
+from conftest import DEVICES
+
 N = 48
 
 
@@ -26,10 +28,11 @@ def _disc_mask(n):
     return ((z - n // 2) ** 2 + (x - n // 2) ** 2 < (n // 2 - 2) ** 2)[:, None, :]
 
 
-def test_full_range_matches_iradon_and_phantom(phantom):
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_range_matches_iradon_and_phantom(phantom, device):
     theta = np.linspace(-90, 90, 120, endpoint=False)
     p = -project(phantom, theta).numpy()
-    rec = reconstruct(p, theta).numpy()
+    rec = reconstruct(p, theta, device=device).cpu().numpy()
     ref = np.stack([iradon(p[:, j, :].T, theta=theta, filter_name="ramp", circle=True)
                     for j in range(N)], axis=1)
     m = np.broadcast_to(_disc_mask(N), rec.shape)
@@ -65,11 +68,12 @@ def test_approx_shrec_filter():
     assert f[0, 0] == 0                                   # ramp is zero at DC
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", FILTERS)
-def test_every_filter_reconstructs(phantom, name):
+def test_every_filter_reconstructs(phantom, name, device):
     theta = np.linspace(-60, 60, 21)
     rec = reconstruct(-project(phantom, theta).numpy(), theta,
-                      ReconstructionSettings(filter=name)).numpy()
+                      ReconstructionSettings(filter=name), device=device).cpu().numpy()
     assert rec.shape == (N, N, N) and np.isfinite(rec).all()
     m = np.broadcast_to(_disc_mask(N), rec.shape)
     assert np.corrcoef(rec[m], phantom[m])[0, 1] > 0.4

@@ -97,6 +97,7 @@ def http_dir(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 def test_download_when_online_checks_hash(http_dir, monkeypatch, test_weights):

@@ -1,0 +1,208 @@
+"""The reproducible switch and the record of the arithmetic a result was computed with.
+
+Why a switch: the NST's first Adam step moves each pixel by about
+``±step_size``, the sign of its gradient. Where a gradient is near zero, the
+round-off of one CPU kernel against another (AVX2 against AVX-512, a
+different summation order) can flip that sign and move the pixel by
+``2 * step_size``. So results are exact only for one kernel level:
+:data:`CPU_PIN` pins PyTorch's and oneDNN's CPU kernels to AVX2, the level
+every x86-64 CPU of the last decade has and the one the golden fixtures were
+made with. On CUDA the switch turns TF32 off and asks for deterministic
+algorithms.
+
+Both CPU variables are read by torch when it first dispatches a kernel, so
+they must be in the environment before torch computes anything: set
+``FAKET_REPRODUCIBLE=1`` before starting Python (importing :mod:`faket` then
+pins them), or call :func:`enable` before importing torch. The CLI's
+``--reproducible`` option calls :func:`enable` before any torch import.
+
+This module imports torch only inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any, MutableMapping
+
+from .errors import FaketInputError
+
+#: The user's switch.
+ENV_VAR = "FAKET_REPRODUCIBLE"
+#: Accepted values of :data:`ENV_VAR` (case-insensitive; unset or empty means off).
+TRUE_VALUES = ("1", "true")
+FALSE_VALUES = ("0", "false")
+#: Environment that pins the CPU kernels to AVX2 (ATen's dispatch and oneDNN's JIT).
+CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2).
+CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+#: The ``--reproducible`` option's help, the same in every command that has it.
+HELP = (f"Reproducible arithmetic, as {ENV_VAR}=1: CPU kernels pinned to AVX2 (exact to the golden "
+        "fixtures on any x86-64 CPU); on CUDA strict float32 and deterministic algorithms.")
+#: What ``torch.backends.cpu.get_cpu_capability()`` reports under the pin.
+PINNED_CAPABILITY = "AVX2"
+
+
+def _is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def requested(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether :data:`ENV_VAR` asks for reproducible arithmetic.
+
+    Raises :class:`FaketInputError` (one line naming the variable and the allowed
+    values) for any other value.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_VAR, "").strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES or value == "":
+        return False
+    allowed = ", ".join(TRUE_VALUES + FALSE_VALUES)
+    raise FaketInputError(f"environment variable {ENV_VAR}={env.get(ENV_VAR)!r} is not allowed: "
+                          f"use one of {allowed} (or leave it unset)")
+
+
+def switch_environment() -> dict[str, str]:
+    """The environment variables the switch sets (for subprocesses and Ray actors)."""
+    env = {ENV_VAR: "1", **CUBLAS_WORKSPACE}
+    if _is_x86_64():
+        env.update(CPU_PIN)
+    return env
+
+
+def pin_from_environment(environ: MutableMapping[str, str] | None = None) -> bool:
+    """At import of :mod:`faket`: apply the switch if :data:`ENV_VAR` asks for it.
+
+    An invalid value is left for :func:`requested` to report where it can end
+    a command cleanly. Returns whether the switch is on.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        on = requested(env)
+    except FaketInputError:
+        return False
+    if on:
+        env.update(switch_environment())
+    return on
+
+
+def enable() -> None:
+    """Turn the switch on for this process and its children.
+
+    Must run before torch computes anything on the CPU. If torch has already
+    chosen other CPU kernels, raises :class:`FaketInputError` saying to set
+    :data:`ENV_VAR` before starting Python.
+    """
+    os.environ.update(switch_environment())
+    if "torch" in sys.modules and _is_x86_64():
+        level = cpu_capability()
+        if level != PINNED_CAPABILITY:
+            raise FaketInputError(
+                f"torch already chose {level} CPU kernels before the reproducible switch: "
+                f"set {ENV_VAR}=1 in the environment before starting Python")
+
+
+def cpu_capability() -> str:
+    """The CPU kernel level torch dispatches to (``DEFAULT``, ``AVX2``, ``AVX512``, ...)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def check_precision(precision: str) -> bool:
+    """Refuse a precision mode the switch cannot honour; returns whether the switch is on."""
+    on = requested()
+    if on and precision != "float32":
+        raise FaketInputError(f"precision {precision!r} cannot be reproducible: use --precision "
+                              f"float32 with {ENV_VAR}=1 / --reproducible, or drop the switch")
+    return on
+
+
+def configure_device(device: Any, precision: str) -> None:
+    """Set torch's global arithmetic flags for ``device`` and a precision mode.
+
+    With the switch on: strict float32 (TF32 off), deterministic algorithms,
+    no cuDNN autotuning. Raises :class:`FaketInputError` for a precision mode other
+    than float32 under the switch.
+    """
+    import torch
+
+    on = check_precision(precision)
+    if on:   # warn_only: an op without a deterministic kernel warns rather than ends the run
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.device(device).type == "cuda":
+        tf32 = precision == "tf32" and not on
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        if on:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def host_isa() -> str | None:
+    """The widest x86 vector ISA the CPU has (``AVX512``, ``AVX2``, ``AVX``, ``SSE4.1``); None elsewhere."""
+    flags = set((_cpuinfo("flags") or "").split())
+    for isa, flag in (("AVX512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4.1", "sse4_1")):
+        if flag in flags:
+            return isa
+    return None
+
+
+def device_name(device: Any) -> str:
+    """A person's name for a torch device: the GPU's model or the CPU's."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return str(torch.cuda.get_device_name(dev.index if dev.index is not None else 0))
+    return cpu_model()
+
+
+def compute_record(device: Any = "cpu", precision: str | None = None) -> dict[str, Any]:
+    """What a result was computed with, for provenance and ``faket info``.
+
+    Keys: ``device``, ``device_name``, ``cpu_capability`` (ATen's kernel level in
+    use), ``host_isa`` (the CPU's widest vector ISA), ``cpu_pin`` (the pinning variables set, if any), ``reproducible``,
+    ``precision``, ``torch``, ``cuda`` and ``cudnn`` versions (``None`` without CUDA),
+    ``cpu_threads``.
+    """
+    import torch
+
+    try:
+        on = requested()
+    except FaketInputError:
+        on = False
+    cuda = torch.cuda.is_available()
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_capability": cpu_capability(),
+        "host_isa": host_isa(),
+        "cpu_pin": {k: os.environ[k] for k in CPU_PIN if k in os.environ},
+        "reproducible": on,
+        "precision": precision,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
