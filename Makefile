@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	RAY_USAGE_STATS_ENABLED=0 $(PY) -m cluster demo --out-dir demo_out
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m faket_cluster demo --out-dir demo_out
 
 test: install
 	$(PY) -m pytest -q

@@ -34,9 +34,9 @@ def main() -> None:
     import ray
     from bench_core import machine_info
 
-    from cluster.demo import write_inputs
-    from cluster.engine import run
-    from cluster.spec import load_spec
+    from faket_cluster.demo import write_inputs
+    from faket_cluster.engine import run
+    from faket_cluster.spec import load_spec
     from faket.nst import StyleTransfer, stylize_stack
     from faket.store import open_store
     from faket.weights import random_state_dict

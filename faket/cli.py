@@ -8,15 +8,15 @@ commands so that ``faket --help`` and short commands start quickly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 
 from . import __version__
+from .console import err_console, progress_bar, run_app, say, warn
 from .errors import FaketInputError
 from .reproducible import HELP as REPRODUCIBLE_HELP
 from .settings import (INITS, NoiseSettings, NSTSettings, PAPER_RECONSTRUCTION, PhantomSettings,
@@ -71,33 +71,6 @@ def _device(name: str) -> str:
     if not (name == "cpu" or name.startswith("cuda")):
         raise FaketInputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     return name
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, what: str, completed: int = 0) -> Iterator:
-    """A rich progress bar on stderr; yields ``advance(k)``."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                  console=err_console()) as bar:
-        task = bar.add_task(what, total=total, completed=completed)
-        yield lambda k=1: bar.advance(task, k)
-
-
-def err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True)
-
-
-def _say(msg: str) -> None:
-    err_console().print(msg, highlight=False)
-
-
-def _warn(msg: str) -> None:
-    err_console().print(f"[bold yellow]WARNING:[/] {msg}", highlight=False)
 
 
 # --------------------------------------------------------------------------- info
@@ -165,7 +138,7 @@ def phantom(
     write_tlt(out_dir / "angles.tlt", theta)
     write_particles_csv(out_dir / "particles.csv", ph.particles)
     write_provenance(out_dir / "phantom", provenance(st.__dict__, seeds={"phantom": seed}))
-    _say(f"{len(ph.particles)} particles, {len(theta)} tilts -> {out_dir}")
+    say(f"{len(ph.particles)} particles, {len(theta)} tilts -> {out_dir}")
 
 
 # --------------------------------------------------------------------------- project
@@ -194,7 +167,7 @@ def project(
     write_mrc(output, tilts.cpu().numpy(), voxel_size=vs)
     write_provenance(output, provenance(st.__dict__, inputs={"volume": volume, "angles": angles},
                                        device=dev))
-    _say(f"{tuple(tilts.shape)} -> {output}")
+    say(f"{tuple(tilts.shape)} -> {output}")
 
 
 # --------------------------------------------------------------------------- noise
@@ -233,7 +206,7 @@ def noise_estimate(
         **{f"reference{k}": r for k, r in enumerate(reference)},
         **{f"noiseless{k}": n for k, n in enumerate(noiseless)}})
     model.save(output)
-    _say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, "
+    say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, "
          f"{model.n_tilts} tilts -> {output}")
 
 
@@ -296,7 +269,7 @@ def noise_apply(
                 inputs={"noiseless": noiseless, "model": model or "", "reference": reference or ""},
                 seeds={"noise": seed}))
     clean.close()
-    _say(f"{', '.join(mods)} -> {out_dir}")
+    say(f"{', '.join(mods)} -> {out_dir}")
 
 
 # --------------------------------------------------------------------------- stylize
@@ -385,7 +358,7 @@ def stylize(
                   **{f"style{k}": str(p) for k, p in enumerate(style)}})
     weights = resolve_weights(vgg_weights, seed=weights_seed)
     if not weights.is_imagenet:
-        _warn(f"using {weights.identity['kind']} VGG-19 weights, not ImageNet: the paper's "
+        warn(f"using {weights.identity['kind']} VGG-19 weights, not ImageNet: the paper's "
               "FAKET_RANDOM ablation lost most of the benefit" if weights.identity["kind"] == "random"
               else f"using VGG-19 weights from {weights.identity['path']}")
     transfer = StyleTransfer(weights.state_dict, st, device=dev)
@@ -407,7 +380,7 @@ def stylize(
         weights=weights.identity, seeds={"init": seed, "weights": weights_seed},
         extra={"device": dev, "final_loss_per_tilt": losses.tolist()}, device=dev,
         precision=st.precision))
-    _say(f"{c.shape[0]} tilts -> {output}")
+    say(f"{c.shape[0]} tilts -> {output}")
 
 
 # --------------------------------------------------------------------------- reconstruct
@@ -448,7 +421,7 @@ def reconstruct(
     write_mrc(output, vol.cpu().numpy(), voxel_size=vs, volume=True)
     write_provenance(output, provenance({k: v for k, v in st.__dict__.items()},
                                         inputs={"tilts": tilts, "angles": angles}, device=dev))
-    _say(f"{tuple(vol.shape)} -> {output}")
+    say(f"{tuple(vol.shape)} -> {output}")
 
 
 # --------------------------------------------------------------------------- report
@@ -502,7 +475,7 @@ def report(
                              device=_device(device), progress=advance)
     data = json.loads((out_dir / "metrics.json").read_text())
     _print_table(TABLE_HEADER, metrics_table(data))
-    _say(f"report -> {index}")
+    say(f"report -> {index}")
 
 
 def _report_weights(spec: str):
@@ -515,7 +488,7 @@ def _report_weights(spec: str):
     except FaketInputError:
         if spec != "imagenet":
             raise
-        _warn("ImageNet VGG-19 weights not found: the style distance uses RANDOM weights "
+        warn("ImageNet VGG-19 weights not found: the style distance uses RANDOM weights "
               "(run `faket weights fetch` on a machine with internet for the real measure)")
         return resolve_weights("random")
 
@@ -540,7 +513,7 @@ def export(
     from .store import export_store
 
     written = export_store(store, out_dir, tomogram or None)
-    _say(f"{len(written)} files -> {out_dir}")
+    say(f"{len(written)} files -> {out_dir}")
 
 
 # --------------------------------------------------------------------------- weights
@@ -557,7 +530,7 @@ def weights_fetch(
         raise FaketInputError(f"download failed ({getattr(err, 'reason', err)}): run this on a "
                               f"machine with internet, then copy the file to {hub_checkpoint_path()}"
                               ) from None
-    _say(f"saved {path}")
+    say(f"saved {path}")
 
 
 @weights_app.command("check")
@@ -589,33 +562,28 @@ def demo(
     if len(a) != 3 or a[2] <= 0:
         raise FaketInputError(f"--angles must be START,STOP,STEP, got {angles!r}")
     run_demo(out_dir, size=size, angles=a, vgg_weights=vgg_weights, device=_device(device),
-             say=_say, warn=_warn, progress=progress_bar)
+             say=say, warn=warn, progress=progress_bar)
 
 
-def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> None:
-    """Run a typer app: bad input is one line on stderr and exit code 2, no traceback.
+#: Entry-point group of commands that other installed packages add to ``faket``
+#: (the Ray engine adds ``faket run``); each entry is a function ``register(app)``.
+PLUGIN_GROUP = "faket.commands"
 
-    failures: other exception types that end the program with one line, and their exit codes.
-    """
-    try:
-        from .reproducible import requested
 
-        requested()                     # a bad FAKET_REPRODUCIBLE ends here, before any work
-        typer_app()
-    except FaketInputError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except tuple(failures or {}) as err:
-        print(f"{prog}: failed: {err}", file=sys.stderr)
-        sys.exit(failures[type(err)])
+def load_plugins(typer_app: typer.Typer) -> dict:
+    """Add the commands of installed plugins; returns their exit codes for typed failures."""
+    from importlib.metadata import entry_points
+
+    failures: dict = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        failures.update(ep.load()(typer_app) or {})
+    return failures
 
 
 def main() -> None:
     """Console entry point of ``faket``."""
-    run_app(app, "faket")
+    failures = load_plugins(app)
+    run_app(app, "faket", failures)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from cluster.demo import write_inputs  # noqa: E402
-from cluster.engine import CRASH_ONCE_ENV, run  # noqa: E402
-from cluster.spec import load_spec  # noqa: E402
+from faket_cluster.demo import write_inputs  # noqa: E402
+from faket_cluster.engine import CRASH_ONCE_ENV, run  # noqa: E402
+from faket_cluster.spec import load_spec  # noqa: E402
 from faket.errors import FaketInputError  # noqa: E402
 from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
@@ -110,7 +110,7 @@ def test_driver_killed_then_rerun_finishes_the_rest(inputs, tmp_path, test_weigh
                                                  'export = "': '# export = "'})
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "cluster", "run", str(spec_path)]
+    cmd = [sys.executable, "-m", "faket_cluster", "run", str(spec_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = tmp_path / "run.zarr"
@@ -180,7 +180,7 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
     ``device = "cpu"`` the actors compute on the CPU, also on a machine with a
     real GPU, with the same results. The reproducible switch reaches every actor.
     """
-    from cluster.engine import init_ray
+    from faket_cluster.engine import init_ray
     from faket.reproducible import ENV_VAR
 
     monkeypatch.setenv(ENV_VAR, "1")
@@ -208,7 +208,7 @@ def _free_port() -> int:
 
 
 def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
-    """A head on loopback (`ray start --head --block`), the spec sent with `ray job submit`."""
+    """A head on loopback (`ray start --head --block`), `ray job submit ... -- faket run SPEC`."""
     import urllib.request
 
     ray_cli = str(Path(sys.executable).parent / "ray")
@@ -234,7 +234,7 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
         spec = _spec_copy(inputs, tmp_path)
         res = subprocess.run(
             [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}",
-             "--", sys.executable, "-m", "cluster", "run", str(spec)],
+             "--", str(Path(sys.executable).parent / "faket"), "run", str(spec)],
             env=env, capture_output=True, text=True, timeout=400)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
@@ -323,7 +323,7 @@ styles = ["inputs/reference.mrc", "inputs/reference.mrc"]
 
 def test_a_tilt_that_keeps_failing_fails_the_run_after_the_rest(inputs, tmp_path, local_ray,
                                                                  monkeypatch):
-    from cluster.engine import FAIL_TILT_ENV, RunFailed
+    from faket_cluster.engine import FAIL_TILT_ENV, RunFailed
 
     monkeypatch.setenv(FAIL_TILT_ENV, "tomo_001:3")
     spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "',
@@ -333,3 +333,13 @@ def test_a_tilt_that_keeps_failing_fails_the_run_after_the_rest(inputs, tmp_path
     root = open_store(spec.store, mode="r")
     assert done_mask(root["tomo_000"], "faket").all()
     assert done_mask(root["tomo_001"], "faket").tolist() == [True] * 3 + [False] + [True] * 3
+
+
+def test_installed_under_its_own_name(tmp_path):
+    """The engine installs as faket_cluster (no top-level `cluster`) and adds `faket run`."""
+    res = subprocess.run([sys.executable, "-c", "import faket_cluster.engine\nimport cluster"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "No module named 'cluster'" in res.stderr, res.stderr
+    res = subprocess.run([str(Path(sys.executable).parent / "faket"), "run", "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "run spec" in res.stdout.lower(), res.stderr

@@ -83,7 +83,7 @@ def test_bad_switch_value_is_refused_by_the_library(value):
     assert pin_from_environment(env) is False and "ONEDNN_MAX_CPU_ISA" not in env
 
 
-@pytest.mark.parametrize("command", [["-m", "faket.cli", "info"], ["-m", "cluster", "run", "x.toml"]])
+@pytest.mark.parametrize("command", [["-m", "faket.cli", "info"], ["-m", "faket_cluster", "run", "x.toml"]])
 def test_bad_switch_value_is_one_line_and_exit_2(command, tmp_path):
     res = subprocess.run([sys.executable, *command], env=_env(**{ENV_VAR: "yes"}), cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)

@@ -1,0 +1,97 @@
+"""The engine's command line: ``faket run SPEC`` (a ``faket`` plugin) and ``python -m faket_cluster``.
+
+    faket run SPEC.toml [--address ray://... | auto] [--actors N] [--reproducible]
+    python -m faket_cluster run SPEC.toml        (the same)
+    python -m faket_cluster demo [--out-dir demo_out] [--tomograms 2] [--size 64]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from faket.reproducible import HELP as REPRODUCIBLE_HELP
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.")
+
+
+def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict:
+    from faket.console import err_console, progress_bar
+    from faket.io import read_tlt
+    from faket.store import done_mask, open_store
+
+    from .engine import run
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    console = err_console()
+    total = sum(len(read_tlt(t.angles)) for t in spec.tomograms)
+    done = 0
+    if spec.store.exists():
+        root = open_store(spec.store, mode="r")
+        done = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms
+                   if t.name in root and "faket" in root[t.name])
+    with progress_bar(total, "stylize (all tilts)", completed=done) as advance:
+        summary = run(spec, address=address, actors=actors,
+                      say=lambda m: console.print(m, highlight=False), progress=advance)
+    return summary
+
+
+def run_cmd(
+    spec: Path = typer.Argument(..., help="Run spec (TOML)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address [default: RAY_ADDRESS "
+                                                     "or a local Ray]."),
+    actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
+    reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
+) -> None:
+    """Simulate everything a run spec lists on Ray; rerun the same spec to resume."""
+    if reproducible:                 # before torch is imported here or in any actor
+        from faket.reproducible import enable
+
+        enable()
+    summary = _run(spec, address, actors)
+    print(json.dumps(summary, indent=1))
+
+
+def demo(
+    out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", "-o", help="Output folder."),
+    tomograms: int = typer.Option(2, help="Tomograms to simulate."),
+    size: int = typer.Option(64, help="Volume edge in voxels."),
+    actors: int = typer.Option(2, help="CPU actors."),
+    vgg_weights: str = typer.Option("imagenet", help="imagenet (random when missing, loudly), "
+                                                     "random or a file."),
+) -> None:
+    """The built-in demo through the engine: phantoms -> spec -> Ray run -> MRC export -> report."""
+    from faket.console import say
+
+    from .demo import run_demo
+
+    run_demo(out_dir, tomograms=tomograms, size=size, actors=actors, vgg_weights=vgg_weights,
+             runner=_run, say=say)
+
+
+app.command("run")(run_cmd)
+app.command("demo")(demo)
+
+
+def _failures() -> dict:
+    from .engine import RunFailed
+
+    return {RunFailed: 1}
+
+
+def register(faket_app: typer.Typer) -> dict:
+    """The ``faket.commands`` plugin: adds ``faket run``; returns typed failures and exit codes."""
+    faket_app.command("run")(run_cmd)
+    return _failures()
+
+
+def main() -> None:
+    """``python -m faket_cluster``."""
+    from faket.console import run_app
+
+    run_app(app, "faket-cluster", _failures())

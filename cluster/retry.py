@@ -1,0 +1,65 @@
+"""The engine's one retry policy: which faults are retried, how often, after how long.
+
+Every fault of a task ends up here, whatever raised it: the task's own error
+(``RayTaskError``, or a failure the actor reports per tomogram), the actor's
+death (``RayActorError``: a crash, an OOM kill, its node gone), a lost object,
+a dead node, or a worker that crashed. Ray itself retries nothing (actors are
+restarted, tasks are not resubmitted by Ray), so a task is attempted at most
+``max_attempts`` times in all, with an exponential backoff between attempts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Hashable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a task is attempted and how long the driver waits before a retry.
+
+    max_attempts: attempts in all (1 = no retry).
+    backoff_s: wait before the first retry; doubled for each further one.
+    backoff_max_s: the longest wait.
+    """
+
+    max_attempts: int = 4
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` >= 1 failed)."""
+        return min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempt - 1))
+
+
+def describe(err: BaseException) -> str:
+    """One line for a fault: its kind and the last line Ray gives (no traceback)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {last}"[:300]
+
+
+def is_fault(err: BaseException) -> bool:
+    """Whether an exception from ``ray.get`` is an engine fault to retry (any Ray error)."""
+    import ray.exceptions
+
+    return isinstance(err, ray.exceptions.RayError)
+
+
+@dataclass
+class Attempts:
+    """Counts failed attempts per task key; says whether and when to retry."""
+
+    policy: RetryPolicy
+    failed: dict[Hashable, int] = field(default_factory=dict)
+    last_error: dict[Hashable, str] = field(default_factory=dict)
+
+    def record(self, key: Hashable, error: str) -> float | None:
+        """Record a failure of ``key``; returns the time to retry it at, or None when given up."""
+        n = self.failed.get(key, 0) + 1
+        self.failed[key] = n
+        self.last_error[key] = error
+        if n >= self.policy.max_attempts:
+            return None
+        return time.monotonic() + self.policy.delay(n)
