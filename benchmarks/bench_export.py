@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faket.store import ensure_stack, export_stack, open_store, write_tilt
+from faket.store import create_stack, export_stack, open_store, write_tilt
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
         root = open_store(tmp / "s.zarr", mode="w")
         g = root.require_group("t")
         shape = (args.tilts, args.size, args.size)
-        ensure_stack(g, "faket", shape)
+        create_stack(g, "faket", shape)
         rng = np.random.default_rng(0)
         for i in range(args.tilts):
             write_tilt(g, "faket", i, rng.normal(size=shape[1:]).astype(np.float32))

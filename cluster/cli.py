@@ -19,26 +19,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.")
 
 
-def _run(spec_path: Path, address: Optional[str], actors: Optional[int]) -> dict:
+def _run(spec_path: Path, address: Optional[str], actors: Optional[int],
+         restart: Optional[str] = None) -> dict:
     from faket.console import err_console, progress_bar
-    from faket.io import read_tlt
-    from faket.store import done_mask, open_store
 
     from .engine import run
     from .spec import load_spec
 
+    stage = _stage(restart)
     spec = load_spec(spec_path)
     console = err_console()
-    total = sum(len(read_tlt(t.angles)) for t in spec.tomograms)
-    done = 0
-    if spec.store.exists():
-        root = open_store(spec.store, mode="r")
-        done = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms
-                   if t.name in root and "faket" in root[t.name])
-    with progress_bar(total, "stylize (all tilts)", completed=done) as advance:
-        summary = run(spec, address=address, actors=actors,
-                      say=lambda m: console.print(m, highlight=False), progress=advance)
-    return summary
+    return run(spec, address=address, actors=actors, restart=stage,
+               say=lambda m: console.print(m, highlight=False),
+               progress=lambda total, done: progress_bar(total, "stylize (all tilts)", completed=done))
+
+
+def _stage(name: Optional[str]):
+    from faket.errors import FaketInputError
+    from faket.pipeline import Stage
+
+    if name is None:
+        return None
+    allowed = [s.value for s in Stage if s is not Stage.EXPORT]
+    if name not in allowed:
+        raise FaketInputError(f"--restart-stage {name!r} is not a stage: use one of {', '.join(allowed)}")
+    return Stage(name)
 
 
 def run_cmd(
@@ -47,14 +52,21 @@ def run_cmd(
                                                      "or a local Ray]."),
     actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
     reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
+    restart_stage: Optional[str] = typer.Option(
+        None, help="Redo this stage and every later one on purpose (prepare, stylize, "
+                   "reconstruct), e.g. after changing its settings."),
 ) -> None:
     """Simulate everything a run spec lists on Ray; rerun the same spec to resume."""
+    from .engine import raise_if_failed
+
     if reproducible:                 # before torch is imported here or in any actor
         from faket.reproducible import enable
 
         enable()
-    summary = _run(spec, address, actors)
+    _stage(restart_stage)            # a bad stage name ends here, before any work
+    summary = _run(spec, address, actors, restart_stage)
     print(json.dumps(summary, indent=1))
+    raise_if_failed(summary)
 
 
 def demo(

@@ -14,7 +14,8 @@ Example (paths are relative to the spec file)::
     share_style = 8               # tomograms with the same style per task (its Grams computed once)
     in_flight = 2                 # tasks queued per actor
     device = "auto"               # auto | cpu | cuda: where actors compute
-    max_task_retries = 3
+    max_task_retries = 3          # retries after the first attempt, for any fault
+    retry_backoff = 0.5           # seconds before the first retry, doubled after each
 
     [weights]
     vgg = "imagenet"              # imagenet | random | a file
@@ -67,7 +68,7 @@ SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruct
             "manifest"}
 RUN_KEYS = {"store", "export", "seed"}
 RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
-                 "max_task_retries", "address", "spread", "share_style", "device"}
+                 "max_task_retries", "address", "spread", "share_style", "device", "retry_backoff"}
 WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
@@ -85,6 +86,10 @@ class TomogramSpec:
     particles: Path | None = None
     seed: int = 0
     style: Path | None = None          # resolved from [style]
+    # Filled in when the spec is checked, so that the driver lays out the store up front:
+    shape: tuple[int, int, int] = (0, 0, 0)          # (n, Y, W) of the tilt-series
+    style_shape: tuple[int, int, int] = (0, 0, 0)
+    labels_shape: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -94,7 +99,8 @@ class Resources:
     cpus_per_actor: float = 1.0
     batch: int = 1
     in_flight: int = 2
-    max_task_retries: int = 3
+    max_task_retries: int = 3          # retries of a task after its first attempt (one policy)
+    retry_backoff: float = 0.5         # seconds before the first retry, doubled for each further one
     address: str | None = None
     spread: bool = False
     share_style: int = 8
@@ -171,6 +177,8 @@ def load_spec(path: str | Path) -> RunSpec:
         raise _fail(spec, f"resources.device = {res.device!r} is not one of {', '.join(DEVICES)}")
     if res.gpus_per_actor < 0 or res.cpus_per_actor <= 0:
         raise _fail(spec, "resources.gpus_per_actor must be >= 0 and cpus_per_actor > 0")
+    if res.retry_backoff < 0:
+        raise _fail(spec, f"resources.retry_backoff must be >= 0 seconds, got {res.retry_backoff}")
     if res.batch < 1 or res.in_flight < 1 or res.share_style < 1 or res.max_task_retries < 0:
         raise _fail(spec, "resources.batch, in_flight and share_style must be >= 1, "
                           "max_task_retries >= 0")
@@ -206,6 +214,12 @@ def load_spec(path: str | Path) -> RunSpec:
         _check_keys(spec, "reconstruction", raw["reconstruction"], rec_fields)
         rec = ReconstructionSettings(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in raw["reconstruction"].items()})
+        from faket.reconstruction import check_settings
+
+        try:
+            check_settings(rec)
+        except FaketInputError as err:
+            raise _fail(spec, f"[reconstruction]: {err}") from None
     seed = int(run.get("seed", 0))
     tomos = _tomograms(spec, raw, pool, seed)
     s = RunSpec(spec.resolve(), _out(spec, run["store"]),
@@ -274,7 +288,19 @@ def _check_shapes(s: RunSpec) -> None:
             raise _fail(s.path, f"tomogram {t.name}: tilts {t.tilts} has {shape[0]} tilts but "
                                 f"angles {t.angles} has {n}")
         size = (shape[1], shape[2])
+        t.shape = (n, shape[1], shape[2])
+        if t.labels is not None:
+            with open_mrc(t.labels, role=f"tomogram {t.name} labels", check_finite=False) as lab:
+                t.labels_shape = tuple(lab.shape)
+        if s.reconstruction is not None:
+            from faket.reconstruction import output_shape
+
+            try:
+                output_shape(t.shape, s.reconstruction)
+            except FaketInputError as err:
+                raise _fail(s.path, f"tomogram {t.name}: [reconstruction]: {err}") from None
         with open_mrc(t.style, role="style", check_finite=False) as st:
+            t.style_shape = tuple(st.shape)
             if st.shape[0] != n:
                 raise _fail(s.path, f"tomogram {t.name}: style {t.style} has {st.shape[0]} tilts but "
                                     f"the angles give {n}: use a reference with the same tilt scheme")

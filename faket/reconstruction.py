@@ -167,6 +167,38 @@ def z_slices(nz: int, z_range: tuple[float, float]) -> range:
     return range(int(math.floor(lo * nz)), int(math.ceil(hi * nz)))
 
 
+def binned_size(n: int, factor: int, method: str = "mean") -> int:
+    """Pixels left of ``n`` after binning by ``factor`` (``mean`` drops the rest, ``cubic`` rounds)."""
+    return n // factor if method == "mean" else int(round(n / factor))
+
+
+def check_settings(settings: ReconstructionSettings) -> None:
+    """Refuse impossible reconstruction settings (one line each), before any work."""
+    if settings.filter not in FILTERS:
+        raise FaketInputError(f"unknown filter {settings.filter!r}: use one of {', '.join(FILTERS)}")
+    if not isinstance(settings.binning, int) or isinstance(settings.binning, bool) or settings.binning < 1:
+        raise FaketInputError(f"binning must be an integer >= 1, got {settings.binning!r}")
+    if settings.binning_method not in ("mean", "cubic"):
+        raise FaketInputError(f"unknown binning method {settings.binning_method!r}: use mean or cubic")
+    if settings.thickness is not None and (not isinstance(settings.thickness, int)
+                                           or settings.thickness < 1):
+        raise FaketInputError(f"thickness must be an integer >= 1, got {settings.thickness!r}")
+    lo, hi = settings.z_range
+    if not 0 <= lo < hi <= 1:
+        raise FaketInputError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
+
+
+def output_shape(tilt_shape: tuple[int, int, int],
+                 settings: ReconstructionSettings = ReconstructionSettings()) -> tuple[int, int, int]:
+    """The ``(Z, Y', W')`` shape :func:`reconstruct` gives for tilts of ``(n, Y, W)``."""
+    check_settings(settings)
+    _, ny, w = tilt_shape
+    ny, w = (binned_size(x, settings.binning, settings.binning_method) for x in (ny, w))
+    if min(ny, w) < 1:
+        raise FaketInputError(f"binning {settings.binning} leaves no pixels of {tilt_shape[1:]} images")
+    return len(z_slices(settings.thickness or w, settings.z_range)), ny, w
+
+
 def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
                 settings: ReconstructionSettings = ReconstructionSettings(), *,
                 device: str | torch.device = "cpu",
@@ -177,15 +209,11 @@ def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
     Returns ``(Z, Y', W')`` float32 on ``device`` (Y', W' after binning; Z =
     thickness or W', then cropped to ``z_range``). progress(k) reports Z slices.
     """
-    if settings.filter not in FILTERS:
-        raise FaketInputError(f"unknown filter {settings.filter!r}: use one of {', '.join(FILTERS)}")
+    check_settings(settings)
     t = bin_tilts(as_tensor(tilts, device), settings.binning, settings.binning_method)
     n, ny, w = t.shape
     if len(angles_deg) != n:
         raise FaketInputError(f"{len(angles_deg)} angles for {n} tilts: give one angle per tilt")
-    lo, hi = settings.z_range
-    if not 0 <= lo < hi <= 1:
-        raise FaketInputError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
     nz = settings.thickness or w
     z_idx = torch.tensor(list(z_slices(nz, settings.z_range)), dtype=torch.int64)
     theta = np.asarray(angles_deg, dtype=np.float64) * math.pi / 180

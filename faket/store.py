@@ -2,11 +2,18 @@
 
 Layout of a store (one per run)::
 
-    run.zarr/                  attrs: format, spec, provenance
-      <tomogram>/              attrs: angles, voxel_size, seeds, sources, particles
+    run.zarr/                  attrs: format, version, spec, compute, last_run
+      <tomogram>/              attrs: angles, voxel_size, seeds, sources, particles,
+                                      settings (per stage), failures
         noiseless, noisy, content, style, faket    (n, Y, X) float32
         done_<stage>                                (n,) uint8, one chunk per tilt
         reconstruction, labels                      (Z, Y, X) float32
+        done_reconstruction, done_labels            (1,) uint8
+
+The driver creates every array and done flag before any worker runs
+(:func:`create_stack`, :func:`create_volume`); workers only write
+(:func:`write_tilt`, :func:`write_volume`), so no two processes ever race to
+create the same array.
 
 Tilt-series are chunked in tiles of at most 1024 x 1024 with one shard per
 tilt, so each tilt is one object with exactly one writer; a tilt is marked
@@ -27,9 +34,12 @@ from .errors import FaketInputError
 from .settings import TILE_GRID
 
 FORMAT = "faket-run-store"
-FORMAT_VERSION = 1
+#: Version 2: every array and done flag is created up front by the driver, labels and
+#: reconstructions have done flags, each stage records the settings it ran with.
+FORMAT_VERSION = 2
 TILT_TILE = TILE_GRID
 STAGES = ("noiseless", "noisy", "content", "style", "faket")
+VOLUMES = ("labels", "reconstruction")
 
 
 def _zarr():
@@ -46,7 +56,11 @@ def tilt_chunks(height: int, width: int) -> tuple[tuple[int, int, int], tuple[in
 
 
 def open_store(path: str | os.PathLike, mode: str = "a"):
-    """Open (or, with mode "a"/"w", create) a run store; returns the root zarr group."""
+    """Open (or, with mode "a"/"w", create) a run store; returns the root zarr group.
+
+    The store's format version is checked: a store of another version is refused
+    with one line, as its layout differs.
+    """
     zarr = _zarr()
     p = Path(path)
     if mode == "r" and not p.exists():
@@ -60,6 +74,10 @@ def open_store(path: str | os.PathLike, mode: str = "a"):
         root.attrs.update({"format": FORMAT, "version": FORMAT_VERSION})
     elif root.attrs.get("format") != FORMAT:
         raise FaketInputError(f"{p} is a Zarr store but not a faket run store")
+    version = root.attrs.get("version")
+    if version != FORMAT_VERSION:
+        raise FaketInputError(f"store {p} has format version {version}, this faket reads version "
+                              f"{FORMAT_VERSION}: finish it with the faket that wrote it, or use a new store")
     return root
 
 
@@ -68,51 +86,91 @@ def tomograms(root) -> list[str]:
     return sorted(name for name, _ in root.groups())
 
 
-def ensure_stack(group, name: str, shape: tuple[int, int, int]):
-    """The tilt-series array ``name`` of a tomogram group, created if missing."""
+def _check_shape(group, name: str, shape: tuple[int, ...]):
+    arr = group[name]
+    if tuple(arr.shape) != tuple(shape):
+        raise FaketInputError(f"store array {group.path}/{name} has shape {tuple(arr.shape)}, "
+                              f"expected {tuple(shape)}: use a new output store")
+    return arr
+
+
+def _flags(group, name: str, n: int):
+    flag = f"done_{name}"
+    if flag in group:
+        return _check_shape(group, flag, (n,))
+    return group.create_array(flag, shape=(n,), dtype="uint8", chunks=(1,), fill_value=0)
+
+
+def create_stack(group, name: str, shape: tuple[int, int, int]):
+    """Create a tilt-series array and its per-tilt done flags (the driver, before any worker).
+
+    An existing array of the same shape is kept; another shape is refused.
+    """
     zarr = _zarr()
     if name in group:
-        arr = group[name]
-        if tuple(arr.shape) != tuple(shape):
-            raise FaketInputError(f"store array {group.path}/{name} has shape {arr.shape}, "
-                                  f"expected {shape}: use a new output store")
-        return arr
-    chunks, shards = tilt_chunks(shape[1], shape[2])
-    return group.create_array(name, shape=shape, dtype="float32", chunks=chunks, shards=shards,
-                              fill_value=0.0, compressors=zarr.codecs.ZstdCodec(level=1),
-                              dimension_names=("tilt", "y", "x"))
+        arr = _check_shape(group, name, shape)
+    else:
+        chunks, shards = tilt_chunks(shape[1], shape[2])
+        arr = group.create_array(name, shape=shape, dtype="float32", chunks=chunks, shards=shards,
+                                 fill_value=0.0, compressors=zarr.codecs.ZstdCodec(level=1),
+                                 dimension_names=("tilt", "y", "x"))
+    _flags(group, name, shape[0])
+    return arr
 
 
-def ensure_volume(group, name: str, shape: tuple[int, int, int]):
-    """A (Z, Y, X) float32 volume array of a tomogram group, created if missing."""
-    if name in group and tuple(group[name].shape) == tuple(shape):
-        return group[name]
-    chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
-    return group.create_array(name, shape=shape, dtype="float32", chunks=chunks, fill_value=0.0,
-                              overwrite=True, dimension_names=("z", "y", "x"))
-
-
-def done_flags(group, stage: str, n: int):
-    """The per-tilt done flags of a stage (one chunk per tilt: one writer each)."""
-    name = f"done_{stage}"
+def create_volume(group, name: str, shape: tuple[int, int, int]):
+    """Create a (Z, Y, X) float32 volume and its done flag; same rules as :func:`create_stack`."""
     if name in group:
-        return group[name]
-    return group.create_array(name, shape=(n,), dtype="uint8", chunks=(1,), fill_value=0)
+        arr = _check_shape(group, name, shape)
+    else:
+        chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
+        arr = group.create_array(name, shape=shape, dtype="float32", chunks=chunks, fill_value=0.0,
+                                 dimension_names=("z", "y", "x"))
+    _flags(group, name, 1)
+    return arr
 
 
 def done_mask(group, stage: str) -> np.ndarray:
-    """Boolean ``(n,)``: which tilts of a stage are written."""
+    """Boolean ``(n,)``: which tilts of a stage (or, ``(1,)``, whether a volume) are written."""
     name = f"done_{stage}"
     if name not in group:
-        n = group[stage].shape[0] if stage in group else 0
+        n = group[stage].shape[0] if stage in group and stage not in VOLUMES else 1
         return np.zeros(n, dtype=bool)
     return np.asarray(group[name][:]).astype(bool)
 
 
+def _flag_array(group, name: str):
+    try:
+        return group[f"done_{name}"]
+    except KeyError:
+        raise FaketInputError(f"store group {group.path} has no done flags for {name}: the driver "
+                              "creates every array first (a store of an older faket?)") from None
+
+
 def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
-    """Write one tilt of a stage, then mark it done (idempotent)."""
+    """Write one tilt of a stage, then mark it done (idempotent; creates nothing)."""
+    flags = _flag_array(group, stage)
     group[stage][index] = np.asarray(image, dtype=np.float32)
-    done_flags(group, stage, group[stage].shape[0])[index] = 1
+    flags[index] = 1
+
+
+def write_volume(group, name: str, volume: np.ndarray) -> None:
+    """Write a whole volume, then mark it done (idempotent; creates nothing)."""
+    flags = _flag_array(group, name)
+    group[name][:] = np.asarray(volume, dtype=np.float32)
+    flags[0] = 1
+
+
+def reset_done(group, name: str) -> None:
+    """Clear the done flags of an array, so that its stage runs again."""
+    if f"done_{name}" in group:
+        flags = group[f"done_{name}"]
+        flags[:] = np.zeros(flags.shape, dtype=np.uint8)
+
+
+def changed_settings(recorded: dict, now: dict) -> list[str]:
+    """Keys whose values differ between a stage's recorded settings and the current ones."""
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
 
 
 def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0,
@@ -160,8 +218,8 @@ def export_store(path: str | os.PathLike, out_dir: str | os.PathLike,
             written.append(export_stack(g[stage], target / f"{stage}.mrc", vs))
             if progress is not None:
                 progress(1)
-        for vol in ("reconstruction", "labels"):
-            if vol in g:
+        for vol in VOLUMES:
+            if vol in g and done_mask(g, vol).all():
                 written.append(export_stack(g[vol], target / f"{vol}.mrc",
                                             float(g[vol].attrs.get("voxel_size", vs)), volume=True))
         if "angles" in g.attrs:

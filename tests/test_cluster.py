@@ -293,7 +293,7 @@ def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray):
                     removed = True
             time.sleep(0.2)
         thread.join(timeout=240)
-        assert removed and result.get("done_now") == 14, result
+        assert removed and result.get("done_now") == 14, result.get("failed")
         assert worker.node_id not in result["nodes"] or len(result["workers"]) >= 3
         root = open_store(spec.store, mode="r")
         for name in ("tomo_000", "tomo_001"):
@@ -323,16 +323,32 @@ styles = ["inputs/reference.mrc", "inputs/reference.mrc"]
 
 def test_a_tilt_that_keeps_failing_fails_the_run_after_the_rest(inputs, tmp_path, local_ray,
                                                                  monkeypatch):
-    from faket_cluster.engine import FAIL_TILT_ENV, RunFailed
+    """One policy: the tilt is attempted max_task_retries + 1 times, then recorded; the rest completes."""
+    from faket_cluster.engine import FAIL_TILT_ENV, RunFailed, raise_if_failed
 
     monkeypatch.setenv(FAIL_TILT_ENV, "tomo_001:3")
-    spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "',
-                                                      "[resources]": "[resources]\nmax_task_retries = 1"}))
-    with pytest.raises(RunFailed, match="tomogram tomo_001 tilt 3 failed 2 times"):
-        run(spec, say=lambda m: None)
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"[resources]": "[resources]\nmax_task_retries = 1\n"
+                                                                      "retry_backoff = 0.05"}))
+    summary = run(spec, say=lambda m: None)
+    [failed] = summary["failed"]
+    assert failed["tomogram"] == "tomo_001" and failed["stage"] == "stylize:3"
+    assert "injected failure" in failed["error"] and "(2 attempts)" in failed["error"]
+    with pytest.raises(RunFailed, match="tomogram tomo_001 stylize:3"):
+        raise_if_failed(summary)
     root = open_store(spec.store, mode="r")
     assert done_mask(root["tomo_000"], "faket").all()
     assert done_mask(root["tomo_001"], "faket").tolist() == [True] * 3 + [False] + [True] * 3
+    assert "stylize:3" in root["tomo_001"].attrs["failures"] and root["tomo_000"].attrs["failures"] == {}
+    # the complete tomogram is reconstructed and exported; the failed one is not
+    assert done_mask(root["tomo_000"], "reconstruction").all()
+    assert not done_mask(root["tomo_001"], "reconstruction").any()
+    assert (tmp_path / "mrc" / "tomo_000" / "faket.mrc").exists()
+    assert not (tmp_path / "mrc" / "tomo_001").exists()
+    monkeypatch.delenv(FAIL_TILT_ENV)
+    ray.shutdown()                                         # a fresh Ray, without the failure hook
+    again = run(spec, say=lambda m: None)                  # the cause fixed: a rerun finishes
+    assert again["failed"] == [] and again["done_now"] == 1
+    assert open_store(spec.store, mode="r")["tomo_001"].attrs["failures"] == {}
 
 
 def test_installed_under_its_own_name(tmp_path):
@@ -343,3 +359,37 @@ def test_installed_under_its_own_name(tmp_path):
     res = subprocess.run([str(Path(sys.executable).parent / "faket"), "run", "--help"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "run spec" in res.stdout.lower(), res.stderr
+
+
+def test_resume_with_changed_settings_refuses_naming_the_key(inputs, tmp_path):
+    """A store made with one step size is not resumed with another; --restart-stage redoes it."""
+    from faket.pipeline import Stage
+    from faket.store import write_tilt
+    from faket.weights import resolve_weights
+    from faket_cluster.layout import check_resume, lay_out
+
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    identity = resolve_weights(spec.weights).identity
+    root = open_store(spec.store, mode="w")
+    lay_out(root, spec, identity)
+    write_tilt(root["tomo_000"], "faket", 0, np.ones((32, 32), np.float32))
+    recorded = dict(root["tomo_000"].attrs["settings"])
+    changed = _spec_copy(inputs, tmp_path, **{"[reconstruction]": "[nst]\nstep_size = 0.05\n\n[reconstruction]"})
+    new = load_spec(changed)                               # (the next copy reuses the file name)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    res = subprocess.run([str(Path(sys.executable).parent / "faket"), "run", str(changed)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    [line] = lines
+    assert "tomo_000" in line and "step_size 0.15 -> 0.05" in line and "--restart-stage stylize" in line
+    assert dict(open_store(spec.store, mode="r")["tomo_000"].attrs["settings"]) == recorded
+    # a changed execution setting (batch size) is no change of the method
+    check_resume(root, load_spec(_spec_copy(inputs, tmp_path, **{"batch = 1": "batch = 3"})), identity)
+    # restarting the stage on purpose: its done flags are cleared and the new settings recorded
+    lay_out(root, new, identity, restart=Stage.STYLIZE)
+    assert not done_mask(root["tomo_000"], "faket").any()
+    assert root["tomo_000"].attrs["settings"]["stylize"]["step_size"] == 0.05
+    assert root["tomo_000"].attrs["settings"]["prepare"] == recorded["prepare"]
+    check_resume(root, new, identity)

@@ -101,3 +101,15 @@ def test_bad_reconstruction_settings(phantom):
             reconstruct(p, theta, ReconstructionSettings(**bad))
     with pytest.raises(FaketInputError, match="angles"):
         reconstruct(p, theta[:4])
+
+
+@pytest.mark.parametrize("settings", [ReconstructionSettings(), PAPER_RECONSTRUCTION,
+                                      ReconstructionSettings(binning=3, thickness=11, z_range=(0.1, 0.7)),
+                                      ReconstructionSettings(binning=3, binning_method="cubic")])
+def test_output_shape_is_known_before_reconstructing(phantom, settings):
+    """The engine lays out its store from output_shape before any reconstruction runs."""
+    from faket.reconstruction import output_shape
+
+    p = np.zeros((5, N, N + 7), np.float32)
+    got = reconstruct(p, np.linspace(-60, 60, 5), settings).shape
+    assert tuple(got) == output_shape(p.shape, settings)

@@ -9,8 +9,8 @@ import pytest
 from conftest import call_main
 from faket.errors import FaketInputError
 from faket.io import read_mrc, read_tlt
-from faket.store import (done_mask, ensure_stack, ensure_volume, export_store, open_store,
-                         tilt_chunks, write_tilt)
+from faket.store import (FORMAT_VERSION, changed_settings, create_stack, create_volume, done_mask,
+                         export_store, open_store, reset_done, tilt_chunks, write_tilt, write_volume)
 
 
 def test_chunks_fit_detector_images():
@@ -25,11 +25,11 @@ def _store(tmp_path, complete=True):
     g = root.require_group("tomo_000")
     g.attrs.update({"angles": [-30.0, 0.0, 30.0], "voxel_size": 7.5})
     data = rng.normal(size=(3, 40, 24)).astype(np.float32)
-    ensure_stack(g, "faket", data.shape)
+    create_stack(g, "faket", data.shape)
     for i in range(3 if complete else 2):
         write_tilt(g, "faket", i, data[i])
-    vol = ensure_volume(g, "reconstruction", (8, 40, 24))
-    vol[:] = np.ones((8, 40, 24), np.float32)
+    create_volume(g, "reconstruction", (8, 40, 24))
+    write_volume(g, "reconstruction", np.ones((8, 40, 24), np.float32))
     return root, data
 
 
@@ -78,7 +78,7 @@ def test_report_reads_a_run_store(tmp_path, monkeypatch, capsys):
     for stage, arr in (("noiseless", clean), ("noisy", clean + rng.normal(size=clean.shape)),
                        ("faket", clean + 0.5 * rng.normal(size=clean.shape)),
                        ("style", rng.normal(size=clean.shape))):
-        ensure_stack(g, stage, clean.shape)
+        create_stack(g, stage, clean.shape)
         for i in range(5):
             write_tilt(g, stage, i, arr[i])
     code, _, err = call_main(monkeypatch, capsys, "report", tmp_path / "run.zarr", "--vgg-weights", "none")
@@ -89,3 +89,60 @@ def test_report_reads_a_run_store(tmp_path, monkeypatch, capsys):
     code, _, err = call_main(monkeypatch, capsys, "report", tmp_path / "run.zarr", "--tomogram", "x",
                              "--vgg-weights", "none")
     assert code == 2 and "no tomogram 'x'" in err
+
+
+def test_concurrent_writers_never_race(tmp_path):
+    """8 writers into a store the driver laid out: 30 trials, no error, every tilt written once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(16, 24, 20)).astype(np.float32)
+    for trial in range(30):
+        root = open_store(tmp_path / f"run{trial}.zarr", mode="w")
+        g = root.require_group("t")
+        for stage in ("noisy", "faket"):
+            create_stack(g, stage, data.shape)
+        with ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(write_tilt, g, stage, i, data[i] + (stage == "faket"))
+                    for i in range(16) for stage in ("noisy", "faket")]
+            errors = [j.exception() for j in jobs if j.exception() is not None]
+        assert errors == [], (trial, errors[:1])
+        again = open_store(tmp_path / f"run{trial}.zarr", mode="r")["t"]
+        assert done_mask(again, "faket").all() and done_mask(again, "noisy").all()
+        assert np.array_equal(np.asarray(again["faket"][:]), data + 1)
+        assert np.array_equal(np.asarray(again["noisy"][:]), data)
+
+
+def test_workers_create_nothing_and_shapes_are_refused(tmp_path):
+    root = open_store(tmp_path / "run.zarr", mode="w")
+    g = root.require_group("t")
+    with pytest.raises(FaketInputError, match="no done flags for faket"):
+        write_tilt(g, "faket", 0, np.zeros((4, 4), np.float32))
+    create_stack(g, "faket", (2, 4, 4))
+    with pytest.raises(FaketInputError, match="expected"):
+        create_stack(g, "faket", (3, 4, 4))
+    create_volume(g, "labels", (2, 4, 4))
+    with pytest.raises(FaketInputError, match="expected"):
+        create_volume(g, "labels", (2, 4, 5))             # refused like stacks, never overwritten
+    assert not done_mask(g, "labels").any()
+    write_volume(g, "labels", np.ones((2, 4, 4), np.float32))
+    assert done_mask(g, "labels").all()
+    reset_done(g, "labels")
+    assert not done_mask(g, "labels").any()
+
+
+def test_format_version_is_checked(tmp_path):
+    root = open_store(tmp_path / "run.zarr", mode="w")
+    assert root.attrs["version"] == FORMAT_VERSION
+    root.attrs["version"] = FORMAT_VERSION - 1
+    for mode in ("r", "a"):
+        with pytest.raises(FaketInputError, match=f"format version {FORMAT_VERSION - 1}, this faket reads"):
+            open_store(tmp_path / "run.zarr", mode=mode)
+    root.attrs["version"] = FORMAT_VERSION + 1
+    with pytest.raises(FaketInputError, match=f"version {FORMAT_VERSION + 1}"):
+        open_store(tmp_path / "run.zarr", mode="r")
+
+
+def test_changed_settings_names_the_keys():
+    assert changed_settings({"a": 1, "b": [1, 2]}, {"a": 1, "b": [1, 2]}) == []
+    assert changed_settings({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == ["b", "c"]

@@ -1,0 +1,199 @@
+"""The NST actor: VGG-19 held on one device, tilts read from the run store and written back.
+
+It calls :mod:`faket.nst` for each batch of tilts and holds no NST arithmetic of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import ray
+
+#: Test hook: when this file names a path that does not exist yet, the first NST
+#: task creates it and kills its actor process hard (os._exit) before writing.
+CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
+#: Test hook: "tomogram:tilt" of a tilt whose task always raises.
+FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
+
+# --------------------------------------------------------------------------- actors
+class NSTWorker:
+    """Holds VGG-19 on its device; stylises tilts read from the store, writes them back.
+
+    I/O overlaps compute: :meth:`prefetch` runs in the actor's own "io"
+    thread (a Ray concurrency group), so the driver asks it to read the next
+    queued task's inputs while the current one computes; within a task each
+    tomogram's result is written by a writer thread while the next one
+    computes, and the task returns only once its writes are done.
+    """
+
+    def __init__(self, weights: list, settings, use_gpu: bool, threads: int = 1, keep: int = 4) -> None:
+        """weights: ``[ObjectRef of the state dict]``, kept alive by the driver for restarts;
+        keep: tasks whose inputs are kept read ahead at most (more than the driver queues)."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from faket.nst import StyleTransfer
+        from faket.reproducible import compute_record
+
+        torch.set_num_threads(max(1, threads))   # as many as the CPUs Ray gave this actor
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
+        self.compute = compute_record(self.device, settings.precision)
+        self.pid = os.getpid()
+        self.node = ray.get_runtime_context().get_node_id()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]      # what Ray assigned this actor
+        self._lock = threading.Lock()
+        self._prefetched: dict = {}        # task key -> {"done": Event, "data": inputs or None}
+        self._taken: set = set()           # keys the compute thread read itself
+        self._keep = keep
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
+
+    @staticmethod
+    def _read(store: str, names: list[str], tilts: list[int]) -> dict:
+        """A task's inputs from the store: style tilts once, content and start per tomogram."""
+        from faket.store import open_store
+
+        root = open_store(store)
+        first = root[names[0]]
+        data = {"style": np.stack([np.asarray(first["style"][i]) for i in tilts]),
+                "style_range": first.attrs["ranges"]["style"], "size": first["content"].shape[-2:],
+                "members": {}}
+        for name in names:
+            g = root[name]
+            data["members"][name] = {
+                "ranges": g.attrs["ranges"],
+                "content": np.stack([np.asarray(g["content"][i]) for i in tilts]),
+                "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts])}
+        return data
+
+    @ray.method(concurrency_group="io")
+    def prefetch(self, store: str, names: list[str], tilts: list[int]) -> None:
+        """Read a queued task's inputs in the io thread (best effort: errors surface in stylize)."""
+        import threading
+
+        key = (store, tuple(names), tuple(tilts))
+        with self._lock:
+            if key in self._taken:
+                self._taken.discard(key)
+                return
+            if key in self._prefetched:
+                return
+            while len(self._prefetched) >= self._keep:   # stale: a task retried elsewhere
+                self._prefetched.pop(next(iter(self._prefetched)))
+            entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
+        t0 = time.perf_counter()
+        try:
+            entry["data"] = self._read(store, names, tilts)
+            entry["seconds"] = time.perf_counter() - t0
+        except Exception:
+            pass
+        finally:
+            entry["done"].set()
+
+    def _inputs(self, store: str, names: list[str], tilts: list[int]) -> tuple[dict, float, float]:
+        """The task's inputs, prefetched or read now.
+
+        Returns (inputs, seconds the compute thread waited for them, seconds
+        the reading took wherever it ran; 0 wait with a positive read time =
+        the read was hidden behind compute).
+        """
+        key = (store, tuple(names), tuple(tilts))
+        t0 = time.perf_counter()
+        with self._lock:
+            entry = self._prefetched.pop(key, None)
+            if entry is None:
+                self._taken.add(key)
+        data, read = None, 0.0
+        if entry is not None:
+            entry["done"].wait()
+            data, read = entry["data"], entry["seconds"]
+        if data is None:
+            t1 = time.perf_counter()
+            data = self._read(store, names, tilts)
+            read = time.perf_counter() - t1
+        return data, time.perf_counter() - t0, read
+
+    def stylize(self, store: str, names: list[str], tilts: list[int]) -> dict:
+        """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
+
+        The style tilts' Gram targets are computed once and serve every
+        tomogram (bit for bit what each would compute alone). A tomogram whose
+        tilts are all done already (a retry) is skipped; one that fails is
+        reported in ``failed`` while the others go on.
+        Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
+        "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "prefetched": bool}``.
+        """
+        import torch
+
+        from faket.nst import match_tilt_stats, to_unit
+        from faket.store import done_mask, open_store, write_tilt
+
+        idx = list(tilts)
+        data, waited, read = self._inputs(store, names, idx)
+        root = open_store(store)
+        style = data["style"]
+        targets = self.transfer.style_targets(
+            [to_unit(style, *map(np.float32, data["style_range"]))], data["size"])
+        bad = os.environ.get(FAIL_TILT_ENV, "")
+        out: dict = {"rows": [], "skipped": [], "failed": {}, "style_tilts": len(idx),
+                     "input_wait_seconds": waited, "input_read_seconds": read,
+                     "prefetched": waited < read}
+        writes = {}
+
+        def write(g, result) -> None:
+            for k, i in enumerate(idx):
+                write_tilt(g, "faket", i, result[k])
+
+        for name in names:
+            t0 = time.perf_counter()
+            g = root[name]
+            if done_mask(g, "faket")[idx].all():
+                out["skipped"].append(name)
+                continue
+            try:
+                if bad and any(bad == f"{name}:{i}" for i in idx):
+                    raise RuntimeError(f"injected failure of {bad}")
+                m = data["members"][name]
+                r = m["ranges"]
+                res = self.transfer.stylize_batch(to_unit(m["content"], *map(np.float32, r["content"])), None,
+                                                  to_unit(m["noisy"], *map(np.float32, r["noisy"])),
+                                                  style_targets=targets)
+                result = match_tilt_stats(res.images.cpu().numpy(), style)
+                _maybe_crash()
+                writes[name] = self._writer.submit(write, g, result)
+            except Exception as err:          # reported per tomogram; the driver retries it
+                out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                continue
+            if self.device == "cuda":
+                peak = torch.cuda.max_memory_allocated()
+            else:
+                import resource
+
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            seconds = time.perf_counter() - t0
+            out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
+                             "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node,
+                             "device": self.device, "gpu_ids": self.gpu_ids, "compute": self.compute}
+                            for k, i in enumerate(idx)]
+        for name, fut in writes.items():           # the task returns once its results are stored
+            try:
+                fut.result()
+            except Exception as err:
+                out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
+                out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
+        return out
+
+
+def _maybe_crash() -> None:
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if marker and not os.path.exists(marker):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)

@@ -1,0 +1,32 @@
+"""Connecting to Ray: a cluster (an address, or RAY_ADDRESS inside `ray job submit`) or a local one."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start a local one.
+
+    A local Ray binds to 127.0.0.1, has no dashboard and a small object store.
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # Ray swaps 127.0.0.1 for the host's routable address unless "clusters" are off
+        # (its switch for laptops); a local engine serves no other host, so turn them off.
+        os.environ[LOOPBACK_ENV] = "0"
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=False,
+                 object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")

@@ -1,0 +1,145 @@
+"""Scheduling the per-tilt NST tasks over the actors, with backpressure and the retry policy.
+
+Tasks are (tomograms sharing a style stack, tilt indices). Each actor has at
+most ``in_flight`` tasks queued; while one computes, the actor reads the next
+one's inputs (``prefetch``). A fault of any kind (the task's error, the
+actor's death, a lost object, a dead node) goes through one policy: the
+tomograms of a failed task are queued again after the backoff, until their
+last attempt, after which they are recorded as failed and the run goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+
+from .retry import Attempts, RetryPolicy, describe, is_fault
+from .spec import RunSpec
+
+Job = tuple[tuple[str, ...], tuple[int, ...]]          # (tomogram names, tilt indices)
+
+
+@dataclass
+class NSTStats:
+    """What the actors reported, summed over the run."""
+
+    rows: list[dict] = field(default_factory=list)
+    style_tilts: int = 0
+    input_wait: float = 0.0
+    input_read: float = 0.0
+    prefetched: int = 0
+    failures: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = field(default_factory=dict)
+
+    def add(self, out: dict) -> None:
+        self.rows.extend(out["rows"])
+        self.style_tilts += out.get("style_tilts", 0)
+        self.input_wait += out.get("input_wait_seconds", 0.0)
+        self.input_read += out.get("input_read_seconds", 0.0)
+        self.prefetched += bool(out.get("prefetched"))
+
+
+def nst_jobs(root, spec: RunSpec, skip: set[str]) -> tuple[collections.deque, int, int]:
+    """The NST tasks of the tilts not done yet; returns (jobs, tilts in all, tilts done before).
+
+    Tomograms styled by the same style stack (same file, same image sizes) go
+    together, up to ``share_style`` per task, so that its Gram targets are
+    computed once. Tomograms in ``skip`` (not prepared) get no tasks.
+    """
+    from faket.store import done_mask
+
+    res = spec.resources
+    pending: collections.deque = collections.deque()
+    total = done_before = 0
+    groups: dict = {}
+    for t in spec.tomograms:
+        g = root[t.name]
+        mask = done_mask(g, "faket")
+        total += len(mask)
+        done_before += int(mask.sum())
+        if t.name not in skip:
+            key = (str(Path(t.style).resolve()), g["style"].shape, g["content"].shape)
+            groups.setdefault(key, []).append(t.name)
+    for members in groups.values():
+        for m0 in range(0, len(members), res.share_style):
+            names = members[m0:m0 + res.share_style]
+            masks = {n: done_mask(root[n], "faket") for n in names}
+            todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
+            for k in range(0, len(todo), res.batch):
+                tilts = tuple(todo[k:k + res.batch])
+                need = tuple(n for n in names if not masks[n][list(tilts)].all())
+                pending.append((need, tilts))
+    return pending, total, done_before
+
+
+def _result(ref, names: tuple[str, ...]) -> dict:
+    """A task's report, or every tomogram of it failed with the fault's one line."""
+    try:
+        return ray.get(ref)
+    except Exception as err:
+        if not is_fault(err):
+            raise
+        return {"rows": [], "skipped": [], "failed": dict.fromkeys(names, describe(err))}
+
+
+class NSTScheduler:
+    """Keeps every actor fed with ``in_flight`` tasks until all tilts are done or given up."""
+
+    def __init__(self, workers: list, store: str, in_flight: int, policy: RetryPolicy,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.workers, self.store, self.in_flight = workers, store, in_flight
+        self.attempts = Attempts(policy)
+        self.progress = progress
+        self.stats = NSTStats()
+        self.queued: dict = {}                         # ref -> (actor index, job)
+        self.load = [0] * len(workers)
+        self.delayed: list[tuple[float, Job]] = []
+
+    def _submit(self, pending: collections.deque) -> None:
+        now = time.monotonic()
+        for item in [d for d in self.delayed if d[0] <= now]:
+            self.delayed.remove(item)
+            pending.append(item[1])
+        for w, worker in enumerate(self.workers):
+            while pending and self.load[w] < self.in_flight:
+                names, tilts = pending.popleft()
+                ref = worker.stylize.remote(self.store, list(names), list(tilts))
+                worker.prefetch.remote(self.store, list(names), list(tilts))   # read while it waits
+                self.queued[ref] = (w, (names, tilts))
+                self.load[w] += 1
+
+    def _collect(self, ref) -> None:
+        w, (names, tilts) = self.queued.pop(ref)
+        self.load[w] -= 1
+        out = _result(ref, names)
+        self.stats.add(out)
+        if self.progress is not None:
+            self.progress(len(out["rows"]) + len(out["skipped"]) * len(tilts))
+        retry, at = [], 0.0
+        for name, why in out["failed"].items():
+            key = (name, tilts)
+            retry_at = self.attempts.record(key, why)
+            if retry_at is None:
+                self.stats.failures[key] = (why, self.attempts.failed[key])
+            else:
+                retry.append(name)
+                at = max(at, retry_at)
+        if retry:
+            self.delayed.append((at, (tuple(retry), tilts)))
+
+    def run(self, pending: collections.deque) -> NSTStats:
+        while pending or self.queued or self.delayed:
+            self._submit(pending)
+            if not self.queued:
+                time.sleep(max(0.0, min(at for at, _ in self.delayed) - time.monotonic()))
+                continue
+            ready, _ = ray.wait(list(self.queued), num_returns=1,
+                                timeout=0.5 if self.delayed else None)
+            for ref in ready:
+                self._collect(ref)
+        return self.stats

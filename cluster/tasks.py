@@ -1,0 +1,93 @@
+"""Ray tasks of the engine besides the NST: preparing tomograms, the noise model, reconstruction, export.
+
+Workers only write into arrays the driver created (:mod:`faket_cluster.layout`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from .spec import TomogramSpec
+
+
+def remote_functions():
+    """The engine's Ray tasks; Ray retries none of them (the driver's one policy does)."""
+    @ray.remote(num_cpus=1, max_retries=0)
+    def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
+        return prepare_tomogram(store, tomo, model_json, content_sigma)
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def estimate(pairs: list, order: int) -> dict:
+        from faket.io import open_mrc
+        from faket.noise import NoiseModel
+
+        stacks = [(open_mrc(r, role="reference"), open_mrc(c, role="noiseless")) for r, c in pairs]
+        model = NoiseModel.estimate([(a.data, b.data) for a, b in stacks], order,
+                                    [{"reference": str(r), "noiseless": str(c)} for r, c in pairs])
+        return model.to_json()
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
+        from faket.reconstruction import reconstruct
+        from faket.store import open_store, write_volume
+
+        g = open_store(store)[name]
+        vol = reconstruct(np.asarray(g["faket"][:]), np.asarray(angles), settings).numpy()
+        g["reconstruction"].attrs["voxel_size"] = float(g.attrs.get("voxel_size", 1.0)) * settings.binning
+        write_volume(g, "reconstruction", vol)
+        return list(vol.shape)
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def export_task(store: str, out: str, names: list) -> list:
+        from faket.store import export_store
+
+        return [str(p) for p in export_store(store, out, names)]
+
+    return prepare, estimate, reconstruct_task, export_task
+
+
+def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
+    """Write noiseless, NOISY, CONTENT, style tilts and labels of one tomogram (idempotent).
+
+    Only what is not done yet is written, into arrays the driver created.
+    """
+    from faket.io import open_mrc, read_tlt
+    from faket.noise import NoiseModel, apply_tilt
+    from faket.nst import stack_range
+    from faket.projection import project
+    from faket.store import done_mask, open_store, write_tilt, write_volume
+
+    g = open_store(store)[tomo.name]
+    angles = read_tlt(tomo.angles)
+    model = NoiseModel.from_json(model_json)
+    todo = np.flatnonzero(~done_mask(g, "noiseless"))
+    with open_mrc(tomo.volume or tomo.tilts, role="volume" if tomo.volume else "tilts") as src:
+        voxel = src.voxel_size[0] or 1.0
+        if len(todo) and tomo.volume is not None:
+            tilts = project(src.data, angles).numpy()
+            for i in todo:
+                write_tilt(g, "noiseless", int(i), tilts[int(i)])
+        elif len(todo):
+            for i in todo:
+                write_tilt(g, "noiseless", int(i), src.tilt(int(i)))
+    base = model.baseline()
+    for stage in ("noisy", "content"):
+        for i in np.flatnonzero(~done_mask(g, stage)):
+            write_tilt(g, stage, int(i), apply_tilt(np.asarray(g["noiseless"][int(i)]), int(i), model,
+                                                    tomo.seed, stage, content_sigma, base))
+    with open_mrc(tomo.style, role="style") as st:
+        for i in np.flatnonzero(~done_mask(g, "style")):
+            write_tilt(g, "style", int(i), st.tilt(int(i)))
+    if tomo.labels is not None and not done_mask(g, "labels").all():
+        with open_mrc(tomo.labels, role="labels") as lab:
+            write_volume(g, "labels", lab.read())
+    attrs = {"angles": [float(a) for a in angles], "voxel_size": float(voxel), "seed": tomo.seed,
+             "sources": {k: str(v) for k, v in (("volume", tomo.volume), ("tilts", tomo.tilts),
+                                                ("style", tomo.style), ("angles", tomo.angles))
+                         if v is not None},
+             "ranges": {s: [float(x) for x in stack_range(g[s])] for s in ("content", "noisy", "style")}}
+    if tomo.particles is not None:
+        attrs["particles_csv"] = tomo.particles.read_text()
+    g.attrs.update(attrs)
+    return {"name": tomo.name, "n": len(angles)}
