@@ -1,6 +1,7 @@
 """The engine's command line: ``faket run SPEC`` (a ``faket`` plugin) and ``python -m faket_cluster``.
 
     faket run SPEC.toml [--address ray://... | auto] [--actors N] [--reproducible]
+    faket spec schema [-o FILE] | faket spec check SPEC.toml
     python -m faket_cluster run SPEC.toml        (the same)
     python -m faket_cluster demo [--out-dir demo_out] [--tomograms 2] [--size 64]
 """
@@ -86,8 +87,41 @@ def demo(
              runner=_run, say=say)
 
 
+spec_app = typer.Typer(no_args_is_help=True, help="Run specs: their JSON schema, and checking one.")
+
+
+@spec_app.command("schema")
+def spec_schema(
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write the schema to this file [default: stdout]."),
+) -> None:
+    """The JSON schema of a run spec (types, ranges, allowed values, published defaults)."""
+    from .spec import SpecFile
+
+    text = json.dumps(SpecFile.model_json_schema(), indent=1) + "\n"
+    if output is None:
+        print(text, end="")
+        return
+    from faket.io import atomic_path
+
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
+
+
+@spec_app.command("check")
+def spec_check(spec: Path = typer.Argument(..., help="Run spec (TOML).")) -> None:
+    """Validate a spec without running anything: keys, values, files, shapes, tilt counts, GPUs."""
+    from .spec import check_local_gpus, load_spec
+
+    s = load_spec(spec)
+    check_local_gpus(s)
+    tilts = sum(t.shape[0] for t in s.tomograms)
+    print(f"ok: {spec}: {len(s.tomograms)} tomogram(s), {tilts} tilts, store {s.store}")
+
+
 app.command("run")(run_cmd)
 app.command("demo")(demo)
+app.add_typer(spec_app, name="spec")
 
 
 def _failures() -> dict:
@@ -97,8 +131,9 @@ def _failures() -> dict:
 
 
 def register(faket_app: typer.Typer) -> dict:
-    """The ``faket.commands`` plugin: adds ``faket run``; returns typed failures and exit codes."""
+    """The ``faket.commands`` plugin: adds ``faket run`` and ``faket spec``; returns typed failures."""
     faket_app.command("run")(run_cmd)
+    faket_app.add_typer(spec_app, name="spec")
     return _failures()
 
 

@@ -51,13 +51,16 @@ Example (paths are relative to the spec file)::
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field, ValidationError
 
 from faket.errors import FaketInputError
-from faket.settings import NSTSettings, ReconstructionSettings
+from faket.settings import (Bool, Float, Int, NSTSettings, ReconstructionSettings, Settings, Str,
+                            describe_error)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,24 +93,6 @@ class TomogramSpec:
     shape: tuple[int, int, int] = (0, 0, 0)          # (n, Y, W) of the tilt-series
     style_shape: tuple[int, int, int] = (0, 0, 0)
     labels_shape: tuple[int, int, int] | None = None
-
-
-@dataclass
-class Resources:
-    actors: int | None = None
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    batch: int = 1
-    in_flight: int = 2
-    max_task_retries: int = 3          # retries of a task after its first attempt (one policy)
-    retry_backoff: float = 0.5         # seconds before the first retry, doubled for each further one
-    address: str | None = None
-    spread: bool = False
-    share_style: int = 8
-    device: str = "auto"
-
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -154,6 +139,110 @@ def _out(spec: Path, value) -> Path:
     return (p if p.is_absolute() else spec.parent / p).resolve()
 
 
+# --------------------------------------------------------------------------- typed spec file
+class Resources(Settings):
+    """``[resources]``: actors, their resources, batching, queueing and the retry policy."""
+
+    actors: Optional[Annotated[Int, Field(ge=1)]] = None
+    gpus_per_actor: Annotated[Float, Field(ge=0)] = 0.0
+    cpus_per_actor: Annotated[Float, Field(gt=0)] = 1.0
+    batch: Annotated[Int, Field(ge=1)] = 1
+    in_flight: Annotated[Int, Field(ge=1)] = 2
+    max_task_retries: Annotated[Int, Field(ge=0)] = 3
+    retry_backoff: Annotated[Float, Field(ge=0)] = 0.5
+    address: Optional[Str] = None
+    spread: Bool = False
+    share_style: Annotated[Int, Field(ge=1)] = 8
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RunSection(Settings):
+    section = "run"
+
+    store: Str
+    export: Optional[Str] = None
+    seed: Int = 0
+
+
+class WeightsSection(Settings):
+    section = "weights"
+
+    vgg: Str = "imagenet"
+    seed: Int = 0
+
+
+class NoisePair(Settings):
+    section = "noise.pairs"
+
+    reference: Str
+    noiseless: Str
+
+
+class NoiseSection(Settings):
+    section = "noise"
+
+    model: Optional[Str] = None
+    pairs: list[NoisePair] = []
+    order: Annotated[Int, Field(ge=-1, le=5)] = 2
+    content_sigma: Annotated[Float, Field(ge=0)] = 0.25
+
+
+class StyleSection(Settings):
+    section = "style"
+
+    reference: Optional[Str] = None
+    pool: list[Str] = []
+
+
+class TomogramEntry(Settings):
+    section = "tomogram"
+
+    name: Optional[Str] = None
+    volume: Optional[Str] = None
+    tilts: Optional[Str] = None
+    angles: Optional[Str] = None
+    labels: Optional[Str] = None
+    particles: Optional[Str] = None
+    seed: Optional[Int] = None
+
+
+class ManifestEntry(Settings):
+    section = "manifest"
+
+    name: Optional[Str] = None
+    volume: Optional[Str] = None
+    tilts: Optional[Str] = None
+    angles: Optional[Str] = None
+    labels: Optional[Str] = None
+    particles: Optional[Str] = None
+    seeds: list[Int] = [0]
+    styles: Optional[list[Str]] = None
+
+
+class SpecFile(Settings):
+    """A whole run spec (TOML) as typed data; ``faket spec schema`` prints its JSON schema."""
+
+    section = ""
+
+    run: RunSection
+    resources: Resources = Resources()
+    weights: WeightsSection = WeightsSection()
+    noise: NoiseSection = NoiseSection()
+    style: StyleSection = StyleSection()
+    nst: NSTSettings = NSTSettings()
+    reconstruction: Optional[ReconstructionSettings] = None
+    tomogram: list[TomogramEntry] = []
+    manifest: list[ManifestEntry] = []
+
+
+def validate_file(spec: Path, raw: dict) -> SpecFile:
+    """Types, ranges and names of every key of a parsed spec; one line for the first problem."""
+    try:
+        return SpecFile.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(spec, describe_error(err)) from None
+
+
 def load_spec(path: str | Path) -> RunSpec:
     """Parse and validate a run spec; every problem is one FaketInputError line."""
     spec = Path(path)
@@ -170,50 +259,36 @@ def load_spec(path: str | Path) -> RunSpec:
         raise _fail(spec, "[run] needs store = \"path/to/run.zarr\"")
     res_raw = raw.get("resources", {})
     _check_keys(spec, "resources", res_raw, RESOURCE_KEYS)
-    res = Resources(**res_raw)
-    if res.actors is not None and res.actors < 1:
-        raise _fail(spec, f"resources.actors must be >= 1, got {res.actors}")
-    if res.device not in DEVICES:
-        raise _fail(spec, f"resources.device = {res.device!r} is not one of {', '.join(DEVICES)}")
-    if res.gpus_per_actor < 0 or res.cpus_per_actor <= 0:
-        raise _fail(spec, "resources.gpus_per_actor must be >= 0 and cpus_per_actor > 0")
-    if res.retry_backoff < 0:
-        raise _fail(spec, f"resources.retry_backoff must be >= 0 seconds, got {res.retry_backoff}")
-    if res.batch < 1 or res.in_flight < 1 or res.share_style < 1 or res.max_task_retries < 0:
-        raise _fail(spec, "resources.batch, in_flight and share_style must be >= 1, "
-                          "max_task_retries >= 0")
+    for where, allowed in (("weights", WEIGHT_KEYS), ("noise", NOISE_KEYS), ("style", STYLE_KEYS),
+                           ("nst", set(NSTSettings.model_fields)),
+                           ("reconstruction", set(ReconstructionSettings.model_fields))):
+        _check_keys(spec, where, raw.get(where, {}), allowed)
+    typed = validate_file(spec, {**raw, "nst": {"batch_size": res_raw.get("batch", 1), **raw.get("nst", {})}})
+    res = typed.resources
     w = raw.get("weights", {})
-    _check_keys(spec, "weights", w, WEIGHT_KEYS)
     vgg = w.get("vgg", "imagenet")
     if vgg not in ("imagenet", "random"):
         vgg = str(_file(spec, vgg, "weights.vgg"))
     noise = raw.get("noise", {})
-    _check_keys(spec, "noise", noise, NOISE_KEYS)
     model = _file(spec, noise["model"], "noise.model") if "model" in noise else None
     pairs = [(_file(spec, p.get("reference"), "noise.pairs reference"),
               _file(spec, p.get("noiseless"), "noise.pairs noiseless")) for p in noise.get("pairs", [])]
     if model is None and not pairs:
         raise _fail(spec, "[noise] needs model = \"noise.json\" or pairs = [{reference=..., noiseless=...}]")
     style = raw.get("style", {})
-    _check_keys(spec, "style", style, STYLE_KEYS)
     pool = ([_file(spec, style["reference"], "style.reference")] if "reference" in style else
             [_file(spec, p, "style.pool entry") for p in style.get("pool", [])])
     if not pool:
         raise _fail(spec, "[style] needs reference = \"reference.mrc\" or pool = [...]")
-    nst_fields = {f.name for f in dataclasses.fields(NSTSettings)}
-    nst_raw = raw.get("nst", {})
-    _check_keys(spec, "nst", nst_raw, nst_fields)
-    nst = NSTSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in nst_raw.items()},
-                      batch_size=nst_raw.get("batch_size", res.batch))
     from faket.nst import validate_settings
 
-    validate_settings(nst)
-    rec = None
-    if "reconstruction" in raw:
-        rec_fields = {f.name for f in dataclasses.fields(ReconstructionSettings)}
-        _check_keys(spec, "reconstruction", raw["reconstruction"], rec_fields)
-        rec = ReconstructionSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in raw["reconstruction"].items()})
+    try:
+        validate_settings(typed.nst)
+    except FaketInputError as err:
+        raise _fail(spec, f"[nst]: {err}") from None
+    nst = typed.nst
+    rec = typed.reconstruction
+    if rec is not None:
         from faket.reconstruction import check_settings
 
         try:
@@ -309,3 +384,21 @@ def _check_shapes(s: RunSpec) -> None:
                                 f"but the angles give {n}")
         if min(size) < 16:
             raise _fail(s.path, f"tomogram {t.name}: images of {size} are too small (>= 16 pixels)")
+
+
+def check_local_gpus(s: RunSpec) -> None:
+    """Refuse GPUs asked of a local run (no cluster address) on a machine without CUDA."""
+    import os
+
+    res = s.resources
+    if res.address or os.environ.get("RAY_ADDRESS"):
+        return                              # the cluster's GPUs are checked when the run connects
+    wants = res.gpus_per_actor > 0 or res.device == "cuda"
+    if wants:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            key = "gpus_per_actor" if res.gpus_per_actor > 0 else "device"
+            value = res.gpus_per_actor if res.gpus_per_actor > 0 else '"cuda"'
+            raise _fail(s.path, f"resources.{key} = {value} but this machine has no CUDA GPU: use "
+                                "gpus_per_actor = 0 and device = \"cpu\", or give the cluster's address")

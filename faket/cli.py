@@ -9,6 +9,7 @@ commands so that ``faket --help`` and short commands start quickly.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -59,6 +60,22 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise FaketInputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+#: Settings keys whose CLI option has another name.
+_OPTIONS = {"memory_budget_gb": "--memory-budget", "defocus_um": "--defocus", "dose_per_tilt": "--dose"}
+
+
+def _settings(cls, **values):
+    """Settings made from CLI options; a bad value's line names the option (``--step-size``)."""
+    try:
+        return cls(**values)
+    except FaketInputError as err:
+        m = re.match(r"^[a-z_]+\.([a-z_]+)( = .*)$", str(err))
+        if m is None:
+            raise
+        key = m.group(1)
+        raise FaketInputError(_OPTIONS.get(key, "--" + key.replace("_", "-")) + m.group(2)) from None
 
 
 def _device(name: str) -> str:
@@ -126,7 +143,7 @@ def phantom(
         raise FaketInputError(f"--angles must be START,STOP,STEP with STEP > 0, got {angles!r}")
     if size < 16:
         raise FaketInputError(f"--size must be >= 16, got {size}")
-    st = PhantomSettings(size=size, pixel_size=pixel_size, n_particles=n_particles, seed=seed,
+    st = _settings(PhantomSettings, size=size, pixel_size=pixel_size, n_particles=n_particles, seed=seed,
                          angles=a, defocus_um=defocus, dose_per_tilt=dose)
     out_dir.mkdir(parents=True, exist_ok=True)
     ph = make_phantom(st)
@@ -160,7 +177,7 @@ def project(
     dev = _device(device)
     with open_mrc(volume, role="volume") as vol:
         theta = read_tlt(angles)
-        st = ProjectionSettings(dose=dose, detector_width=detector_width)
+        st = _settings(ProjectionSettings, dose=dose, detector_width=detector_width)
         with progress_bar(len(theta), "project") as advance:
             tilts = run_projection(vol.data, theta, st, device=dev, progress=advance)
         vs = vol.voxel_size[0] or 1.0
@@ -329,7 +346,8 @@ def stylize(
     from .nst import StyleTransfer, check_stacks, iter_stylize, validate_settings
     from .weights import resolve_weights
 
-    st = NSTSettings(
+    st = _settings(
+        NSTSettings,
         content_layers=_ints(content_layers, "--content-layers"),
         content_layer_weights=_floats(content_layer_weights, "--content-layer-weights"),
         style_layers=_ints(style_layers, "--style-layers"),
@@ -407,7 +425,8 @@ def reconstruct(
     zr = _floats(z_range, "--z-range")
     if len(zr) != 2:
         raise FaketInputError(f"--z-range must be LO,HI, got {z_range!r}")
-    st = PAPER_RECONSTRUCTION if paper else ReconstructionSettings(
+    st = PAPER_RECONSTRUCTION if paper else _settings(
+        ReconstructionSettings,
         filter=filter, binning=binning, binning_method=binning_method, thickness=thickness,
         z_range=zr)
     check_output_path(output)

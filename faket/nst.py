@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import FaketInputError
 from .reproducible import check_precision, configure_device
-from .settings import INITS, PRECISIONS, TILE_GRID, NSTSettings
+from .settings import TILE_GRID, NSTSettings
 from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
                   tile_halo)
 
@@ -538,7 +538,11 @@ def tile_cuts(n: int, tile: int, align: int = 16) -> list[int]:
 
 
 def validate_settings(s: NSTSettings) -> None:
-    """Refuse impossible NST settings with one clear line."""
+    """Refuse impossible combinations of NST settings with one clear line.
+
+    Types, ranges and names of each value are checked when the settings are made
+    (:class:`faket.settings.NSTSettings`); this checks what spans several values.
+    """
     check_layers(s.content_layers, "content")
     check_layers(s.style_layers, "style")
     if len(s.content_layer_weights) != len(s.content_layers):
@@ -547,30 +551,7 @@ def validate_settings(s: NSTSettings) -> None:
     if len(s.style_layer_weights) != len(s.style_layers):
         raise FaketInputError(f"{len(s.style_layers)} style layers but "
                               f"{len(s.style_layer_weights)} style layer weights")
-    if not (s.step_size > 0 and math.isfinite(s.step_size)):
-        raise FaketInputError(f"step size must be > 0, got {s.step_size}")
-    if s.iterations < 1 or s.initial_iterations < 1:
-        raise FaketInputError(f"iterations must be >= 1, got iterations={s.iterations}, "
-                              f"initial iterations={s.initial_iterations}")
-    if not 0 <= s.avg_decay < 1:
-        raise FaketInputError(f"averaging decay must be in [0, 1), got {s.avg_decay}")
-    if s.init not in INITS:
-        raise FaketInputError(f"unknown init {s.init!r}: use a file or one of {', '.join(INITS)}")
-    if s.batch_size < 1:
-        raise FaketInputError(f"batch size must be >= 1, got {s.batch_size}")
-    if s.tile_size is not None and s.tile_size < 16:
-        raise FaketInputError(f"tile size must be >= 16 pixels, got {s.tile_size}")
-    if s.precision not in PRECISIONS:
-        raise FaketInputError(f"unknown precision {s.precision!r}: use one of {', '.join(PRECISIONS)}")
     check_precision(s.precision)
-    if s.memory_budget_gb is not None and not s.memory_budget_gb > 0:
-        raise FaketInputError(f"memory budget must be > 0 GB, got {s.memory_budget_gb}")
-    for name in ("min_scale", "end_scale"):
-        v = getattr(s, name)
-        if v is not None and v < 1:
-            raise FaketInputError(f"{name.replace('_', ' ')} must be >= 1, got {v}")
-    if s.content_weight < 0 or s.tv_weight < 0:
-        raise FaketInputError("content weight and TV weight must be >= 0")
 
 
 # --------------------------------------------------------------------------- stacks

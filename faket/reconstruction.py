@@ -21,10 +21,8 @@ import torch
 
 from .errors import FaketInputError
 from .projection import as_tensor, csr_from_rows, MAX_ENTRIES
-from .settings import ReconstructionSettings
+from .settings import FILTERS, ReconstructionSettings
 
-FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "approxShrec", "none")
-BINNING_METHODS = ("mean", "cubic")
 
 
 def padded_size(width: int) -> int:

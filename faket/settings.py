@@ -1,12 +1,21 @@
-"""Settings of every stage, with the published defaults in one place.
+"""Settings of every stage, typed and validated, with the published defaults in one place.
 
-The defaults are the paper's "FAKET" row (Harar et al., arXiv 2304.02011, and
-``docs/faket-method.md``). Every CLI option reads its default from here.
+The defaults are the paper's "FAKET" row (Harar et al., arXiv 2304.02011). Every
+CLI option and every run-spec key reads its default and its allowed values from
+here, so the command line and the spec cannot disagree. The models are frozen
+pydantic models: a bad value (wrong type, out of range, unknown name) raises
+:class:`~faket.errors.FaketInputError` with one line naming the key, the value
+and what is allowed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from typing import Annotated, Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from .errors import FaketInputError
 
 #: Layer indices of torchvision's VGG-19 ``features`` stack: relu1_1 .. relu5_1.
 PUBLISHED_STYLE_LAYERS: tuple[int, ...] = (1, 6, 11, 20, 29)
@@ -16,25 +25,73 @@ PUBLISHED_STYLE_WEIGHTS: tuple[float, ...] = (256.0, 64.0, 16.0, 4.0, 1.0)
 PUBLISHED_CONTENT_LAYERS: tuple[int, ...] = (8,)
 PUBLISHED_CONTENT_WEIGHTS: tuple[float, ...] = (100.0,)
 
-POOLINGS = ("max", "average", "l2")
 INITS = ("content", "gray", "uniform")
 PRECISIONS = ("float32", "tf32", "bf16")
+FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "approxShrec", "none")
+
+#: Edge of the Zarr store's tilt chunks (pixels). NST tiles cut each chunk into
+#: equal parts or are whole chunks, so that every chunk edge is a tile edge.
+TILE_GRID = 1024
+
+# Strict scalars: "2" is not an integer and true is not a number (TOML and JSON give types).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-@dataclass(frozen=True)
-class ProjectionSettings:
+def describe_error(err: ValidationError, where: str = "") -> str:
+    """One line for the first problem of a validation error: key, value, what is allowed."""
+    first = err.errors()[0]
+    inner = first.get("ctx", {}).get("error")
+    if first["type"] == "value_error" and isinstance(inner, FaketInputError):
+        return str(inner)                  # a nested settings model already said it in one line
+    key = ".".join(str(p) for p in first["loc"]) or "value"
+    shown = f"{where}{'.' if where else ''}{key}"
+    if first["type"] == "missing":
+        return f"{shown} is missing"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {shown}"
+    return f"{shown} = {first.get('input')!r}: {first['msg'].replace('Input should be', 'must be')}"
+
+
+class Settings(BaseModel):
+    """Frozen settings; bad values raise :class:`FaketInputError` with one line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: How messages name this model's keys (``nst.step_size``); default: from the class name.
+    section: ClassVar[Optional[str]] = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            where = _snake(type(self).__name__) if self.section is None else self.section
+            raise FaketInputError(describe_error(err, where)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (tuples stay tuples)."""
+        return self.model_dump()
+
+
+def _snake(name: str) -> str:
+    """``NSTSettings`` -> ``nst``, ``ReconstructionSettings`` -> ``reconstruction``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name.removesuffix("Settings")).lower()
+
+
+class ProjectionSettings(Settings):
     """Noiseless projection (method section 1).
 
     dose: value the ray sums are subtracted from (``dose - radon``); 0 in the paper.
     detector_width: detector pixels along X; ``None`` = the volume's X width.
     """
 
-    dose: float = 0.0
-    detector_width: int | None = None
+    dose: Float = 0.0
+    detector_width: Optional[Annotated[Int, Field(ge=1)]] = None
 
 
-@dataclass(frozen=True)
-class NoiseSettings:
+class NoiseSettings(Settings):
     """Noise model (method section 2).
 
     order: polynomial order of the per-tilt curves over the tilt index
@@ -42,17 +99,11 @@ class NoiseSettings:
     content_sigma_factor: sigma scale for the CONTENT tilt-series (paper 0.25).
     """
 
-    order: int = 2
-    content_sigma_factor: float = 0.25
+    order: Annotated[Int, Field(ge=-1, le=5)] = 2
+    content_sigma_factor: Annotated[Float, Field(ge=0)] = 0.25
 
 
-#: Edge of the Zarr store's tilt chunks (pixels). NST tiles cut each chunk into
-#: equal parts or are whole chunks, so that every chunk edge is a tile edge.
-TILE_GRID = 1024
-
-
-@dataclass(frozen=True)
-class NSTSettings:
+class NSTSettings(Settings):
     """Neural style transfer (method section 3); defaults are the published ones.
 
     min_scale/end_scale: longest image side in pixels at the first/last scale of
@@ -69,32 +120,28 @@ class NSTSettings:
         (network passes under bfloat16 autocast; losses in float32).
     """
 
-    content_layers: tuple[int, ...] = PUBLISHED_CONTENT_LAYERS
-    content_layer_weights: tuple[float, ...] = PUBLISHED_CONTENT_WEIGHTS
-    style_layers: tuple[int, ...] = PUBLISHED_STYLE_LAYERS
-    style_layer_weights: tuple[float, ...] = PUBLISHED_STYLE_WEIGHTS
-    content_weight: float = 1.0
-    tv_weight: float = 0.0
-    iterations: int = 1
-    initial_iterations: int = 1
-    step_size: float = 0.15
-    avg_decay: float = 0.99
-    pooling: str = "max"
-    min_scale: int | None = None
-    end_scale: int | None = None
-    init: str = "content"
-    seed: int = 0
-    batch_size: int = 1
-    tile_size: int | None = None
-    memory_budget_gb: float | None = None
-    precision: str = "float32"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    content_layers: tuple[Int, ...] = PUBLISHED_CONTENT_LAYERS
+    content_layer_weights: tuple[Float, ...] = PUBLISHED_CONTENT_WEIGHTS
+    style_layers: tuple[Int, ...] = PUBLISHED_STYLE_LAYERS
+    style_layer_weights: tuple[Float, ...] = PUBLISHED_STYLE_WEIGHTS
+    content_weight: Annotated[Float, Field(ge=0)] = 1.0
+    tv_weight: Annotated[Float, Field(ge=0)] = 0.0
+    iterations: Annotated[Int, Field(ge=1)] = 1
+    initial_iterations: Annotated[Int, Field(ge=1)] = 1
+    step_size: Annotated[Float, Field(gt=0)] = 0.15
+    avg_decay: Annotated[Float, Field(ge=0, lt=1)] = 0.99
+    pooling: Literal["max", "average", "l2"] = "max"
+    min_scale: Optional[Annotated[Int, Field(ge=1)]] = None
+    end_scale: Optional[Annotated[Int, Field(ge=1)]] = None
+    init: Literal["content", "gray", "uniform"] = "content"
+    seed: Int = 0
+    batch_size: Annotated[Int, Field(ge=1)] = 1
+    tile_size: Optional[Annotated[Int, Field(ge=16)]] = None
+    memory_budget_gb: Optional[Annotated[Float, Field(gt=0)]] = None
+    precision: Literal["float32", "tf32", "bf16"] = "float32"
 
 
-@dataclass(frozen=True)
-class ReconstructionSettings:
+class ReconstructionSettings(Settings):
     """Weighted back-projection (method section 4).
 
     filter: ``ramp``, ``shepp-logan``, ``cosine``, ``hann``, ``approxShrec`` or ``none``.
@@ -104,11 +151,11 @@ class ReconstructionSettings:
     z_range: fractions of Z kept (paper: 0.32226 .. 0.67382 of a cubic volume).
     """
 
-    filter: str = "ramp"
-    binning: int = 1
-    binning_method: str = "mean"
-    thickness: int | None = None
-    z_range: tuple[float, float] = (0.0, 1.0)
+    filter: Literal["ramp", "shepp-logan", "cosine", "hann", "approxShrec", "none"] = "ramp"
+    binning: Annotated[Int, Field(ge=1)] = 1
+    binning_method: Literal["mean", "cubic"] = "mean"
+    thickness: Optional[Annotated[Int, Field(ge=1)]] = None
+    z_range: tuple[Annotated[Float, Field(ge=0, le=1)], Annotated[Float, Field(ge=0, le=1)]] = (0.0, 1.0)
 
 
 #: The paper's reconstruction settings, for ``--paper``.
@@ -117,8 +164,7 @@ PAPER_RECONSTRUCTION = ReconstructionSettings(
 )
 
 
-@dataclass(frozen=True)
-class PhantomSettings:
+class PhantomSettings(Settings):
     """Synthetic labelled specimen and its physics-lite reference tilt-series.
 
     size: edge of the cubic volume in voxels; pixel_size in Angstrom.
@@ -127,12 +173,12 @@ class PhantomSettings:
     dose_per_tilt: electrons per square Angstrom per tilt (shot noise).
     """
 
-    size: int = 128
-    pixel_size: float = 10.0
-    n_particles: int = 40
-    seed: int = 0
-    angles: tuple[float, float, float] = (-60.0, 60.0, 3.0)
-    voltage_kv: float = 300.0
-    defocus_um: float = 3.0
-    amplitude_contrast: float = 0.07
-    dose_per_tilt: float = 2.0
+    size: Annotated[Int, Field(ge=16)] = 128
+    pixel_size: Annotated[Float, Field(gt=0)] = 10.0
+    n_particles: Annotated[Int, Field(ge=0)] = 40
+    seed: Int = 0
+    angles: tuple[Float, Float, Float] = (-60.0, 60.0, 3.0)
+    voltage_kv: Annotated[Float, Field(gt=0)] = 300.0
+    defocus_um: Float = 3.0
+    amplitude_contrast: Annotated[Float, Field(ge=0, le=1)] = 0.07
+    dose_per_tilt: Annotated[Float, Field(ge=0)] = 2.0
