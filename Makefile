@@ -6,13 +6,13 @@ PY     := $(VENV)/bin/python
 # On a GPU machine install the matching CUDA build of torch first; it is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,lint]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,6 +22,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# ruff (lint and format) and mypy over faket/ and cluster/ (settings in pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check faket cluster
+	$(VENV)/bin/ruff format --check faket cluster
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -17,6 +17,7 @@ CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
 #: Test hook: "tomogram:tilt" of a tilt whose task always raises.
 FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
 
+
 # --------------------------------------------------------------------------- actors
 class NSTWorker:
     """Holds VGG-19 on its device; stylises tilts read from the store, writes them back.
@@ -39,16 +40,16 @@ class NSTWorker:
         from faket.nst import StyleTransfer
         from faket.reproducible import compute_record
 
-        torch.set_num_threads(max(1, threads))   # as many as the CPUs Ray gave this actor
+        torch.set_num_threads(max(1, threads))  # as many as the CPUs Ray gave this actor
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
         self.compute = compute_record(self.device, settings.precision)
         self.pid = os.getpid()
         self.node = ray.get_runtime_context().get_node_id()
-        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]      # what Ray assigned this actor
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # what Ray assigned this actor
         self._lock = threading.Lock()
-        self._prefetched: dict = {}        # task key -> {"done": Event, "data": inputs or None}
-        self._taken: set = set()           # keys the compute thread read itself
+        self._prefetched: dict = {}  # task key -> {"done": Event, "data": inputs or None}
+        self._taken: set = set()  # keys the compute thread read itself
         self._keep = keep
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
 
@@ -59,15 +60,19 @@ class NSTWorker:
 
         root = open_store(store)
         first = root[names[0]]
-        data = {"style": np.stack([np.asarray(first["style"][i]) for i in tilts]),
-                "style_range": first.attrs["ranges"]["style"], "size": first["content"].shape[-2:],
-                "members": {}}
+        data = {
+            "style": np.stack([np.asarray(first["style"][i]) for i in tilts]),
+            "style_range": first.attrs["ranges"]["style"],
+            "size": first["content"].shape[-2:],
+            "members": {},
+        }
         for name in names:
             g = root[name]
             data["members"][name] = {
                 "ranges": g.attrs["ranges"],
                 "content": np.stack([np.asarray(g["content"][i]) for i in tilts]),
-                "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts])}
+                "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts]),
+            }
         return data
 
     @ray.method(concurrency_group="io")
@@ -82,7 +87,7 @@ class NSTWorker:
                 return
             if key in self._prefetched:
                 return
-            while len(self._prefetched) >= self._keep:   # stale: a task retried elsewhere
+            while len(self._prefetched) >= self._keep:  # stale: a task retried elsewhere
                 self._prefetched.pop(next(iter(self._prefetched)))
             entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
         t0 = time.perf_counter()
@@ -129,7 +134,7 @@ class NSTWorker:
         """
         import torch
 
-        from faket.nst import match_tilt_stats, to_unit
+        from faket.nst import stylize_tilts, to_unit
         from faket.store import done_mask, open_store, write_tilt
 
         idx = list(tilts)
@@ -137,11 +142,18 @@ class NSTWorker:
         root = open_store(store)
         style = data["style"]
         targets = self.transfer.style_targets(
-            [to_unit(style, *map(np.float32, data["style_range"]))], data["size"])
+            [to_unit(style, *map(np.float32, data["style_range"]))], data["size"]
+        )
         bad = os.environ.get(FAIL_TILT_ENV, "")
-        out: dict = {"rows": [], "skipped": [], "failed": {}, "style_tilts": len(idx),
-                     "input_wait_seconds": waited, "input_read_seconds": read,
-                     "prefetched": waited < read}
+        out: dict = {
+            "rows": [],
+            "skipped": [],
+            "failed": {},
+            "style_tilts": len(idx),
+            "input_wait_seconds": waited,
+            "input_read_seconds": read,
+            "prefetched": waited < read,
+        }
         writes = {}
 
         def write(g, result) -> None:
@@ -158,14 +170,16 @@ class NSTWorker:
                 if bad and any(bad == f"{name}:{i}" for i in idx):
                     raise RuntimeError(f"injected failure of {bad}")
                 m = data["members"][name]
-                r = m["ranges"]
-                res = self.transfer.stylize_batch(to_unit(m["content"], *map(np.float32, r["content"])), None,
-                                                  to_unit(m["noisy"], *map(np.float32, r["noisy"])),
-                                                  style_targets=targets)
-                result = match_tilt_stats(res.images.cpu().numpy(), style)
+                ranges = {
+                    "content": tuple(map(np.float32, m["ranges"]["content"])),
+                    "init": tuple(map(np.float32, m["ranges"]["noisy"])),
+                }
+                result, losses = stylize_tilts(
+                    self.transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
+                )
                 _maybe_crash()
                 writes[name] = self._writer.submit(write, g, result)
-            except Exception as err:          # reported per tomogram; the driver retries it
+            except Exception as err:  # reported per tomogram; the driver retries it
                 out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
                 continue
             if self.device == "cuda":
@@ -175,11 +189,22 @@ class NSTWorker:
 
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             seconds = time.perf_counter() - t0
-            out["rows"] += [{"tomogram": name, "tilt": i, "loss": float(res.losses[k]), "seconds": seconds,
-                             "peak_memory_bytes": int(peak), "pid": self.pid, "node": self.node,
-                             "device": self.device, "gpu_ids": self.gpu_ids, "compute": self.compute}
-                            for k, i in enumerate(idx)]
-        for name, fut in writes.items():           # the task returns once its results are stored
+            out["rows"] += [
+                {
+                    "tomogram": name,
+                    "tilt": i,
+                    "loss": float(losses[k]),
+                    "seconds": seconds,
+                    "peak_memory_bytes": int(peak),
+                    "pid": self.pid,
+                    "node": self.node,
+                    "device": self.device,
+                    "gpu_ids": self.gpu_ids,
+                    "compute": self.compute,
+                }
+                for k, i in enumerate(idx)
+            ]
+        for name, fut in writes.items():  # the task returns once its results are stored
             try:
                 fut.result()
             except Exception as err:

@@ -1,9 +1,9 @@
 """The engine's command line: ``faket run SPEC`` (a ``faket`` plugin) and ``python -m faket_cluster``.
 
-    faket run SPEC.toml [--address ray://... | auto] [--actors N] [--reproducible]
-    faket spec schema [-o FILE] | faket spec check SPEC.toml
-    python -m faket_cluster run SPEC.toml        (the same)
-    python -m faket_cluster demo [--out-dir demo_out] [--tomograms 2] [--size 64]
+faket run SPEC.toml [--address ray://... | auto] [--actors N] [--reproducible]
+faket spec schema [-o FILE] | faket spec check SPEC.toml
+python -m faket_cluster run SPEC.toml        (the same)
+python -m faket_cluster demo [--out-dir demo_out] [--tomograms 2] [--size 64]
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ import typer
 
 from faket.reproducible import HELP as REPRODUCIBLE_HELP
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="FakET at cluster scale: Ray actors, Zarr stores, MRC export.",
+)
 
 
-def _run(spec_path: Path, address: Optional[str], actors: Optional[int],
-         restart: Optional[str] = None) -> dict:
+def _run(
+    spec_path: Path, address: Optional[str], actors: Optional[int], restart: Optional[str] = None
+) -> dict:
     from faket.console import err_console, progress_bar
 
     from .engine import run
@@ -30,9 +35,14 @@ def _run(spec_path: Path, address: Optional[str], actors: Optional[int],
     stage = _stage(restart)
     spec = load_spec(spec_path)
     console = err_console()
-    return run(spec, address=address, actors=actors, restart=stage,
-               say=lambda m: console.print(m, highlight=False),
-               progress=lambda total, done: progress_bar(total, "stylize (all tilts)", completed=done))
+    return run(
+        spec,
+        address=address,
+        actors=actors,
+        restart=stage,
+        say=lambda m: console.print(m, highlight=False),
+        progress=lambda total, done: progress_bar(total, "stylize (all tilts)", completed=done),
+    )
 
 
 def _stage(name: Optional[str]):
@@ -49,22 +59,25 @@ def _stage(name: Optional[str]):
 
 def run_cmd(
     spec: Path = typer.Argument(..., help="Run spec (TOML)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address [default: RAY_ADDRESS "
-                                                     "or a local Ray]."),
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster address [default: RAY_ADDRESS or a local Ray]."
+    ),
     actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
     reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
     restart_stage: Optional[str] = typer.Option(
-        None, help="Redo this stage and every later one on purpose (prepare, stylize, "
-                   "reconstruct), e.g. after changing its settings."),
+        None,
+        help="Redo this stage and every later one on purpose (prepare, stylize, "
+        "reconstruct), e.g. after changing its settings.",
+    ),
 ) -> None:
     """Simulate everything a run spec lists on Ray; rerun the same spec to resume."""
     from .engine import raise_if_failed
 
-    if reproducible:                 # before torch is imported here or in any actor
+    if reproducible:  # before torch is imported here or in any actor
         from faket.reproducible import enable
 
         enable()
-    _stage(restart_stage)            # a bad stage name ends here, before any work
+    _stage(restart_stage)  # a bad stage name ends here, before any work
     summary = _run(spec, address, actors, restart_stage)
     print(json.dumps(summary, indent=1))
     raise_if_failed(summary)
@@ -75,16 +88,18 @@ def demo(
     tomograms: int = typer.Option(2, help="Tomograms to simulate."),
     size: int = typer.Option(64, help="Volume edge in voxels."),
     actors: int = typer.Option(2, help="CPU actors."),
-    vgg_weights: str = typer.Option("imagenet", help="imagenet (random when missing, loudly), "
-                                                     "random or a file."),
+    vgg_weights: str = typer.Option(
+        "imagenet", help="imagenet (random when missing, loudly), random or a file."
+    ),
 ) -> None:
     """The built-in demo through the engine: phantoms -> spec -> Ray run -> MRC export -> report."""
     from faket.console import say
 
     from .demo import run_demo
 
-    run_demo(out_dir, tomograms=tomograms, size=size, actors=actors, vgg_weights=vgg_weights,
-             runner=_run, say=say)
+    run_demo(
+        out_dir, tomograms=tomograms, size=size, actors=actors, vgg_weights=vgg_weights, runner=_run, say=say
+    )
 
 
 spec_app = typer.Typer(no_args_is_help=True, help="Run specs: their JSON schema, and checking one.")
@@ -92,8 +107,9 @@ spec_app = typer.Typer(no_args_is_help=True, help="Run specs: their JSON schema,
 
 @spec_app.command("schema")
 def spec_schema(
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="Write the schema to this file [default: stdout]."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write the schema to this file [default: stdout]."
+    ),
 ) -> None:
     """The JSON schema of a run spec (types, ranges, allowed values, published defaults)."""
     from .spec import SpecFile

@@ -24,17 +24,18 @@ def write_inputs(out: Path, tomograms: int, size: int, angles=(-60.0, 60.0, 3.0)
     n_particles = max(8, int(40 * (size / 128) ** 2))
     ref_st = PhantomSettings(size=size, n_particles=n_particles, seed=0, angles=angles)
     ref = make_phantom(ref_st)
-    write_mrc(inputs / "reference.mrc", reference_tilt_series(ref, theta, ref_st),
-              voxel_size=ref.pixel_size)
-    write_mrc(inputs / "reference_noiseless.mrc", project(ref.density, theta).numpy(),
-              voxel_size=ref.pixel_size)
+    write_mrc(inputs / "reference.mrc", reference_tilt_series(ref, theta, ref_st), voxel_size=ref.pixel_size)
+    write_mrc(
+        inputs / "reference_noiseless.mrc", project(ref.density, theta).numpy(), voxel_size=ref.pixel_size
+    )
     entries = []
     for k in range(tomograms):
         ph = make_phantom(PhantomSettings(size=size, n_particles=n_particles, seed=k + 1, angles=angles))
         name = f"tomo_{k:03d}"
         write_mrc(inputs / f"{name}_volume.mrc", ph.density, voxel_size=ph.pixel_size, volume=True)
-        write_mrc(inputs / f"{name}_labels.mrc", ph.labels.astype(np.float32), voxel_size=ph.pixel_size,
-                  volume=True)
+        write_mrc(
+            inputs / f"{name}_labels.mrc", ph.labels.astype(np.float32), voxel_size=ph.pixel_size, volume=True
+        )
         write_particles_csv(inputs / f"{name}_particles.csv", ph.particles)
         entries.append(f'''
 [[tomogram]]
@@ -46,7 +47,9 @@ angles = "inputs/angles.tlt"
 seed = {k + 1}
 ''')
     spec = out / "demo.toml"
-    spec.write_text(f'''# The built-in demo: {tomograms} synthetic tomograms styled like a physics-lite reference.
+    spec.write_text(
+        f"""# The built-in demo: {tomograms} synthetic tomograms styled like a physics-lite
+# reference.
 [run]
 store = "run.zarr"
 export = "mrc"
@@ -68,12 +71,22 @@ reference = "inputs/reference.mrc"
 [reconstruction]
 filter = "ramp"
 z_range = [0.25, 0.75]
-''' + "".join(entries))
+"""
+        + "".join(entries)
+    )
     return spec
 
 
-def run_demo(out_dir: Path, *, tomograms: int, size: int, actors: int, vgg_weights: str,
-             runner: Callable, say: Callable[[str], None]) -> dict:
+def run_demo(
+    out_dir: Path,
+    *,
+    tomograms: int,
+    size: int,
+    actors: int,
+    vgg_weights: str,
+    runner: Callable,
+    say: Callable[[str], None],
+) -> dict:
     from faket.weights import resolve_weights
 
     if size < 32 or tomograms < 1:
@@ -87,9 +100,11 @@ def run_demo(out_dir: Path, *, tomograms: int, size: int, actors: int, vgg_weigh
             resolve_weights("imagenet", with_sha256=False)
         except FaketInputError as err:
             say(f"WARNING: {err}")
-            say("WARNING: ImageNet VGG-19 weights are NOT available: this demo runs with RANDOM "
+            say(
+                "WARNING: ImageNet VGG-19 weights are NOT available: this demo runs with RANDOM "
                 "weights, which the paper found much less realistic. Run `faket weights fetch` on a "
-                "machine with internet for real results.")
+                "machine with internet for real results."
+            )
             weights = "random"
     text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights}"')
     text = text.replace("batch = 1", f"batch = 1\nactors = {actors}")
@@ -100,14 +115,25 @@ def run_demo(out_dir: Path, *, tomograms: int, size: int, actors: int, vgg_weigh
     from faket.report import ReportInputs, write_report
 
     first = out_dir / "mrc" / "tomo_000"
-    index = write_report(ReportInputs(
-        {"noiseless": first / "noiseless.mrc", "noisy": first / "noisy.mrc", "faket": first / "faket.mrc",
-         "reference": first / "style.mrc"},
-        {"faket": first / "reconstruction.mrc"}, first / "angles.tlt"),
-        out_dir / "report", weights=resolve_weights(weights, with_sha256=False))
+    index = write_report(
+        ReportInputs(
+            {
+                "noiseless": first / "noiseless.mrc",
+                "noisy": first / "noisy.mrc",
+                "faket": first / "faket.mrc",
+                "reference": first / "style.mrc",
+            },
+            {"faket": first / "reconstruction.mrc"},
+            first / "angles.tlt",
+        ),
+        out_dir / "report",
+        weights=resolve_weights(weights, with_sha256=False),
+    )
     rate = summary.get("tilts_per_second")
-    say(f"done: {summary['tilts']} tilts with {summary['actors']} actor(s)"
-        + (f", {rate:.2f} tilts/s" if rate else ""))
+    say(
+        f"done: {summary['tilts']} tilts with {summary['actors']} actor(s)"
+        + (f", {rate:.2f} tilts/s" if rate else "")
+    )
     say(f"  zarr store  {summary['store']}")
     say(f"  MRC files   {out_dir / 'mrc'}/<tomogram>/(faket|noisy|content|noiseless|reconstruction).mrc")
     say(f"  report      {index}")

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, TypeVar
 
 import ray
 
@@ -32,8 +32,19 @@ from .retry import Attempts, RetryPolicy, describe, is_fault
 from .spec import RunSpec
 from .tasks import prepare_tomogram, remote_functions
 
-__all__ = ["CRASH_ONCE_ENV", "FAIL_TILT_ENV", "LOOPBACK_ENV", "RunFailed", "init_ray",
-           "prepare_tomogram", "raise_if_failed", "run"]
+__all__ = [
+    "CRASH_ONCE_ENV",
+    "FAIL_TILT_ENV",
+    "LOOPBACK_ENV",
+    "RunFailed",
+    "init_ray",
+    "prepare_tomogram",
+    "raise_if_failed",
+    "run",
+]
+
+
+K = TypeVar("K", bound=Hashable)
 
 
 class RunFailed(RuntimeError):
@@ -50,17 +61,18 @@ def _distinct(records: Iterable[dict]) -> list[dict]:
 
 def policy_of(spec: RunSpec) -> RetryPolicy:
     """The run's retry policy: ``max_task_retries`` retries after the first attempt."""
-    return RetryPolicy(max_attempts=spec.resources.max_task_retries + 1,
-                       backoff_s=spec.resources.retry_backoff)
+    return RetryPolicy(
+        max_attempts=spec.resources.max_task_retries + 1, backoff_s=spec.resources.retry_backoff
+    )
 
 
 # --------------------------------------------------------------------------- actors
 @dataclass(frozen=True)
 class ActorPlan:
     count: int
-    use_gpu: bool        # actors reserve GPUs from Ray
-    gpus: float          # GPUs per actor
-    on_gpu: bool         # actors compute on CUDA (device != "cpu")
+    use_gpu: bool  # actors reserve GPUs from Ray
+    gpus: float  # GPUs per actor
+    on_gpu: bool  # actors compute on CUDA (device != "cpu")
 
 
 def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
@@ -73,15 +85,20 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
         raise FaketInputError(f"--actors must be >= 1, got {actors}")
     count = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
     if res.device == "cuda" and not use_gpu:
-        raise FaketInputError(f"spec {spec.path}: resources.device = \"cuda\" but the cluster has no "
-                              "GPUs: use device = \"cpu\" or \"auto\"")
+        raise FaketInputError(
+            f'spec {spec.path}: resources.device = "cuda" but the cluster has no '
+            'GPUs: use device = "cpu" or "auto"'
+        )
     if use_gpu and n_gpus < gpus:
-        raise FaketInputError(f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
-                              f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors")
+        raise FaketInputError(
+            f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
+            f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors"
+        )
     total_cpus = ray.cluster_resources().get("CPU", 0)
     if res.cpus_per_actor > total_cpus:
-        raise FaketInputError(f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the "
-                              f"cluster has {total_cpus:g} CPUs")
+        raise FaketInputError(
+            f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the cluster has {total_cpus:g} CPUs"
+        )
     return ActorPlan(count, use_gpu, gpus, use_gpu and res.device != "cpu")
 
 
@@ -94,32 +111,36 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
     from faket.reproducible import requested, switch_environment
 
     res = spec.resources
-    options: dict[str, Any] = dict(num_gpus=plan.gpus, num_cpus=res.cpus_per_actor, max_restarts=-1,
-                                   max_task_retries=0)
+    options: dict[str, Any] = dict(
+        num_gpus=plan.gpus, num_cpus=res.cpus_per_actor, max_restarts=-1, max_task_retries=0
+    )
     if res.spread:
         options["scheduling_strategy"] = "SPREAD"
     env = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
-    if requested():                      # the reproducible switch travels to every actor
+    if requested():  # the reproducible switch travels to every actor
         env.update(switch_environment())
     if env:
         options["runtime_env"] = {"env_vars": env}
-    worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)
+    worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
     # Nested in a list, the reference is fetched by the actor rather than resolved by Ray
     # as an argument; the driver holds it for the whole run, so restarted actors find it.
     weights_ref = ray.put(state_dict)
-    return [worker_cls.remote([weights_ref], spec.nst, plan.on_gpu, int(res.cpus_per_actor),
-                              res.in_flight + 2) for _ in range(n)], weights_ref
+    return [
+        worker_cls.remote([weights_ref], spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2)
+        for _ in range(n)
+    ], weights_ref
 
 
 # --------------------------------------------------------------------------- plain tasks
-def run_tasks(submit: Callable[[Hashable], Any], items: list, policy: RetryPolicy
-              ) -> tuple[dict, dict[Hashable, str]]:
+def run_tasks(
+    submit: Callable[[K], Any], items: list[K], policy: RetryPolicy
+) -> tuple[dict[K, Any], dict[K, str]]:
     """Run one Ray task per item under the retry policy; returns (results, failures with errors)."""
     attempts = Attempts(policy)
     waiting = {submit(item): item for item in items}
-    delayed: list[tuple[float, Hashable]] = []
-    results: dict = {}
-    failures: dict[Hashable, str] = {}
+    delayed: list[tuple[float, K]] = []
+    results: dict[K, Any] = {}
+    failures: dict[K, str] = {}
     while waiting or delayed:
         now = time.monotonic()
         for at, item in [d for d in delayed if d[0] <= now]:
@@ -133,7 +154,7 @@ def run_tasks(submit: Callable[[Hashable], Any], items: list, policy: RetryPolic
             item = waiting.pop(ref)
             try:
                 results[item] = ray.get(ref)
-            except Exception as err:        # FaketInputError from a task, any Ray fault
+            except Exception as err:  # FaketInputError from a task, any Ray fault
                 if not (is_fault(err) or isinstance(err, FaketInputError)):
                     raise
                 retry_at = attempts.record(item, describe(err))
@@ -153,8 +174,10 @@ def _noise_model(spec: RunSpec, estimate, policy: RetryPolicy) -> dict:
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     results, failures = run_tasks(lambda _: estimate.remote(pairs, spec.noise_order), ["noise"], policy)
     if failures:
-        raise RunFailed(f"the noise model could not be estimated ({failures['noise']}): "
-                        "fix the cause and rerun the same spec")
+        raise RunFailed(
+            f"the noise model could not be estimated ({failures['noise']}): "
+            "fix the cause and rerun the same spec"
+        )
     return results["noise"]
 
 
@@ -164,8 +187,7 @@ def _record_failures(root, spec: RunSpec, failed: dict[str, dict[str, str]]) -> 
     for t in spec.tomograms:
         mine = failed.get(t.name, {})
         root[t.name].attrs["failures"] = mine
-        rows += [{"tomogram": t.name, "stage": stage, "error": why}
-                 for stage, why in sorted(mine.items())]
+        rows += [{"tomogram": t.name, "stage": stage, "error": why} for stage, why in sorted(mine.items())]
     return rows
 
 
@@ -179,23 +201,34 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
     if spec.reconstruction is not None:
         todo = [n for n in complete if not done_mask(root[n], "reconstruction").all()]
         say(f"reconstructing {len(todo)} tomogram(s)")
-        recs, rec_failed = run_tasks(lambda n: reconstruct_task.remote(
-            store, n, spec.reconstruction, root[n].attrs["angles"]), todo, policy)
+        recs, rec_failed = run_tasks(
+            lambda n: reconstruct_task.remote(store, n, spec.reconstruction, root[n].attrs["angles"]),
+            todo,
+            policy,
+        )
         failed.update({n: {Stage.RECONSTRUCT.value: why} for n, why in rec_failed.items()})
     exported: list = []
     ready = [n for n in complete if n not in failed]
     if spec.export is not None and ready:
         say(f"exporting MRC files to {spec.export}")
-        files, exp_failed = run_tasks(lambda _: export_task.remote(store, str(spec.export), ready),
-                                      ["export"], policy)
+        files, exp_failed = run_tasks(
+            lambda _: export_task.remote(store, str(spec.export), ready), ["export"], policy
+        )
         exported = files.get("export", [])
         for n in ready if exp_failed else []:
             failed.setdefault(n, {})[Stage.EXPORT.value] = exp_failed["export"]
     return [recs[n] for n in complete if n in recs], exported, failed
 
 
-def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
-        say: Callable[[str], None] = print, progress=None, restart: Stage | None = None) -> dict:
+def run(
+    spec: RunSpec,
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    say: Callable[[str], None] = print,
+    progress=None,
+    restart: Stage | None = None,
+) -> dict:
     """Run a spec to completion (or resume it); returns a summary dict.
 
     Tilts that fail their last attempt are listed in ``summary["failed"]`` (and
@@ -213,7 +246,7 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
 
     t_start = time.perf_counter()
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
-    if spec.store.exists():                 # refuse a changed spec before touching anything
+    if spec.store.exists():  # refuse a changed spec before touching anything
         check_resume(open_store(spec.store, mode="r"), spec, weights.identity, restart)
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
@@ -230,8 +263,9 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     model_json = _noise_model(spec, estimate, policy)
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     by_name = {t.name: t for t in spec.tomograms}
-    _, prep_failed = run_tasks(lambda n: prepare.remote(store, by_name[n], model_json, spec.content_sigma),
-                               list(by_name), policy)
+    _, prep_failed = run_tasks(
+        lambda n: prepare.remote(store, by_name[n], model_json, spec.content_sigma), list(by_name), policy
+    )
     pending, total, done_before = nst_jobs(root, spec, set(prep_failed))
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
     workers, weights_ref = start_actors(spec, plan, weights.state_dict, min(plan.count, len(pending)))
@@ -242,31 +276,43 @@ def run(spec: RunSpec, *, address: str | None = None, actors: int | None = None,
     nst_seconds = time.perf_counter() - t_nst
     for w in workers:
         ray.kill(w)
-    del weights_ref                         # held until here: restarted actors fetch it
+    del weights_ref  # held until here: restarted actors fetch it
     failed: dict[str, dict[str, str]] = {n: {Stage.PREPARE.value: why} for n, why in prep_failed.items()}
     for (name, tilts), (why, n) in stats.failures.items():
         failed.setdefault(name, {}).update({f"stylize:{i}": f"{why} ({n} attempts)" for i in tilts})
-    complete = [t.name for t in spec.tomograms if t.name not in failed
-                and done_mask(root[t.name], "faket").all()]
+    complete = [
+        t.name for t in spec.tomograms if t.name not in failed and done_mask(root[t.name], "faket").all()
+    ]
     recs, exported, late = _finish(root, spec, complete, policy, say)
     for name, why in late.items():
         failed.setdefault(name, {}).update(why)
     meta = stats.rows
     done_now = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms) - done_before
-    summary = {"store": store, "tilts": total, "done_before": done_before, "done_now": done_now,
-               "actors": len(workers), "gpu": plan.use_gpu, "nst_seconds": nst_seconds,
-               "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
-               "style_gram_tilts": stats.style_tilts, "input_wait_seconds": stats.input_wait,
-               "input_read_seconds": stats.input_read, "prefetched_tasks": stats.prefetched,
-               "seconds": time.perf_counter() - t_start, "reconstructions": recs,
-               "exported": exported, "workers": sorted({m["pid"] for m in meta}),
-               "nodes": sorted({m["node"] for m in meta}),
-               "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
-               "devices": sorted({m["device"] for m in meta}),
-               "compute": _distinct(m["compute"] for m in meta),
-               "failed": _record_failures(root, spec, failed)}
+    summary = {
+        "store": store,
+        "tilts": total,
+        "done_before": done_before,
+        "done_now": done_now,
+        "actors": len(workers),
+        "gpu": plan.use_gpu,
+        "nst_seconds": nst_seconds,
+        "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
+        "style_gram_tilts": stats.style_tilts,
+        "input_wait_seconds": stats.input_wait,
+        "input_read_seconds": stats.input_read,
+        "prefetched_tasks": stats.prefetched,
+        "seconds": time.perf_counter() - t_start,
+        "reconstructions": recs,
+        "exported": exported,
+        "workers": sorted({m["pid"] for m in meta}),
+        "nodes": sorted({m["node"] for m in meta}),
+        "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
+        "devices": sorted({m["device"] for m in meta}),
+        "compute": _distinct(m["compute"] for m in meta),
+        "failed": _record_failures(root, spec, failed),
+    }
     root.attrs["last_run"] = {k: v for k, v in summary.items() if k not in ("exported", "compute")}
-    if summary["compute"]:                  # what the actors computed with (none on a no-op resume)
+    if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]
     return summary
 
@@ -276,6 +322,8 @@ def raise_if_failed(summary: dict) -> None:
     failed = summary.get("failed") or []
     if failed:
         first = failed[0]
-        raise RunFailed(f"{len(failed)} tilt(s) or step(s) failed, e.g. tomogram {first['tomogram']} "
-                        f"{first['stage']} ({first['error']}); the rest is done: fix the cause and "
-                        "rerun the same spec")
+        raise RunFailed(
+            f"{len(failed)} tilt(s) or step(s) failed, e.g. tomogram {first['tomogram']} "
+            f"{first['stage']} ({first['error']}); the rest is done: fix the cause and "
+            "rerun the same spec"
+        )

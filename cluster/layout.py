@@ -36,12 +36,21 @@ def stage_settings(spec: RunSpec, tomo: TomogramSpec, weights_identity: dict) ->
     """What each stage of one tomogram is computed from: inputs and settings, as plain JSON."""
     from faket.io import read_tlt
 
-    noise = ({"model": _file_id(spec.noise_model)} if spec.noise_model is not None else
-             {"pairs": [[_file_id(a), _file_id(b)] for a, b in spec.noise_pairs]})
-    prepare = {"source": _file_id(tomo.volume or tomo.tilts), "labels": _file_id(tomo.labels),
-               "angles": [float(a) for a in read_tlt(tomo.angles)], "seed": tomo.seed,
-               "style": _file_id(tomo.style), "noise": noise, "noise_order": spec.noise_order,
-               "content_sigma": spec.content_sigma}
+    noise = (
+        {"model": _file_id(spec.noise_model)}
+        if spec.noise_model is not None
+        else {"pairs": [[_file_id(a), _file_id(b)] for a, b in spec.noise_pairs]}
+    )
+    prepare = {
+        "source": _file_id(tomo.volume or tomo.tilts),
+        "labels": _file_id(tomo.labels),
+        "angles": [float(a) for a in read_tlt(tomo.angles)],
+        "seed": tomo.seed,
+        "style": _file_id(tomo.style),
+        "noise": noise,
+        "noise_order": spec.noise_order,
+        "content_sigma": spec.content_sigma,
+    }
     nst = {k: v for k, v in spec.nst.to_dict().items() if k not in EXECUTION_KEYS}
     weights = {k: weights_identity.get(k) for k in ("kind", "sha256", "seed") if k in weights_identity}
     out = {Stage.PREPARE: prepare, Stage.STYLIZE: json.loads(json.dumps({**nst, "weights": weights}))}
@@ -84,7 +93,8 @@ def check_resume(root, spec: RunSpec, weights_identity: dict, restart: Stage | N
                 raise FaketInputError(
                     f"store {spec.store}: tomogram {tomo.name} was made with other {stage.value} "
                     f"settings ({shown}{', ...' if len(changed) > 4 else ''}): rerun with the "
-                    f"recorded settings, use a new store, or redo it with --restart-stage {stage.value}")
+                    f"recorded settings, use a new store, or redo it with --restart-stage {stage.value}"
+                )
 
 
 def lay_out(root, spec: RunSpec, weights_identity: dict, restart: Stage | None = None) -> None:

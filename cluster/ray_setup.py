@@ -27,6 +27,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
         ray_constants.ENABLE_RAY_CLUSTER = False
         # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 log_to_driver=False,
-                 object_store_memory=256 * 2**20, _node_ip_address="127.0.0.1")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=256 * 2**20,
+            _node_ip_address="127.0.0.1",
+        )

@@ -22,7 +22,7 @@ import ray
 from .retry import Attempts, RetryPolicy, describe, is_fault
 from .spec import RunSpec
 
-Job = tuple[tuple[str, ...], tuple[int, ...]]          # (tomogram names, tilt indices)
+Job = tuple[tuple[str, ...], tuple[int, ...]]  # (tomogram names, tilt indices)
 
 
 @dataclass
@@ -63,15 +63,15 @@ def nst_jobs(root, spec: RunSpec, skip: set[str]) -> tuple[collections.deque, in
         total += len(mask)
         done_before += int(mask.sum())
         if t.name not in skip:
-            key = (str(Path(t.style).resolve()), g["style"].shape, g["content"].shape)
+            key = (str(Path(str(t.style)).resolve()), g["style"].shape, g["content"].shape)
             groups.setdefault(key, []).append(t.name)
     for members in groups.values():
         for m0 in range(0, len(members), res.share_style):
-            names = members[m0:m0 + res.share_style]
+            names = members[m0 : m0 + res.share_style]
             masks = {n: done_mask(root[n], "faket") for n in names}
             todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
             for k in range(0, len(todo), res.batch):
-                tilts = tuple(todo[k:k + res.batch])
+                tilts = tuple(todo[k : k + res.batch])
                 need = tuple(n for n in names if not masks[n][list(tilts)].all())
                 pending.append((need, tilts))
     return pending, total, done_before
@@ -90,13 +90,19 @@ def _result(ref, names: tuple[str, ...]) -> dict:
 class NSTScheduler:
     """Keeps every actor fed with ``in_flight`` tasks until all tilts are done or given up."""
 
-    def __init__(self, workers: list, store: str, in_flight: int, policy: RetryPolicy,
-                 progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        workers: list,
+        store: str,
+        in_flight: int,
+        policy: RetryPolicy,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.workers, self.store, self.in_flight = workers, store, in_flight
         self.attempts = Attempts(policy)
         self.progress = progress
         self.stats = NSTStats()
-        self.queued: dict = {}                         # ref -> (actor index, job)
+        self.queued: dict = {}  # ref -> (actor index, job)
         self.load = [0] * len(workers)
         self.delayed: list[tuple[float, Job]] = []
 
@@ -109,7 +115,7 @@ class NSTScheduler:
             while pending and self.load[w] < self.in_flight:
                 names, tilts = pending.popleft()
                 ref = worker.stylize.remote(self.store, list(names), list(tilts))
-                worker.prefetch.remote(self.store, list(names), list(tilts))   # read while it waits
+                worker.prefetch.remote(self.store, list(names), list(tilts))  # read while it waits
                 self.queued[ref] = (w, (names, tilts))
                 self.load[w] += 1
 
@@ -138,8 +144,7 @@ class NSTScheduler:
             if not self.queued:
                 time.sleep(max(0.0, min(at for at, _ in self.delayed) - time.monotonic()))
                 continue
-            ready, _ = ray.wait(list(self.queued), num_returns=1,
-                                timeout=0.5 if self.delayed else None)
+            ready, _ = ray.wait(list(self.queued), num_returns=1, timeout=0.5 if self.delayed else None)
             for ref in ready:
                 self._collect(ref)
         return self.stats

@@ -59,19 +59,37 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, ValidationError
 
 from faket.errors import FaketInputError
-from faket.settings import (Bool, Float, Int, NSTSettings, ReconstructionSettings, Settings, Str,
-                            describe_error)
+from faket.settings import (
+    Bool,
+    Float,
+    Int,
+    NSTSettings,
+    ReconstructionSettings,
+    Settings,
+    Str,
+    describe_error,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruction", "tomogram",
-            "manifest"}
+SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruction", "tomogram", "manifest"}
 RUN_KEYS = {"store", "export", "seed"}
-RESOURCE_KEYS = {"actors", "gpus_per_actor", "cpus_per_actor", "batch", "in_flight",
-                 "max_task_retries", "address", "spread", "share_style", "device", "retry_backoff"}
+RESOURCE_KEYS = {
+    "actors",
+    "gpus_per_actor",
+    "cpus_per_actor",
+    "batch",
+    "in_flight",
+    "max_task_retries",
+    "address",
+    "spread",
+    "share_style",
+    "device",
+    "retry_backoff",
+}
 WEIGHT_KEYS = {"vgg", "seed"}
 NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
 STYLE_KEYS = {"reference", "pool"}
@@ -88,9 +106,9 @@ class TomogramSpec:
     labels: Path | None = None
     particles: Path | None = None
     seed: int = 0
-    style: Path | None = None          # resolved from [style]
+    style: Path | None = None  # resolved from [style]
     # Filled in when the spec is checked, so that the driver lays out the store up front:
-    shape: tuple[int, int, int] = (0, 0, 0)          # (n, Y, W) of the tilt-series
+    shape: tuple[int, int, int] = (0, 0, 0)  # (n, Y, W) of the tilt-series
     style_shape: tuple[int, int, int] = (0, 0, 0)
     labels_shape: tuple[int, int, int] | None = None
 
@@ -256,12 +274,16 @@ def load_spec(path: str | Path) -> RunSpec:
     run = raw.get("run", {})
     _check_keys(spec, "run", run, RUN_KEYS)
     if "store" not in run:
-        raise _fail(spec, "[run] needs store = \"path/to/run.zarr\"")
+        raise _fail(spec, '[run] needs store = "path/to/run.zarr"')
     res_raw = raw.get("resources", {})
     _check_keys(spec, "resources", res_raw, RESOURCE_KEYS)
-    for where, allowed in (("weights", WEIGHT_KEYS), ("noise", NOISE_KEYS), ("style", STYLE_KEYS),
-                           ("nst", set(NSTSettings.model_fields)),
-                           ("reconstruction", set(ReconstructionSettings.model_fields))):
+    for where, allowed in (
+        ("weights", WEIGHT_KEYS),
+        ("noise", NOISE_KEYS),
+        ("style", STYLE_KEYS),
+        ("nst", set(NSTSettings.model_fields)),
+        ("reconstruction", set(ReconstructionSettings.model_fields)),
+    ):
         _check_keys(spec, where, raw.get(where, {}), allowed)
     typed = validate_file(spec, {**raw, "nst": {"batch_size": res_raw.get("batch", 1), **raw.get("nst", {})}})
     res = typed.resources
@@ -271,15 +293,23 @@ def load_spec(path: str | Path) -> RunSpec:
         vgg = str(_file(spec, vgg, "weights.vgg"))
     noise = raw.get("noise", {})
     model = _file(spec, noise["model"], "noise.model") if "model" in noise else None
-    pairs = [(_file(spec, p.get("reference"), "noise.pairs reference"),
-              _file(spec, p.get("noiseless"), "noise.pairs noiseless")) for p in noise.get("pairs", [])]
+    pairs = [
+        (
+            _file(spec, p.get("reference"), "noise.pairs reference"),
+            _file(spec, p.get("noiseless"), "noise.pairs noiseless"),
+        )
+        for p in noise.get("pairs", [])
+    ]
     if model is None and not pairs:
-        raise _fail(spec, "[noise] needs model = \"noise.json\" or pairs = [{reference=..., noiseless=...}]")
+        raise _fail(spec, '[noise] needs model = "noise.json" or pairs = [{reference=..., noiseless=...}]')
     style = raw.get("style", {})
-    pool = ([_file(spec, style["reference"], "style.reference")] if "reference" in style else
-            [_file(spec, p, "style.pool entry") for p in style.get("pool", [])])
+    pool = (
+        [_file(spec, style["reference"], "style.reference")]
+        if "reference" in style
+        else [_file(spec, p, "style.pool entry") for p in style.get("pool", [])]
+    )
     if not pool:
-        raise _fail(spec, "[style] needs reference = \"reference.mrc\" or pool = [...]")
+        raise _fail(spec, '[style] needs reference = "reference.mrc" or pool = [...]')
     from faket.nst import validate_settings
 
     try:
@@ -297,10 +327,23 @@ def load_spec(path: str | Path) -> RunSpec:
             raise _fail(spec, f"[reconstruction]: {err}") from None
     seed = int(run.get("seed", 0))
     tomos = _tomograms(spec, raw, pool, seed)
-    s = RunSpec(spec.resolve(), _out(spec, run["store"]),
-                _out(spec, run["export"]) if "export" in run else None, seed, res, vgg,
-                int(w.get("seed", 0)), model, pairs, int(noise.get("order", 2)),
-                float(noise.get("content_sigma", 0.25)), nst, rec, tomos, raw)
+    s = RunSpec(
+        spec.resolve(),
+        _out(spec, run["store"]),
+        _out(spec, run["export"]) if "export" in run else None,
+        seed,
+        res,
+        vgg,
+        int(w.get("seed", 0)),
+        model,
+        pairs,
+        int(noise.get("order", 2)),
+        float(noise.get("content_sigma", 0.25)),
+        nst,
+        rec,
+        tomos,
+        raw,
+    )
     _check_shapes(s)
     return s
 
@@ -333,18 +376,30 @@ def _tomograms(spec: Path, raw: dict, pool: list[Path], seed: int) -> list[Tomog
         if ("volume" in e) == ("tilts" in e):
             raise _fail(spec, f"tomogram {name}: give exactly one of volume or tilts")
         if "angles" not in e:
-            raise _fail(spec, f"tomogram {name}: angles = \"file.tlt\" is missing")
-        out.append(TomogramSpec(
-            name=name, angles=_file(spec, e["angles"], f"tomogram {name} angles"),
-            volume=_file(spec, e["volume"], f"tomogram {name} volume") if "volume" in e else None,
-            tilts=_file(spec, e["tilts"], f"tomogram {name} tilts") if "tilts" in e else None,
-            labels=_file(spec, e["labels"], f"tomogram {name} labels") if "labels" in e else None,
-            particles=_file(spec, e["particles"], f"tomogram {name} particles")
-            if "particles" in e else None,
-            seed=int(e.get("seed", k)),
-            style=(_file(spec, e["_style"], f"tomogram {name} style") if e.get("_style")
-                   else pool[rng.randrange(len(pool))])))
+            raise _fail(spec, f'tomogram {name}: angles = "file.tlt" is missing')
+        out.append(
+            TomogramSpec(
+                name=name,
+                angles=_file(spec, e["angles"], f"tomogram {name} angles"),
+                volume=_file(spec, e["volume"], f"tomogram {name} volume") if "volume" in e else None,
+                tilts=_file(spec, e["tilts"], f"tomogram {name} tilts") if "tilts" in e else None,
+                labels=_file(spec, e["labels"], f"tomogram {name} labels") if "labels" in e else None,
+                particles=_file(spec, e["particles"], f"tomogram {name} particles")
+                if "particles" in e
+                else None,
+                seed=int(e.get("seed", k)),
+                style=(
+                    _file(spec, e["_style"], f"tomogram {name} style")
+                    if e.get("_style")
+                    else pool[rng.randrange(len(pool))]
+                ),
+            )
+        )
     return out
+
+
+def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def _check_shapes(s: RunSpec) -> None:
@@ -354,19 +409,26 @@ def _check_shapes(s: RunSpec) -> None:
 
     n_model = NoiseModel.load(s.noise_model).n_tilts if s.noise_model else None
     for t in s.tomograms:
-        with open_mrc(t.volume or t.tilts, role=f"tomogram {t.name} {'volume' if t.volume else 'tilts'}",
-                      check_finite=False) as src:
+        source = t.volume or t.tilts
+        assert source is not None  # exactly one of them, checked when read
+        with open_mrc(
+            source,
+            role=f"tomogram {t.name} {'volume' if t.volume else 'tilts'}",
+            check_finite=False,
+        ) as src:
             shape = src.shape
         angles = read_tlt(t.angles)
         n = len(angles)
         if t.tilts is not None and shape[0] != n:
-            raise _fail(s.path, f"tomogram {t.name}: tilts {t.tilts} has {shape[0]} tilts but "
-                                f"angles {t.angles} has {n}")
+            raise _fail(
+                s.path,
+                f"tomogram {t.name}: tilts {t.tilts} has {shape[0]} tilts but angles {t.angles} has {n}",
+            )
         size = (shape[1], shape[2])
         t.shape = (n, shape[1], shape[2])
         if t.labels is not None:
             with open_mrc(t.labels, role=f"tomogram {t.name} labels", check_finite=False) as lab:
-                t.labels_shape = tuple(lab.shape)
+                t.labels_shape = _shape3(lab.shape)
         if s.reconstruction is not None:
             from faket.reconstruction import output_shape
 
@@ -374,14 +436,20 @@ def _check_shapes(s: RunSpec) -> None:
                 output_shape(t.shape, s.reconstruction)
             except FaketInputError as err:
                 raise _fail(s.path, f"tomogram {t.name}: [reconstruction]: {err}") from None
+        assert t.style is not None  # resolved from [style] when read
         with open_mrc(t.style, role="style", check_finite=False) as st:
-            t.style_shape = tuple(st.shape)
+            t.style_shape = _shape3(st.shape)
             if st.shape[0] != n:
-                raise _fail(s.path, f"tomogram {t.name}: style {t.style} has {st.shape[0]} tilts but "
-                                    f"the angles give {n}: use a reference with the same tilt scheme")
+                raise _fail(
+                    s.path,
+                    f"tomogram {t.name}: style {t.style} has {st.shape[0]} tilts but "
+                    f"the angles give {n}: use a reference with the same tilt scheme",
+                )
         if n_model is not None and n_model != n:
-            raise _fail(s.path, f"tomogram {t.name}: noise model {s.noise_model} has {n_model} tilts "
-                                f"but the angles give {n}")
+            raise _fail(
+                s.path,
+                f"tomogram {t.name}: noise model {s.noise_model} has {n_model} tilts but the angles give {n}",
+            )
         if min(size) < 16:
             raise _fail(s.path, f"tomogram {t.name}: images of {size} are too small (>= 16 pixels)")
 
@@ -392,7 +460,7 @@ def check_local_gpus(s: RunSpec) -> None:
 
     res = s.resources
     if res.address or os.environ.get("RAY_ADDRESS"):
-        return                              # the cluster's GPUs are checked when the run connects
+        return  # the cluster's GPUs are checked when the run connects
     wants = res.gpus_per_actor > 0 or res.device == "cuda"
     if wants:
         import torch
@@ -400,5 +468,8 @@ def check_local_gpus(s: RunSpec) -> None:
         if torch.cuda.device_count() == 0:
             key = "gpus_per_actor" if res.gpus_per_actor > 0 else "device"
             value = res.gpus_per_actor if res.gpus_per_actor > 0 else '"cuda"'
-            raise _fail(s.path, f"resources.{key} = {value} but this machine has no CUDA GPU: use "
-                                "gpus_per_actor = 0 and device = \"cpu\", or give the cluster's address")
+            raise _fail(
+                s.path,
+                f"resources.{key} = {value} but this machine has no CUDA GPU: use "
+                'gpus_per_actor = 0 and device = "cpu", or give the cluster\'s address',
+            )

@@ -13,6 +13,7 @@ from .spec import TomogramSpec
 
 def remote_functions():
     """The engine's Ray tasks; Ray retries none of them (the driver's one policy does)."""
+
     @ray.remote(num_cpus=1, max_retries=0)
     def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
         return prepare_tomogram(store, tomo, model_json, content_sigma)
@@ -23,8 +24,11 @@ def remote_functions():
         from faket.noise import NoiseModel
 
         stacks = [(open_mrc(r, role="reference"), open_mrc(c, role="noiseless")) for r, c in pairs]
-        model = NoiseModel.estimate([(a.data, b.data) for a, b in stacks], order,
-                                    [{"reference": str(r), "noiseless": str(c)} for r, c in pairs])
+        model = NoiseModel.estimate(
+            [(a.data, b.data) for a, b in stacks],
+            order,
+            [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
+        )
         return model.to_json()
 
     @ray.remote(num_cpus=1, max_retries=0)
@@ -62,7 +66,9 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     angles = read_tlt(tomo.angles)
     model = NoiseModel.from_json(model_json)
     todo = np.flatnonzero(~done_mask(g, "noiseless"))
-    with open_mrc(tomo.volume or tomo.tilts, role="volume" if tomo.volume else "tilts") as src:
+    source = tomo.volume or tomo.tilts
+    assert source is not None and tomo.style is not None  # the spec checked both
+    with open_mrc(source, role="volume" if tomo.volume else "tilts") as src:
         voxel = src.voxel_size[0] or 1.0
         if len(todo) and tomo.volume is not None:
             tilts = project(src.data, angles).numpy()
@@ -74,19 +80,36 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     base = model.baseline()
     for stage in ("noisy", "content"):
         for i in np.flatnonzero(~done_mask(g, stage)):
-            write_tilt(g, stage, int(i), apply_tilt(np.asarray(g["noiseless"][int(i)]), int(i), model,
-                                                    tomo.seed, stage, content_sigma, base))
+            write_tilt(
+                g,
+                stage,
+                int(i),
+                apply_tilt(
+                    np.asarray(g["noiseless"][int(i)]), int(i), model, tomo.seed, stage, content_sigma, base
+                ),
+            )
     with open_mrc(tomo.style, role="style") as st:
         for i in np.flatnonzero(~done_mask(g, "style")):
             write_tilt(g, "style", int(i), st.tilt(int(i)))
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:
             write_volume(g, "labels", lab.read())
-    attrs = {"angles": [float(a) for a in angles], "voxel_size": float(voxel), "seed": tomo.seed,
-             "sources": {k: str(v) for k, v in (("volume", tomo.volume), ("tilts", tomo.tilts),
-                                                ("style", tomo.style), ("angles", tomo.angles))
-                         if v is not None},
-             "ranges": {s: [float(x) for x in stack_range(g[s])] for s in ("content", "noisy", "style")}}
+    attrs = {
+        "angles": [float(a) for a in angles],
+        "voxel_size": float(voxel),
+        "seed": tomo.seed,
+        "sources": {
+            k: str(v)
+            for k, v in (
+                ("volume", tomo.volume),
+                ("tilts", tomo.tilts),
+                ("style", tomo.style),
+                ("angles", tomo.angles),
+            )
+            if v is not None
+        },
+        "ranges": {s: [float(x) for x in stack_range(g[s])] for s in ("content", "noisy", "style")},
+    }
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()
     g.attrs.update(attrs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,18 +19,30 @@ from . import __version__
 from .console import err_console, progress_bar, run_app, say, warn
 from .errors import FaketInputError
 from .reproducible import HELP as REPRODUCIBLE_HELP
-from .settings import (INITS, NoiseSettings, NSTSettings, PAPER_RECONSTRUCTION, PhantomSettings,
-                       ProjectionSettings, ReconstructionSettings)
+from .settings import (
+    INITS,
+    PAPER_RECONSTRUCTION,
+    NoiseSettings,
+    NSTSettings,
+    PhantomSettings,
+    ProjectionSettings,
+    ReconstructionSettings,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="FakET: simulate cryo-ET tilt-series with neural style transfer "
-                       "(Harar et al., arXiv 2304.02011).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="FakET: simulate cryo-ET tilt-series with neural style transfer (Harar et al., arXiv 2304.02011).",
+)
 noise_app = typer.Typer(no_args_is_help=True, help="Noise model: estimate it, apply it.")
 weights_app = typer.Typer(no_args_is_help=True, help="VGG-19 weights: fetch, check.")
 app.add_typer(noise_app, name="noise")
 app.add_typer(weights_app, name="weights")
 
 _NST = NSTSettings()
+
+
 def _reproducible_option() -> bool:
     return typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP)
 
@@ -42,6 +53,8 @@ def _switch(on: bool) -> None:
         from .reproducible import enable
 
         enable()
+
+
 _REC = ReconstructionSettings()
 _PH = PhantomSettings()
 _NOISE = NoiseSettings()
@@ -106,8 +119,10 @@ def info() -> None:
     print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}")
     rec = compute_record("cpu")
     pin = ", ".join(f"{k}={v}" for k, v in rec["cpu_pin"].items()) or "not pinned"
-    print(f"cpu: {rec['device_name']}, {rec['cpu_threads']} threads, kernels {rec['cpu_capability']} "
-          f"({pin}); reproducible switch {'on' if rec['reproducible'] else 'off'} ({ENV_VAR})")
+    print(
+        f"cpu: {rec['device_name']}, {rec['cpu_threads']} threads, kernels {rec['cpu_capability']} "
+        f"({pin}); reproducible switch {'on' if rec['reproducible'] else 'off'} ({ENV_VAR})"
+    )
     print(f"cuda build: {rec['cuda'] or 'none'}, cudnn: {rec['cudnn'] or 'none'}")
     print(f"precision: float32 on the CPU; on CUDA {NSTSettings().precision} unless --precision")
     if torch.cuda.is_available():
@@ -123,13 +138,15 @@ def info() -> None:
 # --------------------------------------------------------------------------- phantom
 @app.command()
 def phantom(
-    out_dir: Path = typer.Argument(..., help="Folder for volume.mrc, labels.mrc, particles.csv, "
-                                             "angles.tlt and reference.mrc."),
+    out_dir: Path = typer.Argument(
+        ..., help="Folder for volume.mrc, labels.mrc, particles.csv, angles.tlt and reference.mrc."
+    ),
     size: int = typer.Option(_PH.size, help="Edge of the cubic volume in voxels."),
     pixel_size: float = typer.Option(_PH.pixel_size, help="Voxel size in Angstrom."),
     n_particles: int = typer.Option(_PH.n_particles, help="Particles to place (4 classes)."),
-    angles: str = typer.Option(",".join(f"{a:g}" for a in _PH.angles),
-                               help="Tilt angles as START,STOP,STEP in degrees."),
+    angles: str = typer.Option(
+        ",".join(f"{a:g}" for a in _PH.angles), help="Tilt angles as START,STOP,STEP in degrees."
+    ),
     defocus: float = typer.Option(_PH.defocus_um, help="Defocus in micrometres (underfocus)."),
     dose: float = typer.Option(_PH.dose_per_tilt, help="Electrons per square Angstrom per tilt."),
     seed: int = typer.Option(_PH.seed, help="Random seed."),
@@ -143,8 +160,16 @@ def phantom(
         raise FaketInputError(f"--angles must be START,STOP,STEP with STEP > 0, got {angles!r}")
     if size < 16:
         raise FaketInputError(f"--size must be >= 16, got {size}")
-    st = _settings(PhantomSettings, size=size, pixel_size=pixel_size, n_particles=n_particles, seed=seed,
-                         angles=a, defocus_um=defocus, dose_per_tilt=dose)
+    st = _settings(
+        PhantomSettings,
+        size=size,
+        pixel_size=pixel_size,
+        n_particles=n_particles,
+        seed=seed,
+        angles=a,
+        defocus_um=defocus,
+        dose_per_tilt=dose,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     ph = make_phantom(st)
     theta = angles_range(*a)
@@ -165,8 +190,9 @@ def project(
     angles: Path = typer.Option(..., "--angles", help="Tilt angles, IMOD .tlt (degrees)."),
     output: Path = typer.Option(..., "--output", "-o", help="Noiseless tilt-series (MRC)."),
     dose: float = typer.Option(ProjectionSettings().dose, help="Projections are DOSE - ray sum."),
-    detector_width: Optional[int] = typer.Option(None, help="Detector width in pixels "
-                                                            "[default: the volume's X width]."),
+    detector_width: Optional[int] = typer.Option(
+        None, help="Detector width in pixels [default: the volume's X width]."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Noiseless projections (content) of a volume, tilt axis Y."""
@@ -182,66 +208,80 @@ def project(
             tilts = run_projection(vol.data, theta, st, device=dev, progress=advance)
         vs = vol.voxel_size[0] or 1.0
     write_mrc(output, tilts.cpu().numpy(), voxel_size=vs)
-    write_provenance(output, provenance(st.__dict__, inputs={"volume": volume, "angles": angles},
-                                       device=dev))
+    write_provenance(output, provenance(st.__dict__, inputs={"volume": volume, "angles": angles}, device=dev))
     say(f"{tuple(tilts.shape)} -> {output}")
 
 
 # --------------------------------------------------------------------------- noise
 @noise_app.command("estimate")
 def noise_estimate(
-    reference: List[Path] = typer.Option(..., "--reference", "-r",
-                                         help="Reference (noisy) tilt-series; repeat for several."),
-    noiseless: List[Path] = typer.Option(..., "--noiseless", "-n",
-                                         help="Noiseless projections of the same specimen, one "
-                                              "per --reference, in the same order."),
+    reference: List[Path] = typer.Option(
+        ..., "--reference", "-r", help="Reference (noisy) tilt-series; repeat for several."
+    ),
+    noiseless: List[Path] = typer.Option(
+        ...,
+        "--noiseless",
+        "-n",
+        help="Noiseless projections of the same specimen, one per --reference, in the same order.",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Noise model (JSON)."),
-    order: int = typer.Option(_NOISE.order, help="Polynomial order over the tilt index "
-                                                 "(-1 raw, 0 constant; paper 2)."),
+    order: int = typer.Option(
+        _NOISE.order, help="Polynomial order over the tilt index (-1 raw, 0 constant; paper 2)."
+    ),
 ) -> None:
     """Per-tilt r, sigma, mean, std from (reference, noiseless) pairs."""
     from .io import check_output_path, open_mrc, provenance
     from .noise import NoiseModel
 
     if len(reference) != len(noiseless):
-        raise FaketInputError(f"{len(reference)} --reference but {len(noiseless)} --noiseless: "
-                              "give them in pairs")
+        raise FaketInputError(
+            f"{len(reference)} --reference but {len(noiseless)} --noiseless: give them in pairs"
+        )
     check_output_path(output)
     pairs, stacks = [], []
     for r, n in zip(reference, noiseless):
         a, b = open_mrc(r, role="reference"), open_mrc(n, role="noiseless")
         stacks += [a, b]
         if a.shape != b.shape:
-            raise FaketInputError(f"reference {r} has shape {a.shape} but noiseless {n} has "
-                                  f"{b.shape}: they must match")
+            raise FaketInputError(
+                f"reference {r} has shape {a.shape} but noiseless {n} has {b.shape}: they must match"
+            )
         pairs.append((a.data, b.data))
-    model = NoiseModel.estimate(pairs, order, [{"reference": str(r), "noiseless": str(n)}
-                                               for r, n in zip(reference, noiseless)])
+    model = NoiseModel.estimate(
+        pairs, order, [{"reference": str(r), "noiseless": str(n)} for r, n in zip(reference, noiseless)]
+    )
     for s in stacks:
         s.close()
-    model.provenance = provenance({"order": order}, inputs={
-        **{f"reference{k}": r for k, r in enumerate(reference)},
-        **{f"noiseless{k}": n for k, n in enumerate(noiseless)}})
+    model.provenance = provenance(
+        {"order": order},
+        inputs={
+            **{f"reference{k}": r for k, r in enumerate(reference)},
+            **{f"noiseless{k}": n for k, n in enumerate(noiseless)},
+        },
+    )
     model.save(output)
-    say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, "
-         f"{model.n_tilts} tilts -> {output}")
+    say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, {model.n_tilts} tilts -> {output}")
 
 
 @noise_app.command("apply")
 def noise_apply(
     noiseless: Path = typer.Argument(..., help="Noiseless tilt-series (MRC)."),
-    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Folder for noisy.mrc, content.mrc, "
-                                                              "baseline.mrc."),
+    out_dir: Path = typer.Option(
+        ..., "--out-dir", "-o", help="Folder for noisy.mrc, content.mrc, baseline.mrc."
+    ),
     model: Optional[Path] = typer.Option(None, help="Noise model from `faket noise estimate`."),
-    reference: Optional[Path] = typer.Option(None, help="Reference tilt-series for the per-tilt "
-                                                        "mean/std when r and sigma are given."),
+    reference: Optional[Path] = typer.Option(
+        None, help="Reference tilt-series for the per-tilt mean/std when r and sigma are given."
+    ),
     snr: Optional[float] = typer.Option(None, help="Give r and sigma by an SNR (with --reference)."),
     r: Optional[float] = typer.Option(None, help="Correlation r (with --sigma and --reference)."),
     sigma: Optional[float] = typer.Option(None, help="Residual sigma (with --r and --reference)."),
-    order: int = typer.Option(_NOISE.order, help="Smoothing order of the reference mean/std "
-                                                 "when r and sigma are given."),
-    content_sigma: float = typer.Option(_NOISE.content_sigma_factor,
-                                        help="Sigma factor of the CONTENT tilt-series."),
+    order: int = typer.Option(
+        _NOISE.order, help="Smoothing order of the reference mean/std when r and sigma are given."
+    ),
+    content_sigma: float = typer.Option(
+        _NOISE.content_sigma_factor, help="Sigma factor of the CONTENT tilt-series."
+    ),
     seed: int = typer.Option(0, help="Seed of the noise draws (one per tomogram)."),
     modalities: str = typer.Option("noisy,content,baseline", help="Which stacks to write."),
 ) -> None:
@@ -267,12 +307,16 @@ def noise_apply(
             raise FaketInputError("without --model give --snr, or both --r and --sigma")
         with open_mrc(reference, role="reference") as ref:
             if ref.shape[0] != clean.shape[0]:
-                raise FaketInputError(f"reference {reference} has {ref.shape[0]} tilts but noiseless "
-                                      f"{noiseless} has {clean.shape[0]}: they must match")
+                raise FaketInputError(
+                    f"reference {reference} has {ref.shape[0]} tilts but noiseless "
+                    f"{noiseless} has {clean.shape[0]}: they must match"
+                )
             nm = NoiseModel.given(r, sigma, ref.data, order)
     if nm.n_tilts != clean.shape[0]:
-        raise FaketInputError(f"noiseless {noiseless} has {clean.shape[0]} tilts but the noise model "
-                              f"has {nm.n_tilts}: use a model made for this tilt scheme")
+        raise FaketInputError(
+            f"noiseless {noiseless} has {clean.shape[0]} tilts but the noise model "
+            f"has {nm.n_tilts}: use a model made for this tilt scheme"
+        )
     base = nm.baseline()
     vs = clean.voxel_size[0] or 1.0
     with progress_bar(len(mods) * clean.shape[0], "noise") as advance:
@@ -281,10 +325,14 @@ def noise_apply(
                 for i in range(clean.shape[0]):
                     w.write(i, apply_tilt(clean.tilt(i), i, nm, seed, m, content_sigma, base))
                     advance()
-            write_provenance(out_dir / f"{m}.mrc", provenance(
-                {"modality": m, "content_sigma_factor": content_sigma, "order": nm.order},
-                inputs={"noiseless": noiseless, "model": model or "", "reference": reference or ""},
-                seeds={"noise": seed}))
+            write_provenance(
+                out_dir / f"{m}.mrc",
+                provenance(
+                    {"modality": m, "content_sigma_factor": content_sigma, "order": nm.order},
+                    inputs={"noiseless": noiseless, "model": model or "", "reference": reference or ""},
+                    seeds={"noise": seed},
+                ),
+            )
     clean.close()
     say(f"{', '.join(mods)} -> {out_dir}")
 
@@ -293,43 +341,56 @@ def noise_apply(
 @app.command()
 def stylize(
     content: Path = typer.Argument(..., help="CONTENT tilt-series (MRC, n,Y,X)."),
-    style: List[Path] = typer.Argument(..., help="Style (reference) tilt-series; several are "
-                                                 "averaged by --style-weights."),
-    init: str = typer.Option(_NST.init, help="Start: an MRC file (NOISY) or "
-                                             f"{'/'.join(INITS)}."),
+    style: List[Path] = typer.Argument(
+        ..., help="Style (reference) tilt-series; several are averaged by --style-weights."
+    ),
+    init: str = typer.Option(_NST.init, help=f"Start: an MRC file (NOISY) or {'/'.join(INITS)}."),
     output: Path = typer.Option(..., "--output", "-o", help="Result tilt-series (MRC)."),
     vgg_weights: str = typer.Option("imagenet", help="imagenet, random or a .pth file."),
     weights_seed: int = typer.Option(0, help="Seed of --vgg-weights random."),
-    content_layers: str = typer.Option(",".join(map(str, _NST.content_layers)),
-                                       help="Content layer indices of VGG-19 features."),
-    content_layer_weights: str = typer.Option(",".join(f"{w:g}" for w in _NST.content_layer_weights),
-                                              help="Relative content layer weights."),
-    style_layers: str = typer.Option(",".join(map(str, _NST.style_layers)),
-                                     help="Style layer indices (relu1_1..relu5_1)."),
-    style_layer_weights: str = typer.Option(",".join(f"{w:g}" for w in _NST.style_layer_weights),
-                                            help="Relative style layer weights."),
-    style_weights: Optional[str] = typer.Option(None, help="Relative weights of several style "
-                                                           "stacks [default: equal]."),
+    content_layers: str = typer.Option(
+        ",".join(map(str, _NST.content_layers)), help="Content layer indices of VGG-19 features."
+    ),
+    content_layer_weights: str = typer.Option(
+        ",".join(f"{w:g}" for w in _NST.content_layer_weights), help="Relative content layer weights."
+    ),
+    style_layers: str = typer.Option(
+        ",".join(map(str, _NST.style_layers)), help="Style layer indices (relu1_1..relu5_1)."
+    ),
+    style_layer_weights: str = typer.Option(
+        ",".join(f"{w:g}" for w in _NST.style_layer_weights), help="Relative style layer weights."
+    ),
+    style_weights: Optional[str] = typer.Option(
+        None, help="Relative weights of several style stacks [default: equal]."
+    ),
     content_weight: float = typer.Option(_NST.content_weight, help="Content loss weight."),
     tv_weight: float = typer.Option(_NST.tv_weight, help="Total variation weight."),
     iterations: int = typer.Option(_NST.iterations, help="Adam steps per scale."),
     initial_iterations: Optional[int] = typer.Option(
-        None, help="Adam steps at the first scale [default: --iterations]."),
+        None, help="Adam steps at the first scale [default: --iterations]."
+    ),
     step_size: float = typer.Option(_NST.step_size, help="Adam learning rate."),
     avg_decay: float = typer.Option(_NST.avg_decay, help="Decay of the iterate average."),
     pooling: str = typer.Option(_NST.pooling, help="max, average or l2."),
-    min_scale: Optional[int] = typer.Option(None, help="Longest side at the first scale "
-                                                       "[default: image size]."),
-    end_scale: Optional[int] = typer.Option(None, help="Longest side at the last scale "
-                                                       "[default: image size]."),
+    min_scale: Optional[int] = typer.Option(
+        None, help="Longest side at the first scale [default: image size]."
+    ),
+    end_scale: Optional[int] = typer.Option(
+        None, help="Longest side at the last scale [default: image size]."
+    ),
     batch_size: int = typer.Option(_NST.batch_size, help="Tilts per network call."),
-    tile_size: Optional[int] = typer.Option(None, help="Compute in tiles of at most this many "
-                                                       "pixels, lined up with 1024-pixel chunks "
-                                                       "(exact; for images larger than memory)."),
-    memory_budget: Optional[float] = typer.Option(None, help="GB one step's working memory may "
-                                                             "use; picks the tile size."),
-    precision: str = typer.Option(_NST.precision, help="float32 (exact), or opt-in tf32 (GPU) / "
-                                                        "bf16 (faster, deviates; see README)."),
+    tile_size: Optional[int] = typer.Option(
+        None,
+        help="Compute in tiles of at most this many "
+        "pixels, lined up with 1024-pixel chunks "
+        "(exact; for images larger than memory).",
+    ),
+    memory_budget: Optional[float] = typer.Option(
+        None, help="GB one step's working memory may use; picks the tile size."
+    ),
+    precision: str = typer.Option(
+        _NST.precision, help="float32 (exact), or opt-in tf32 (GPU) / bf16 (faster, deviates; see README)."
+    ),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     reproducible: bool = _reproducible_option(),
@@ -352,12 +413,22 @@ def stylize(
         content_layer_weights=_floats(content_layer_weights, "--content-layer-weights"),
         style_layers=_ints(style_layers, "--style-layers"),
         style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-        content_weight=content_weight, tv_weight=tv_weight, iterations=iterations,
+        content_weight=content_weight,
+        tv_weight=tv_weight,
+        iterations=iterations,
         initial_iterations=iterations if initial_iterations is None else initial_iterations,
-        step_size=step_size, avg_decay=avg_decay, pooling=pooling, min_scale=min_scale,
-        end_scale=end_scale, init=init if init in INITS else _NST.init, seed=seed,
-        batch_size=batch_size, tile_size=tile_size, memory_budget_gb=memory_budget,
-        precision=precision)
+        step_size=step_size,
+        avg_decay=avg_decay,
+        pooling=pooling,
+        min_scale=min_scale,
+        end_scale=end_scale,
+        init=init if init in INITS else _NST.init,
+        seed=seed,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        memory_budget_gb=memory_budget,
+        precision=precision,
+    )
     validate_settings(st)
     sw = None if style_weights is None else _floats(style_weights, "--style-weights")
     if sw is not None and len(sw) != len(style):
@@ -371,33 +442,54 @@ def stylize(
         if not init.lower().endswith(".mrc") and not Path(init).exists():
             raise FaketInputError(f"--init {init!r} is neither a file nor one of {', '.join(INITS)}")
         init_stack = open_mrc(init, role="init")
-    check_stacks(c.shape, [s.shape for s in ss], None if init_stack is None else init_stack.shape,
-                 {"content": str(content), "init": str(init),
-                  **{f"style{k}": str(p) for k, p in enumerate(style)}})
+    check_stacks(
+        c.shape,
+        [s.shape for s in ss],
+        None if init_stack is None else init_stack.shape,
+        {"content": str(content), "init": str(init), **{f"style{k}": str(p) for k, p in enumerate(style)}},
+    )
     weights = resolve_weights(vgg_weights, seed=weights_seed)
     if not weights.is_imagenet:
-        warn(f"using {weights.identity['kind']} VGG-19 weights, not ImageNet: the paper's "
-              "FAKET_RANDOM ablation lost most of the benefit" if weights.identity["kind"] == "random"
-              else f"using VGG-19 weights from {weights.identity['path']}")
+        warn(
+            f"using {weights.identity['kind']} VGG-19 weights, not ImageNet: the paper's "
+            "FAKET_RANDOM ablation lost most of the benefit"
+            if weights.identity["kind"] == "random"
+            else f"using VGG-19 weights from {weights.identity['path']}"
+        )
     transfer = StyleTransfer(weights.state_dict, st, device=dev)
     losses = np.zeros(c.shape[0])
-    with MrcWriter(output, c.shape, voxel_size=c.voxel_size[0] or 1.0) as w, \
-            progress_bar(c.shape[0], "stylize") as advance:
+    with (
+        MrcWriter(output, c.shape, voxel_size=c.voxel_size[0] or 1.0) as w,
+        progress_bar(c.shape[0], "stylize") as advance,
+    ):
         for start, images, loss in iter_stylize(
-                c.data, [s.data for s in ss], None if init_stack is None else init_stack.data,
-                transfer, style_image_weights=sw,
-                ranges={"content": c.value_range, "init": init_stack and init_stack.value_range,
-                        **{f"style{k}": s.value_range for k, s in enumerate(ss)}}):
+            c.data,
+            [s.data for s in ss],
+            None if init_stack is None else init_stack.data,
+            transfer,
+            style_image_weights=sw,
+            ranges={
+                "content": c.value_range,
+                "init": None if init_stack is None else init_stack.value_range,
+                **{f"style{k}": s.value_range for k, s in enumerate(ss)},
+            },
+        ):
             for k, image in enumerate(images):
                 w.write(start + k, image)
-            losses[start:start + len(images)] = loss
+            losses[start : start + len(images)] = loss
             advance(len(images))
-    write_provenance(output, provenance(
-        st.to_dict(), inputs={"content": content, "init": init,
-                              **{f"style{k}": p for k, p in enumerate(style)}},
-        weights=weights.identity, seeds={"init": seed, "weights": weights_seed},
-        extra={"device": dev, "final_loss_per_tilt": losses.tolist()}, device=dev,
-        precision=st.precision))
+    write_provenance(
+        output,
+        provenance(
+            st.to_dict(),
+            inputs={"content": content, "init": init, **{f"style{k}": p for k, p in enumerate(style)}},
+            weights=weights.identity,
+            seeds={"init": seed, "weights": weights_seed},
+            extra={"device": dev, "final_loss_per_tilt": losses.tolist()},
+            device=dev,
+            precision=st.precision,
+        ),
+    )
     say(f"{c.shape[0]} tilts -> {output}")
 
 
@@ -410,25 +502,33 @@ def reconstruct(
     filter: str = typer.Option(_REC.filter, help="ramp, shepp-logan, cosine, hann, approxShrec, none."),
     binning: int = typer.Option(_REC.binning, help="Bin projections by this factor first."),
     binning_method: str = typer.Option(_REC.binning_method, help="mean or cubic (spline)."),
-    thickness: Optional[int] = typer.Option(None, help="Z size before the crop "
-                                                       "[default: detector width]."),
-    z_range: str = typer.Option(",".join(f"{v:g}" for v in _REC.z_range),
-                                help="Fractions LO,HI of Z kept."),
-    paper: bool = typer.Option(False, "--paper", help="The paper's settings: approxShrec, bin 2 "
-                                                      "(cubic), Z 0.32226..0.67382."),
+    thickness: Optional[int] = typer.Option(None, help="Z size before the crop [default: detector width]."),
+    z_range: str = typer.Option(",".join(f"{v:g}" for v in _REC.z_range), help="Fractions LO,HI of Z kept."),
+    paper: bool = typer.Option(
+        False, "--paper", help="The paper's settings: approxShrec, bin 2 (cubic), Z 0.32226..0.67382."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Weighted back-projection into a float32 volume."""
     from .io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
-    from .reconstruction import reconstruct as run_reconstruction, z_slices
+    from .reconstruction import reconstruct as run_reconstruction
+    from .reconstruction import z_slices
 
     zr = _floats(z_range, "--z-range")
     if len(zr) != 2:
         raise FaketInputError(f"--z-range must be LO,HI, got {z_range!r}")
-    st = PAPER_RECONSTRUCTION if paper else _settings(
-        ReconstructionSettings,
-        filter=filter, binning=binning, binning_method=binning_method, thickness=thickness,
-        z_range=zr)
+    st = (
+        PAPER_RECONSTRUCTION
+        if paper
+        else _settings(
+            ReconstructionSettings,
+            filter=filter,
+            binning=binning,
+            binning_method=binning_method,
+            thickness=thickness,
+            z_range=zr,
+        )
+    )
     check_output_path(output)
     dev = _device(device)
     with open_mrc(tilts, role="tilt-series") as ts:
@@ -438,44 +538,68 @@ def reconstruct(
         with progress_bar(z_total, "reconstruct") as advance:
             vol = run_reconstruction(ts.data, theta, st, device=dev, progress=advance)
     write_mrc(output, vol.cpu().numpy(), voxel_size=vs, volume=True)
-    write_provenance(output, provenance({k: v for k, v in st.__dict__.items()},
-                                        inputs={"tilts": tilts, "angles": angles}, device=dev))
+    write_provenance(
+        output,
+        provenance(
+            {k: v for k, v in st.__dict__.items()}, inputs={"tilts": tilts, "angles": angles}, device=dev
+        ),
+    )
     say(f"{tuple(vol.shape)} -> {output}")
 
 
 # --------------------------------------------------------------------------- report
 @app.command()
 def report(
-    run: Optional[Path] = typer.Argument(None, help="A run folder (e.g. the output of `faket demo`) "
-                                                    "holding noiseless/noisy/baseline/faket/reference "
-                                                    ".mrc, or a faket run store (Zarr)."),
+    run: Optional[Path] = typer.Argument(
+        None,
+        help="A run folder (e.g. the output of `faket demo`) "
+        "holding noiseless/noisy/baseline/faket/reference "
+        ".mrc, or a faket run store (Zarr).",
+    ),
     tomogram: Optional[str] = typer.Option(None, help="Tomogram of a run store [default: the first]."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o",
-                                           help="Report folder [default: RUN/report]."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", "-o", help="Report folder [default: RUN/report]."
+    ),
     noiseless: Optional[Path] = typer.Option(None, help="Noiseless projections (MRC)."),
     noisy: Optional[Path] = typer.Option(None, help="NOISY tilt-series (MRC)."),
     baseline: Optional[Path] = typer.Option(None, help="BASELINE tilt-series (MRC)."),
     faket: Optional[Path] = typer.Option(None, help="FakET tilt-series (MRC)."),
     reference: Optional[Path] = typer.Option(None, help="Reference tilt-series (MRC)."),
-    reconstruction: Optional[Path] = typer.Option(None, help="A reconstruction of the FakET "
-                                                             "tilt-series (MRC)."),
+    reconstruction: Optional[Path] = typer.Option(
+        None, help="A reconstruction of the FakET tilt-series (MRC)."
+    ),
     angles: Optional[Path] = typer.Option(None, help="Tilt angles (.tlt) [default: the run's]."),
-    vgg_weights: str = typer.Option("imagenet", help="Weights of the style distance: imagenet "
-                                                     "(random when missing, with a warning), "
-                                                     "random, a file, or none."),
+    vgg_weights: str = typer.Option(
+        "imagenet",
+        help="Weights of the style distance: imagenet "
+        "(random when missing, with a warning), "
+        "random, a file, or none.",
+    ),
     style_tilts: int = typer.Option(9, help="Tilts (evenly spaced) used for the style distance."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Realism metrics and pictures: index.html, metrics.json and PNG figures."""
-    from .report import (ReportInputs, TABLE_HEADER, check_inputs, find_run, find_store_tomogram,
-                         metrics_table, write_report)
+    from .report import (
+        TABLE_HEADER,
+        ReportInputs,
+        check_inputs,
+        find_run,
+        find_store_tomogram,
+        metrics_table,
+        write_report,
+    )
 
     if run is not None and (run / "zarr.json").is_file():
         inputs = find_store_tomogram(run, tomogram)
     else:
         inputs = find_run(run) if run is not None else ReportInputs({})
-    given = {"noiseless": noiseless, "noisy": noisy, "baseline": baseline, "faket": faket,
-             "reference": reference}
+    given = {
+        "noiseless": noiseless,
+        "noisy": noisy,
+        "baseline": baseline,
+        "faket": faket,
+        "reference": reference,
+    }
     inputs.stacks.update({m: p for m, p in given.items() if p is not None})
     if reconstruction is not None:
         inputs.reconstructions["faket"] = reconstruction
@@ -490,8 +614,14 @@ def report(
     n = check_inputs(inputs)
     weights = _report_weights(vgg_weights)
     with progress_bar(n, "report") as advance:
-        index = write_report(inputs, out_dir, weights=weights, style_tilts=style_tilts,
-                             device=_device(device), progress=advance)
+        index = write_report(
+            inputs,
+            out_dir,
+            weights=weights,
+            style_tilts=style_tilts,
+            device=_device(device),
+            progress=advance,
+        )
     data = json.loads((out_dir / "metrics.json").read_text())
     _print_table(TABLE_HEADER, metrics_table(data))
     say(f"report -> {index}")
@@ -507,8 +637,10 @@ def _report_weights(spec: str):
     except FaketInputError:
         if spec != "imagenet":
             raise
-        warn("ImageNet VGG-19 weights not found: the style distance uses RANDOM weights "
-              "(run `faket weights fetch` on a machine with internet for the real measure)")
+        warn(
+            "ImageNet VGG-19 weights not found: the style distance uses RANDOM weights "
+            "(run `faket weights fetch` on a machine with internet for the real measure)"
+        )
         return resolve_weights("random")
 
 
@@ -546,9 +678,10 @@ def weights_fetch(
     try:
         path = fetch_imagenet(dest, progress=True)
     except OSError as err:
-        raise FaketInputError(f"download failed ({getattr(err, 'reason', err)}): run this on a "
-                              f"machine with internet, then copy the file to {hub_checkpoint_path()}"
-                              ) from None
+        raise FaketInputError(
+            f"download failed ({getattr(err, 'reason', err)}): run this on a "
+            f"machine with internet, then copy the file to {hub_checkpoint_path()}"
+        ) from None
     say(f"saved {path}")
 
 
@@ -568,8 +701,9 @@ def demo(
     out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", "-o", help="Output folder."),
     size: int = typer.Option(96, help="Volume edge in voxels."),
     angles: str = typer.Option("-60,60,3", help="START,STOP,STEP in degrees."),
-    vgg_weights: str = typer.Option("imagenet", help="imagenet (falls back to random when "
-                                                     "missing, loudly), random or a file."),
+    vgg_weights: str = typer.Option(
+        "imagenet", help="imagenet (falls back to random when missing, loudly), random or a file."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     reproducible: bool = _reproducible_option(),
 ) -> None:
@@ -580,8 +714,16 @@ def demo(
     a = _floats(angles, "--angles")
     if len(a) != 3 or a[2] <= 0:
         raise FaketInputError(f"--angles must be START,STOP,STEP, got {angles!r}")
-    run_demo(out_dir, size=size, angles=a, vgg_weights=vgg_weights, device=_device(device),
-             say=say, warn=warn, progress=progress_bar)
+    run_demo(
+        out_dir,
+        size=size,
+        angles=a,
+        vgg_weights=vgg_weights,
+        device=_device(device),
+        say=say,
+        warn=warn,
+        progress=progress_bar,
+    )
 
 
 #: Entry-point group of commands that other installed packages add to ``faket``

@@ -18,12 +18,24 @@ from .errors import FaketInputError
 @contextlib.contextmanager
 def progress_bar(total: int, what: str, completed: int = 0) -> Iterator[Callable[..., None]]:
     """A rich progress bar on stderr; yields ``advance(k)``."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                  console=err_console()) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+        console=err_console(),
+    ) as bar:
         task = bar.add_task(what, total=total, completed=completed)
         yield lambda k=1: bar.advance(task, k)
 
@@ -53,7 +65,7 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     try:
         from .reproducible import requested
 
-        requested()                     # a bad FAKET_REPRODUCIBLE ends here, before any work
+        requested()  # a bad FAKET_REPRODUCIBLE ends here, before any work
         typer_app()
     except FaketInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -63,4 +75,4 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
         sys.exit(130)
     except tuple(failures or {}) as err:
         print(f"{prog}: failed: {err}", file=sys.stderr)
-        sys.exit(failures[type(err)])
+        sys.exit((failures or {})[type(err)])

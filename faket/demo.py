@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import FaketInputError
-from .io import (MrcWriter, angles_range, provenance, write_mrc, write_provenance, write_tlt)
+from .io import MrcWriter, angles_range, provenance, write_mrc, write_provenance, write_tlt
 from .settings import NSTSettings, PhantomSettings, ReconstructionSettings
 
 MODALITY_ORDER = ("noiseless", "noisy", "baseline", "faket", "reference")
@@ -29,10 +29,17 @@ def _no_progress(total: int, what: str):
     yield lambda k=1: None
 
 
-def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float] = (-60, 60, 3),
-             vgg_weights: str = "imagenet", device: str = "cpu",
-             say: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-             progress=_no_progress) -> dict[str, Path]:
+def run_demo(
+    out_dir: Path,
+    *,
+    size: int = 96,
+    angles: tuple[float, float, float] = (-60, 60, 3),
+    vgg_weights: str = "imagenet",
+    device: str = "cpu",
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+    progress=_no_progress,
+) -> dict[str, Path]:
     """Run the demo into ``out_dir``; returns the paths of what it wrote."""
     from .noise import NoiseModel, apply_tilt
     from .nst import StyleTransfer, iter_stylize
@@ -59,9 +66,11 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
         if vgg_weights != "imagenet":
             raise
         warn(f"{err}")
-        warn("ImageNet VGG-19 weights are NOT available: this demo runs with RANDOM weights "
-             "(--vgg-weights random), which the paper found much less realistic. "
-             "Run `faket weights fetch` on a machine with internet for real results.")
+        warn(
+            "ImageNet VGG-19 weights are NOT available: this demo runs with RANDOM weights "
+            "(--vgg-weights random), which the paper found much less realistic. "
+            "Run `faket weights fetch` on a machine with internet for real results."
+        )
         weights = resolve_weights("random")
 
     # 1. Reference specimen: style and noise statistics.
@@ -74,17 +83,20 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     paths["reference"] = write_mrc(ref_dir / "reference.mrc", reference, voxel_size=vs)
     write_mrc(ref_dir / "noiseless.mrc", ref_clean, voxel_size=vs)
     write_tlt(ref_dir / "angles.tlt", theta)
-    model = NoiseModel.estimate([(reference, ref_clean)], order=2,
-                                sources=[{"reference": str(paths["reference"]),
-                                          "noiseless": str(ref_dir / "noiseless.mrc")}])
+    model = NoiseModel.estimate(
+        [(reference, ref_clean)],
+        order=2,
+        sources=[{"reference": str(paths["reference"]), "noiseless": str(ref_dir / "noiseless.mrc")}],
+    )
     paths["noise_model"] = model.save(out_dir / "noise_model.json")
 
     # 2. The specimen to simulate.
     say("[2/5] specimen to simulate: labels, noiseless projections, NOISY/CONTENT/BASELINE")
     ph = make_phantom(PhantomSettings(size=size, n_particles=n_particles, seed=1, angles=angles))
     write_mrc(tomo_dir / "volume.mrc", ph.density, voxel_size=vs, volume=True)
-    paths["labels"] = write_mrc(tomo_dir / "labels.mrc", ph.labels.astype(np.float32),
-                                voxel_size=vs, volume=True)
+    paths["labels"] = write_mrc(
+        tomo_dir / "labels.mrc", ph.labels.astype(np.float32), voxel_size=vs, volume=True
+    )
     paths["particles"] = write_particles_csv(tomo_dir / "particles.csv", ph.particles)
     paths["angles"] = write_tlt(tomo_dir / "angles.tlt", theta)
     clean = project(ph.density, theta, device=device).cpu().numpy()
@@ -92,8 +104,9 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     base_curves = model.baseline()
     stacks = {"noiseless": clean, "reference": reference}
     for m in ("noisy", "content", "baseline"):
-        stacks[m] = np.stack([apply_tilt(clean[i], i, model, 1, m, 0.25, base_curves)
-                              for i in range(len(theta))])
+        stacks[m] = np.stack(
+            [apply_tilt(clean[i], i, model, 1, m, 0.25, base_curves) for i in range(len(theta))]
+        )
         paths[m] = write_mrc(tomo_dir / f"{m}.mrc", stacks[m], voxel_size=vs)
 
     # 3. FakET.
@@ -102,21 +115,29 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
     transfer = StyleTransfer(weights.state_dict, st, device=device)
     faket = np.empty_like(clean)
     t0 = time.time()
-    with MrcWriter(tomo_dir / "faket.mrc", clean.shape, voxel_size=vs) as w, \
-            progress(len(theta), "stylize") as advance:
-        for start, images, _ in iter_stylize(stacks["content"], [reference], stacks["noisy"],
-                                             transfer):
+    with (
+        MrcWriter(tomo_dir / "faket.mrc", clean.shape, voxel_size=vs) as w,
+        progress(len(theta), "stylize") as advance,
+    ):
+        for start, images, _ in iter_stylize(stacks["content"], [reference], stacks["noisy"], transfer):
             for k, image in enumerate(images):
                 w.write(start + k, image)
-            faket[start:start + len(images)] = images
+            faket[start : start + len(images)] = images
             advance(len(images))
     nst_seconds = time.time() - t0
     paths["faket"] = tomo_dir / "faket.mrc"
     stacks["faket"] = faket
-    write_provenance(paths["faket"], provenance(st.to_dict(), weights=weights.identity,
-                                                seeds={"noise": 1, "phantom": 1},
-                                                extra={"nst_seconds": nst_seconds}, device=device,
-                                                precision=st.precision))
+    write_provenance(
+        paths["faket"],
+        provenance(
+            st.to_dict(),
+            weights=weights.identity,
+            seeds={"noise": 1, "phantom": 1},
+            extra={"nst_seconds": nst_seconds},
+            device=device,
+            precision=st.precision,
+        ),
+    )
     model.provenance = provenance({"order": 2}, inputs=model.sources[0])
     model.save(paths["noise_model"])
 
@@ -128,30 +149,63 @@ def run_demo(out_dir: Path, *, size: int = 96, angles: tuple[float, float, float
         recs[m] = reconstruct(stacks[m], theta, rec_settings, device=device).cpu().numpy()
         paths[f"{m}_rec"] = write_mrc(tomo_dir / f"{m}_rec.mrc", recs[m], voxel_size=vs, volume=True)
     paths["preview"] = write_preview(out_dir / "preview.png", stacks, recs, theta)
-    record = provenance({"demo": {"size": size, "angles": list(angles)}, "nst": st.to_dict(),
-                         "reconstruction": rec_settings.__dict__}, weights=weights.identity,
-                        seeds={"reference_phantom": 0, "phantom": 1, "noise": 1}, device=device,
-                        precision=st.precision)
-    for key in ("reference", "noiseless", "noisy", "content", "baseline", "labels",
-                *(f"{m}_rec" for m in recs)):
+    record = provenance(
+        {
+            "demo": {"size": size, "angles": list(angles)},
+            "nst": st.to_dict(),
+            "reconstruction": rec_settings.__dict__,
+        },
+        weights=weights.identity,
+        seeds={"reference_phantom": 0, "phantom": 1, "noise": 1},
+        device=device,
+        precision=st.precision,
+    )
+    for key in (
+        "reference",
+        "noiseless",
+        "noisy",
+        "content",
+        "baseline",
+        "labels",
+        *(f"{m}_rec" for m in recs),
+    ):
         write_provenance(paths[key], record)
     from .report import ReportInputs, write_report
 
     say("[5/5] report: metrics and figures")
     paths["report"] = write_report(
-        ReportInputs({m: paths[m] for m in ("noiseless", "noisy", "baseline", "faket", "reference")},
-                     {m: paths[f"{m}_rec"] for m in recs}, paths["angles"]),
-        out_dir / "report", weights=weights, device=device)
-    say(f"done in {time.time() - t_start:.1f} s (style transfer {nst_seconds:.1f} s, "
-        f"{nst_seconds / len(theta):.2f} s per tilt); weights: {weights.identity['kind']}")
-    for key in ("faket", "noisy", "baseline", "noiseless", "faket_rec", "labels", "particles",
-                "noise_model", "preview", "report"):
+        ReportInputs(
+            {m: paths[m] for m in ("noiseless", "noisy", "baseline", "faket", "reference")},
+            {m: paths[f"{m}_rec"] for m in recs},
+            paths["angles"],
+        ),
+        out_dir / "report",
+        weights=weights,
+        device=device,
+    )
+    say(
+        f"done in {time.time() - t_start:.1f} s (style transfer {nst_seconds:.1f} s, "
+        f"{nst_seconds / len(theta):.2f} s per tilt); weights: {weights.identity['kind']}"
+    )
+    for key in (
+        "faket",
+        "noisy",
+        "baseline",
+        "noiseless",
+        "faket_rec",
+        "labels",
+        "particles",
+        "noise_model",
+        "preview",
+        "report",
+    ):
         say(f"  {key:<11} {paths[key]}")
     return paths
 
 
-def write_preview(path: Path, stacks: dict[str, np.ndarray], recs: dict[str, np.ndarray],
-                  theta: np.ndarray) -> Path:
+def write_preview(
+    path: Path, stacks: dict[str, np.ndarray], recs: dict[str, np.ndarray], theta: np.ndarray
+) -> Path:
     """A PNG: the 0 and +40 degree tilts of each modality, and central XY slices of reconstructions."""
     import matplotlib
 

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import mrcfile
 import numpy as np
@@ -43,7 +43,7 @@ class Stack:
     path: Path
     data: np.ndarray
     voxel_size: tuple[float, float, float]
-    _handle: object
+    _handle: Any
     value_range: tuple[np.float32, np.float32] | None = None
 
     @property
@@ -61,15 +61,16 @@ class Stack:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
-             check_finite: bool = True) -> Stack:
+def open_mrc(
+    path: str | os.PathLike, *, role: str = "input", ndim: int = 3, check_finite: bool = True
+) -> Stack:
     """Open an MRC file lazily and validate it.
 
     role names the input in error messages ("content", "style", ...).
@@ -91,7 +92,8 @@ def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise FaketInputError(
             f"{role} file {p} is not a readable MRC file ({msg}): "
-            "give a complete MRC file (e.g. re-export it)") from None
+            "give a complete MRC file (e.g. re-export it)"
+        ) from None
     data = handle.data
     if data is None:
         handle.close()
@@ -100,25 +102,24 @@ def open_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3,
         handle.close()
         what = {3: "a stack (n_tilts, Y, X)", 2: "a single 2D image"}[ndim]
         raise FaketInputError(
-            f"{role} file {p} is {data.ndim}D with shape {tuple(data.shape)} but {what} "
-            "is needed")
+            f"{role} file {p} is {data.ndim}D with shape {tuple(data.shape)} but {what} is needed"
+        )
     if data.dtype.kind not in "fiu":
         handle.close()
-        raise FaketInputError(f"{role} file {p} has non-real data ({data.dtype}): "
-                              "convert it to float32")
+        raise FaketInputError(f"{role} file {p} has non-real data ({data.dtype}): convert it to float32")
     vs = handle.voxel_size
     stack = Stack(p, data, (float(vs.x), float(vs.y), float(vs.z)), handle)
     if check_finite and data.dtype.kind == "f":
         lo, hi = np.float32(np.inf), np.float32(-np.inf)
         for i in range(data.shape[0] if data.ndim == 3 else 1):
             part = data[i] if data.ndim == 3 else data
-            p_lo, p_hi = np.float32(part.min()), np.float32(part.max())   # NaN and Inf show here
+            p_lo, p_hi = np.float32(part.min()), np.float32(part.max())  # NaN and Inf show here
             if not (np.isfinite(p_lo) and np.isfinite(p_hi)):
                 stack.close()
                 where = f"tilt/slice {i}" if data.ndim == 3 else "the image"
                 raise FaketInputError(
-                    f"{role} file {p} contains NaN or Inf values in {where}: "
-                    "clean the input first")
+                    f"{role} file {p} contains NaN or Inf values in {where}: clean the input first"
+                )
             lo, hi = min(lo, p_lo), max(hi, p_hi)
         stack.value_range = (lo, hi)
     return stack
@@ -143,8 +144,9 @@ def check_output_path(path: str | os.PathLike, *, role: str = "output") -> Path:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise FaketInputError(f"{role} folder {p.parent} cannot be created ({err.strerror}): "
-                              "choose a writable location") from None
+        raise FaketInputError(
+            f"{role} folder {p.parent} cannot be created ({err.strerror}): choose a writable location"
+        ) from None
     if not os.access(p.parent, os.W_OK | os.X_OK):
         raise FaketInputError(f"{role} path {p} is not writable: choose a writable location")
     if p.exists() and not os.access(p, os.W_OK):
@@ -181,9 +183,14 @@ class MrcWriter:
     Use as a context manager; an exception inside discards the file.
     """
 
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, int, int], *,
-                 voxel_size: float | tuple[float, float, float] = 1.0,
-                 volume: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, ...],
+        *,
+        voxel_size: float | tuple[float, float, float] = 1.0,
+        volume: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self._tmp = _tmp_name(self.path)
@@ -243,7 +250,7 @@ class MrcWriter:
             self._mrc.close()
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "MrcWriter":
+    def __enter__(self) -> MrcWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -253,9 +260,13 @@ class MrcWriter:
             self.abort()
 
 
-def write_mrc(path: str | os.PathLike, data: np.ndarray, *,
-              voxel_size: float | tuple[float, float, float] = 1.0,
-              volume: bool = False) -> Path:
+def write_mrc(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    voxel_size: float | tuple[float, float, float] = 1.0,
+    volume: bool = False,
+) -> Path:
     """Write a 3D float32 array atomically as MRC (stack, or volume if ``volume``)."""
     arr = np.asarray(data)
     if arr.ndim != 3:
@@ -278,8 +289,9 @@ def read_tlt(path: str | os.PathLike, *, expected: int | None = None) -> np.ndar
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise FaketInputError(f"angles file {p} cannot be read as text ({err}): "
-                              "give an IMOD .tlt file, one angle per line") from None
+        raise FaketInputError(
+            f"angles file {p} cannot be read as text ({err}): give an IMOD .tlt file, one angle per line"
+        ) from None
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s:
@@ -287,16 +299,20 @@ def read_tlt(path: str | os.PathLike, *, expected: int | None = None) -> np.ndar
         try:
             v = float(s.split()[0])
         except ValueError:
-            raise FaketInputError(f"angles file {p} line {lineno} is not a number ({s[:30]!r}): "
-                                  "give one angle in degrees per line") from None
+            raise FaketInputError(
+                f"angles file {p} line {lineno} is not a number ({s[:30]!r}): "
+                "give one angle in degrees per line"
+            ) from None
         if not np.isfinite(v):
             raise FaketInputError(f"angles file {p} line {lineno} is not finite: fix the angle")
         values.append(v)
     if not values:
         raise FaketInputError(f"angles file {p} holds no angles: give one angle per line")
     if expected is not None and len(values) != expected:
-        raise FaketInputError(f"angles file {p} has {len(values)} angles but the tilt-series "
-                              f"has {expected} tilts: give one angle per tilt")
+        raise FaketInputError(
+            f"angles file {p} has {len(values)} angles but the tilt-series "
+            f"has {expected} tilts: give one angle per tilt"
+        )
     return np.asarray(values, dtype=np.float64)
 
 
@@ -352,9 +368,16 @@ def cached_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
-def provenance(parameters: dict, *, inputs: dict | None = None, weights: dict | None = None,
-               seeds: dict | None = None, extra: dict | None = None, device: str = "cpu",
-               precision: str | None = None) -> dict:
+def provenance(
+    parameters: dict,
+    *,
+    inputs: dict | None = None,
+    weights: dict | None = None,
+    seeds: dict | None = None,
+    extra: dict | None = None,
+    device: str = "cpu",
+    precision: str | None = None,
+) -> dict:
     """A provenance record: faket version, command line, parameters, inputs, weights, seeds,
     and ``compute``: the device, CPU kernel level, precision mode, reproducible switch and
     torch / CUDA versions (:func:`faket.reproducible.compute_record`)."""

@@ -39,9 +39,11 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray) -> dict[str, np.nda
     reference, ``clean_mean``/``clean_std`` of the noiseless tilts.
     """
     if reference.shape != noiseless.shape:
-        raise FaketInputError(f"reference has shape {tuple(reference.shape)} but noiseless has "
-                              f"{tuple(noiseless.shape)}: give the noiseless projections of the same "
-                              "specimen and geometry")
+        raise FaketInputError(
+            f"reference has shape {tuple(reference.shape)} but noiseless has "
+            f"{tuple(noiseless.shape)}: give the noiseless projections of the same "
+            "specimen and geometry"
+        )
     n = reference.shape[0]
     out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
     for i in range(n):
@@ -49,8 +51,10 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray) -> dict[str, np.nda
         b = np.asarray(noiseless[i], dtype=np.float64).ravel()
         ma, sa, mb, sb = a.mean(), a.std(), b.mean(), b.std()
         if sa == 0 or sb == 0:
-            raise FaketInputError(f"tilt {i} is constant in the reference or the noiseless stack: "
-                                  "noise statistics need contrast in both")
+            raise FaketInputError(
+                f"tilt {i} is constant in the reference or the noiseless stack: "
+                "noise statistics need contrast in both"
+            )
         za, zb = (a - ma) / sa, (b - mb) / sb
         r = float(np.mean(za * zb))
         out["r"][i] = r
@@ -117,30 +121,43 @@ class NoiseModel:
         return {k: np.full(self.n_tilts, float(np.mean(v))) for k, v in self.curves.items()}
 
     @classmethod
-    def estimate(cls, pairs: Sequence[tuple[np.ndarray, np.ndarray]], order: int = 2,
-                 sources: list[dict[str, str]] | None = None) -> "NoiseModel":
+    def estimate(
+        cls,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        order: int = 2,
+        sources: list[dict[str, str]] | None = None,
+    ) -> NoiseModel:
         """Estimate from (reference, noiseless) stack pairs."""
         series = [tilt_stats(ref, clean) for ref, clean in pairs]
         return cls(aggregate(series, order), order, series, sources or [])
 
     @classmethod
-    def given(cls, r: float | Sequence[float], sigma: float | Sequence[float],
-              reference: np.ndarray, order: int = 2) -> "NoiseModel":
+    def given(
+        cls, r: float | Sequence[float], sigma: float | Sequence[float], reference: np.ndarray, order: int = 2
+    ) -> NoiseModel:
         """r and sigma given (e.g. from an SNR); mean and std from the reference's tilts."""
         n = reference.shape[0]
         ref_mean = np.array([float(np.asarray(reference[i], np.float64).mean()) for i in range(n)])
         ref_std = np.array([float(np.asarray(reference[i], np.float64).std()) for i in range(n)])
-        curves = {"r": np.broadcast_to(np.asarray(r, float), (n,)).copy(),
-                  "sigma": np.broadcast_to(np.asarray(sigma, float), (n,)).copy(),
-                  "mean": smooth(ref_mean, order), "std": smooth(ref_std, order)}
+        curves = {
+            "r": np.broadcast_to(np.asarray(r, float), (n,)).copy(),
+            "sigma": np.broadcast_to(np.asarray(sigma, float), (n,)).copy(),
+            "mean": smooth(ref_mean, order),
+            "std": smooth(ref_std, order),
+        }
         return cls(curves, order)
 
     def to_json(self) -> dict:
-        return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "order": self.order,
-                "n_tilts": self.n_tilts,
-                "curves": {k: [float(x) for x in v] for k, v in self.curves.items()},
-                "series": [{k: [float(x) for x in v] for k, v in s.items()} for s in self.series],
-                "sources": self.sources, "provenance": self.provenance}
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "order": self.order,
+            "n_tilts": self.n_tilts,
+            "curves": {k: [float(x) for x in v] for k, v in self.curves.items()},
+            "series": [{k: [float(x) for x in v] for k, v in s.items()} for s in self.series],
+            "sources": self.sources,
+            "provenance": self.provenance,
+        }
 
     def save(self, path: str | Path) -> Path:
         from .io import atomic_path
@@ -150,27 +167,28 @@ class NoiseModel:
         return Path(path)
 
     @classmethod
-    def from_json(cls, d: dict) -> "NoiseModel":
+    def from_json(cls, d: dict) -> NoiseModel:
         """A model from :meth:`to_json`'s dict; ValueError/KeyError/TypeError when malformed."""
         if d.get("format") != MODEL_FORMAT:
             raise ValueError("not a faket noise model")
         curves = {k: np.asarray(d["curves"][k], dtype=np.float64) for k in CURVE_NAMES}
-        series = [{k: np.asarray(v, dtype=np.float64) for k, v in s.items()}
-                  for s in d.get("series", [])]
+        series = [{k: np.asarray(v, dtype=np.float64) for k, v in s.items()} for s in d.get("series", [])]
         if len({len(v) for v in curves.values()}) != 1:
             raise ValueError("curves of different lengths")
         return cls(curves, int(d["order"]), series, d.get("sources", []), d.get("provenance", {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "NoiseModel":
+    def load(cls, path: str | Path) -> NoiseModel:
         p = Path(path)
         if not p.is_file():
             raise FaketInputError(f"noise model {p} does not exist: run `faket noise estimate` first")
         try:
             return cls.from_json(json.loads(p.read_text()))
         except (ValueError, KeyError, TypeError) as err:
-            raise FaketInputError(f"noise model {p} is not a valid faket noise model ({err}): "
-                                  "make it with `faket noise estimate`") from None
+            raise FaketInputError(
+                f"noise model {p} is not a valid faket noise model ({err}): "
+                "make it with `faket noise estimate`"
+            ) from None
 
 
 # --------------------------------------------------------------------------- apply
@@ -186,8 +204,9 @@ def standardise(image: np.ndarray) -> np.ndarray:
     return (a - a.mean()) / s if s > 0 else np.zeros_like(a)
 
 
-def noisy_tilt(noiseless: np.ndarray, noise: np.ndarray, r: float, sigma: float,
-               mean: float, std: float) -> np.ndarray:
+def noisy_tilt(
+    noiseless: np.ndarray, noise: np.ndarray, r: float, sigma: float, mean: float, std: float
+) -> np.ndarray:
     """One tilt ``standardise(noiseless) * r + noise * sigma`` with its std, then mean, set.
 
     noiseless, noise: ``(H, W)``; returns float32 ``(H, W)``.
@@ -203,25 +222,48 @@ def noisy_tilt(noiseless: np.ndarray, noise: np.ndarray, r: float, sigma: float,
 MODALITIES = ("noisy", "content", "baseline")
 
 
-def apply_tilt(noiseless: np.ndarray, tilt: int, model: NoiseModel, seed: int,
-               modality: str = "noisy", content_sigma_factor: float = 0.25,
-               baseline: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def apply_tilt(
+    noiseless: np.ndarray,
+    tilt: int,
+    model: NoiseModel,
+    seed: int,
+    modality: str = "noisy",
+    content_sigma_factor: float = 0.25,
+    baseline: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """One tilt of NOISY, CONTENT (sigma x factor) or BASELINE (order-0 curves)."""
     curves = model.curves if modality != "baseline" else (baseline or model.baseline())
     factor = content_sigma_factor if modality == "content" else 1.0
     noise = tilt_noise(seed, tilt, noiseless.shape)
-    return noisy_tilt(noiseless, noise, curves["r"][tilt], curves["sigma"][tilt] * factor,
-                      curves["mean"][tilt], curves["std"][tilt])
+    return noisy_tilt(
+        noiseless,
+        noise,
+        curves["r"][tilt],
+        curves["sigma"][tilt] * factor,
+        curves["mean"][tilt],
+        curves["std"][tilt],
+    )
 
 
-def apply(noiseless: np.ndarray, model: NoiseModel, seed: int, modality: str = "noisy",
-          content_sigma_factor: float = 0.25) -> np.ndarray:
+def apply(
+    noiseless: np.ndarray,
+    model: NoiseModel,
+    seed: int,
+    modality: str = "noisy",
+    content_sigma_factor: float = 0.25,
+) -> np.ndarray:
     """A whole ``(n, H, W)`` NOISY / CONTENT / BASELINE stack (float32)."""
     if modality not in MODALITIES:
         raise FaketInputError(f"unknown modality {modality!r}: use one of {', '.join(MODALITIES)}")
     if noiseless.shape[0] != model.n_tilts:
-        raise FaketInputError(f"noiseless stack has {noiseless.shape[0]} tilts but the noise model "
-                              f"has {model.n_tilts}: use a model made for this tilt scheme")
+        raise FaketInputError(
+            f"noiseless stack has {noiseless.shape[0]} tilts but the noise model "
+            f"has {model.n_tilts}: use a model made for this tilt scheme"
+        )
     base = model.baseline() if modality == "baseline" else None
-    return np.stack([apply_tilt(np.asarray(noiseless[i]), i, model, seed, modality,
-                                content_sigma_factor, base) for i in range(noiseless.shape[0])])
+    return np.stack(
+        [
+            apply_tilt(np.asarray(noiseless[i]), i, model, seed, modality, content_sigma_factor, base)
+            for i in range(noiseless.shape[0])
+        ]
+    )

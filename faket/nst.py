@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from .errors import FaketInputError
 from .reproducible import check_precision, configure_device
 from .settings import TILE_GRID, NSTSettings
-from .vgg import (VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size,
-                  tile_halo)
+from .vgg import VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size, tile_halo
 
 SCALED_ERROR_EPS = 1e-8
 
@@ -38,7 +37,7 @@ def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float
     """Min and max of a whole stack ``(n, H, W)``, read ``chunk`` tilts at a time."""
     lo, hi = np.float32(np.inf), np.float32(-np.inf)
     for s in range(0, stack.shape[0], chunk):
-        part = np.asarray(stack[s:s + chunk], dtype=np.float32)
+        part = np.asarray(stack[s : s + chunk], dtype=np.float32)
         lo, hi = min(lo, part.min()), max(hi, part.max())
     return np.float32(lo), np.float32(hi)
 
@@ -72,7 +71,7 @@ def match_tilt_stats(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     x = np.where(s1 > 0, x / safe * s2, x).astype(np.float32)
     m1 = x.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
     m2 = ref.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
-    x -= (m1 - m2)
+    x -= m1 - m2
     return x
 
 
@@ -97,7 +96,7 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
     x = F.pad(x, (0, 1, 0, 1), "replicate")
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return (dx ** 2 + dy ** 2).flatten(1).mean(1)
+    return (dx**2 + dy**2).flatten(1).mean(1)
 
 
 def normalised_weights(weights: Sequence[float], what: str) -> list[float]:
@@ -136,8 +135,9 @@ class Adam:
     next scale of the pyramid (first moment bicubic, second bilinear, >= 0).
     """
 
-    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
         self.exp_avg = torch.zeros_like(param)
         self.exp_avg_sq = torch.zeros_like(param)
@@ -151,13 +151,13 @@ class Adam:
         self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias_correction1 = 1 - beta1 ** float(self.steps)
         bias_correction2 = 1 - beta2 ** float(self.steps)
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(self.eps)
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
         self.param.addcdiv_(self.exp_avg, denom, value=-(self.lr / bias_correction1))
 
-    def moved_to(self, param: torch.Tensor) -> "Adam":
+    def moved_to(self, param: torch.Tensor) -> Adam:
         """A copy of this optimiser's state for ``param`` at another size (warm start)."""
         new = Adam(param, self.lr, self.betas, self.eps)
-        size = tuple(param.shape[-2:])
+        size = (int(param.shape[-2]), int(param.shape[-1]))
         new.exp_avg = _interp(self.exp_avg, size, "bicubic").contiguous()
         new.exp_avg_sq = _interp(self.exp_avg_sq, size, "bilinear").relu().contiguous()
         new.steps = self.steps
@@ -221,26 +221,36 @@ class StyleTransfer:
     is near zero, so ``batch_size`` defaults to 1 (see README, "Batching").
     """
 
-    def __init__(self, weights: dict[str, torch.Tensor], settings: NSTSettings = NSTSettings(),
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        weights: dict[str, torch.Tensor],
+        settings: NSTSettings = NSTSettings(),
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         validate_settings(settings)
         self.settings = settings
         self.device = torch.device(device)
         self.dtype = dtype
         self.content_layers = list(settings.content_layers)
         self.style_layers = list(settings.style_layers)
-        self.content_weights = [w * settings.content_weight for w in
-                                normalised_weights(settings.content_layer_weights, "content layer")]
+        self.content_weights = [
+            w * settings.content_weight
+            for w in normalised_weights(settings.content_layer_weights, "content layer")
+        ]
         self.style_weights = normalised_weights(settings.style_layer_weights, "style layer")
-        self.net = VGGFeatures(weights, self.content_layers + self.style_layers,
-                               pooling=settings.pooling).to(self.device, dtype)
+        self.net = VGGFeatures(weights, self.content_layers + self.style_layers, pooling=settings.pooling).to(
+            self.device, dtype
+        )
         self.min_size = min_input_size(self.net.last)
         # Execution experiments (benchmarks/run.py --experiments measures them):
         # NHWC activations, and the network compiled by torch.compile (inductor).
         self.channels_last = channels_last
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
         # Process-wide switches: PyTorch lets cuDNN convolutions use TF32 by default;
         # float32 means float32 here. FAKET_REPRODUCIBLE adds deterministic algorithms.
@@ -263,14 +273,18 @@ class StyleTransfer:
     def _scales(self, h: int, w: int) -> list[int]:
         """The pyramid's scales (long-edge sizes in pixels) for ``h x w`` content images."""
         if min(h, w) < self.min_size:
-            raise FaketInputError(f"images are {h}x{w} but the layers used need at least "
-                                  f"{self.min_size}x{self.min_size}")
+            raise FaketInputError(
+                f"images are {h}x{w} but the layers used need at least {self.min_size}x{self.min_size}"
+            )
         end_scale = self.settings.end_scale or max(h, w)
         return gen_scales(min(self.settings.min_scale or end_scale, end_scale), end_scale)
 
-    def style_targets(self, styles: Sequence[np.ndarray | torch.Tensor], content_size: tuple[int, int],
-                      style_image_weights: Sequence[float] | None = None
-                      ) -> dict[int, dict[int, torch.Tensor]]:
+    def style_targets(
+        self,
+        styles: Sequence[np.ndarray | torch.Tensor],
+        content_size: tuple[int, int],
+        style_image_weights: Sequence[float] | None = None,
+    ) -> dict[int, dict[int, torch.Tensor]]:
         """Style Gram targets per scale: ``{scale: {layer: (B, C, C)}}``.
 
         styles: one or more ``(B, Hs, Ws)`` stacks in [0, 1] (the same tilts);
@@ -281,14 +295,19 @@ class StyleTransfer:
         """
         style_ts = [self._as_batch(st) for st in styles]
         n_styles = len(style_ts)
-        sw = ([1 / n_styles] * n_styles if style_image_weights is None
-              else normalised_weights(style_image_weights, "style image"))
+        sw = (
+            [1 / n_styles] * n_styles
+            if style_image_weights is None
+            else normalised_weights(style_image_weights, "style image")
+        )
         out: dict[int, dict[int, torch.Tensor]] = {}
         with torch.no_grad():
             for scale in self._scales(*content_size):
                 targets: dict[int, torch.Tensor] = {}
                 for k, style_t in enumerate(style_ts):
-                    sh, sww = size_at_scale(*style_t.shape[-2:], scale, scale_up=False)
+                    sh, sww = size_at_scale(
+                        int(style_t.shape[-2]), int(style_t.shape[-1]), scale, scale_up=False
+                    )
                     grams = self._grams(_resize(style_t, (sh, sww)))
                     for layer in self.style_layers:
                         g = grams[layer] * sw[k]
@@ -297,12 +316,15 @@ class StyleTransfer:
                 out[scale] = targets
         return out
 
-    def stylize_batch(self, content: np.ndarray | torch.Tensor,
-                      styles: Sequence[np.ndarray | torch.Tensor] | None,
-                      init: np.ndarray | torch.Tensor | None = None,
-                      style_image_weights: Sequence[float] | None = None,
-                      generator: torch.Generator | None = None,
-                      style_targets: dict[int, dict[int, torch.Tensor]] | None = None) -> BatchResult:
+    def stylize_batch(
+        self,
+        content: np.ndarray | torch.Tensor,
+        styles: Sequence[np.ndarray | torch.Tensor] | None,
+        init: np.ndarray | torch.Tensor | None = None,
+        style_image_weights: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+        style_targets: dict[int, dict[int, torch.Tensor]] | None = None,
+    ) -> BatchResult:
         """Stylise a batch of tilts already scaled to [0, 1].
 
         content: ``(B, H, W)``; styles: one or more ``(B, Hs, Ws)`` (same tilts),
@@ -320,12 +342,13 @@ class StyleTransfer:
                 raise ValueError("give style images or style targets")
             style_targets = self.style_targets(styles, (h, w), style_image_weights)
         elif set(style_targets) != set(scales):
-            raise ValueError(f"style targets for scales {sorted(style_targets)}, "
-                             f"these images need {scales}")
+            raise ValueError(f"style targets for scales {sorted(style_targets)}, these images need {scales}")
         elif any(g.shape[0] != b for t in style_targets.values() for g in t.values()):
-            raise ValueError(f"style targets are for batches of "
-                             f"{next(iter(style_targets[scales[0]].values())).shape[0]} tilts, "
-                             f"the content has {b}")     # would broadcast silently otherwise
+            raise ValueError(
+                f"style targets are for batches of "
+                f"{next(iter(style_targets[scales[0]].values())).shape[0]} tilts, "
+                f"the content has {b}"
+            )  # would broadcast silently otherwise
 
         ch, cw = size_at_scale(h, w, scales[0])
         if init is not None:
@@ -350,7 +373,7 @@ class StyleTransfer:
             tiles = self._tiles(ch, cw, b)
             targets = style_targets[scale]
             with torch.no_grad():
-                content_targets = None
+                content_targets: dict[int, torch.Tensor] = {}  # only untiled steps use them
                 if tiles is None:
                     cfeats = self._features(content_s, self.content_layers)
                     content_targets = {i: cfeats[i] for i in self.content_layers}
@@ -368,17 +391,21 @@ class StyleTransfer:
                 with torch.no_grad():
                     image.clamp_(0, 1)
                 average.update(image)
-                losses = per_tilt.detach()            # stays on the device: no host sync per step
+                losses = per_tilt.detach()  # stays on the device: no host sync per step
                 del grad, per_tilt
             with torch.no_grad():
                 image.copy_(average.get())
+        assert average is not None  # one scale at least
         out = average.get().detach().clamp(0, 1).mean(dim=1)
         return BatchResult(out, losses.cpu())
 
-
     # ---------------------------------------------------------------- one step, whole images
-    def _gradient(self, image: torch.Tensor, content_targets: dict[int, torch.Tensor],
-                  style_targets: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gradient(
+        self,
+        image: torch.Tensor,
+        content_targets: dict[int, torch.Tensor],
+        style_targets: dict[int, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient of the total loss w.r.t. ``image`` and the per-tilt loss ``(B,)``."""
         feats = self._features(image, self.content_layers + self.style_layers)
         terms = []
@@ -388,13 +415,14 @@ class StyleTransfer:
             terms.append(scaled_error(gram(feats[layer]), style_targets[layer]) * wt)
         if self.settings.tv_weight:
             terms.append(tv_loss(image) * self.settings.tv_weight)
-        per_tilt = sum(terms)
+        per_tilt = cast(torch.Tensor, sum(terms))
         (grad,) = torch.autograd.grad(per_tilt.sum(), image)
         return grad, per_tilt.detach()
 
     # ---------------------------------------------------------------- one step, in tiles
-    def _tiles(self, h: int, w: int, b: int) -> list[tuple[tuple[int, int, int, int],
-                                                            tuple[int, int, int, int]]] | None:
+    def _tiles(
+        self, h: int, w: int, b: int
+    ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]] | None:
         """Tiles (inner y0, y1, x0, x1; padded y0, y1, x0, x1) of an h x w image, or None."""
         s = self.settings
         align = self.min_size
@@ -407,8 +435,10 @@ class StyleTransfer:
                 return None
             tile = int(math.sqrt(px)) - 2 * halo
             if tile < align:
-                raise FaketInputError(f"memory budget {s.memory_budget_gb} GB is too small for "
-                                      f"tiles with a {halo}-pixel halo: raise it")
+                raise FaketInputError(
+                    f"memory budget {s.memory_budget_gb} GB is too small for "
+                    f"tiles with a {halo}-pixel halo: raise it"
+                )
         if tile is None or tile >= max(h, w):
             return None
         tile = max(align, tile // align * align)
@@ -416,19 +446,23 @@ class StyleTransfer:
         out = []
         for y0, y1 in zip(ys[:-1], ys[1:]):
             for x0, x1 in zip(xs[:-1], xs[1:]):
-                out.append(((y0, y1, x0, x1),
-                            (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))))
+                out.append(
+                    (
+                        (y0, y1, x0, x1),
+                        (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)),
+                    )
+                )
         return out
 
     def _inner(self, feats: torch.Tensor, layer: int, inner, padded) -> torch.Tensor:
         """The part of a tile's features that lies in its inner region."""
-        f = min_input_size(layer)                      # the layer's downsampling
+        f = min_input_size(layer)  # the layer's downsampling
         (y0, y1, x0, x1), (py0, _, px0, _) = inner, padded
-        return feats[..., (y0 - py0) // f:(y1 - py0) // f, (x0 - px0) // f:(x1 - px0) // f]
+        return feats[..., (y0 - py0) // f : (y1 - py0) // f, (x0 - px0) // f : (x1 - px0) // f]
 
     def _grams(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """Gram matrices of the style layers of ``images`` (B, 3, H, W), in tiles if configured."""
-        tiles = self._tiles(*images.shape[-2:], images.shape[0])
+        tiles = self._tiles(int(images.shape[-2]), int(images.shape[-1]), int(images.shape[0]))
         if tiles is None:
             feats = self._features(images, self.style_layers)
             return {layer: gram(feats[layer]) for layer in self.style_layers}
@@ -444,8 +478,9 @@ class StyleTransfer:
                 count[layer] += m.shape[-1]
         return {layer: sums[layer] / count[layer] for layer in self.style_layers}
 
-    def _tiled_gradient(self, image: torch.Tensor, content: torch.Tensor,
-                        style_targets: dict[int, torch.Tensor], tiles) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tiled_gradient(
+        self, image: torch.Tensor, content: torch.Tensor, style_targets: dict[int, torch.Tensor], tiles
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same gradient as :meth:`_gradient`, computed tile by tile.
 
         Pass 1 accumulates what the losses sum over the whole image (Gram
@@ -458,8 +493,8 @@ class StyleTransfer:
         with torch.no_grad():
             sums: dict[int, torch.Tensor] = {}
             count = dict.fromkeys(sl, 0)
-            s1 = {layer: 0.0 for layer in cl}
-            s2 = {layer: 0.0 for layer in cl}
+            s1: dict[int, Any] = {layer: 0.0 for layer in cl}
+            s2: dict[int, Any] = {layer: 0.0 for layer in cl}
             for inner, padded in tiles:
                 py0, py1, px0, px1 = padded
                 f = self._features(image[..., py0:py1, px0:px1], cl + sl)
@@ -470,18 +505,23 @@ class StyleTransfer:
                     sums[layer] = g if layer not in sums else sums[layer] + g
                     count[layer] += m.shape[-1]
                 for layer in cl:
-                    d = (self._inner(f[layer], layer, inner, padded)
-                         - self._inner(c[layer], layer, inner, padded)).flatten(1)
+                    d = (
+                        self._inner(f[layer], layer, inner, padded)
+                        - self._inner(c[layer], layer, inner, padded)
+                    ).flatten(1)
                     s1[layer] = s1[layer] + d.abs().sum(1)
                     s2[layer] = s2[layer] + d.pow(2).sum(1)
                 del f, c
         grams = {layer: (sums[layer] / count[layer]).requires_grad_() for layer in sl}
-        style_terms = [scaled_error(grams[layer], style_targets[layer]) * wt
-                       for layer, wt in zip(sl, self.style_weights)]
-        d_grams = torch.autograd.grad(sum(style_terms).sum(), [grams[layer] for layer in sl])
+        style_terms = [
+            scaled_error(grams[layer], style_targets[layer]) * wt for layer, wt in zip(sl, self.style_weights)
+        ]
+        d_grams = torch.autograd.grad(
+            cast(torch.Tensor, sum(style_terms)).sum(), [grams[layer] for layer in sl]
+        )
         coef = {layer: (dg + dg.transpose(-2, -1)) / count[layer] for layer, dg in zip(sl, d_grams)}
         content_terms = [s2[layer] / (s1[layer] + eps) * wt for layer, wt in zip(cl, self.content_weights)]
-        per_tilt = sum(content_terms) + sum(t.detach() for t in style_terms)
+        per_tilt = cast(torch.Tensor, sum(content_terms) + sum(t.detach() for t in style_terms))
 
         grad = torch.zeros_like(image)
         for inner, padded in tiles:
@@ -490,7 +530,7 @@ class StyleTransfer:
             f = self._features(xt, cl + sl)
             with torch.no_grad():
                 c = self._features(content[..., py0:py1, px0:px1], cl)
-            surrogate = 0
+            surrogate = torch.zeros((), dtype=image.dtype, device=image.device)
             for layer in sl:
                 m = self._inner(f[layer], layer, inner, padded)
                 flat = m.flatten(-2)
@@ -500,7 +540,7 @@ class StyleTransfer:
                 m = self._inner(f[layer], layer, inner, padded)
                 d = m.detach() - self._inner(c[layer], layer, inner, padded)
                 den = (s1[layer] + eps).view(-1, 1, 1, 1)
-                g_m = wt * (2 * d / den - s2[layer].view(-1, 1, 1, 1) * torch.sign(d) / den ** 2)
+                g_m = wt * (2 * d / den - s2[layer].view(-1, 1, 1, 1) * torch.sign(d) / den**2)
                 surrogate = surrogate + (g_m * m).sum()
             (g,) = torch.autograd.grad(surrogate, xt)
             grad[..., py0:py1, px0:px1] += g
@@ -524,7 +564,7 @@ def tile_cuts(n: int, tile: int, align: int = 16) -> list[int]:
     if tile >= TILE_GRID:
         step = tile // TILE_GRID * TILE_GRID
         return [*range(0, n, step), n]
-    per_tile = max(1, tile // align)                  # align-blocks per tile at most
+    per_tile = max(1, tile // align)  # align-blocks per tile at most
     cuts = []
     for c0 in range(0, n, TILE_GRID):
         blocks = -(-(min(c0 + TILE_GRID, n) - c0) // align)
@@ -546,33 +586,85 @@ def validate_settings(s: NSTSettings) -> None:
     check_layers(s.content_layers, "content")
     check_layers(s.style_layers, "style")
     if len(s.content_layer_weights) != len(s.content_layers):
-        raise FaketInputError(f"{len(s.content_layers)} content layers but "
-                              f"{len(s.content_layer_weights)} content layer weights")
+        raise FaketInputError(
+            f"{len(s.content_layers)} content layers but {len(s.content_layer_weights)} content layer weights"
+        )
     if len(s.style_layer_weights) != len(s.style_layers):
-        raise FaketInputError(f"{len(s.style_layers)} style layers but "
-                              f"{len(s.style_layer_weights)} style layer weights")
+        raise FaketInputError(
+            f"{len(s.style_layers)} style layers but {len(s.style_layer_weights)} style layer weights"
+        )
     check_precision(s.precision)
 
 
 # --------------------------------------------------------------------------- stacks
-def check_stacks(content_shape: tuple[int, ...], style_shapes: Sequence[tuple[int, ...]],
-                 init_shape: tuple[int, ...] | None, names: dict[str, str] | None = None) -> None:
+def check_stacks(
+    content_shape: tuple[int, ...],
+    style_shapes: Sequence[tuple[int, ...]],
+    init_shape: tuple[int, ...] | None,
+    names: dict[str, str] | None = None,
+) -> None:
     """Check tilt counts and image sizes of the content, style and init stacks."""
     names = names or {}
     n = content_shape[0]
     for k, shp in enumerate(style_shapes):
         if shp[0] != n:
-            raise FaketInputError(f"style {names.get(f'style{k}', k)} has {shp[0]} tilts but content "
-                                  f"{names.get('content', '')} has {n}: give one style tilt per content tilt")
+            raise FaketInputError(
+                f"style {names.get(f'style{k}', k)} has {shp[0]} tilts but content "
+                f"{names.get('content', '')} has {n}: give one style tilt per content tilt"
+            )
     if init_shape is not None and tuple(init_shape) != tuple(content_shape):
-        raise FaketInputError(f"init {names.get('init', '')} has shape {tuple(init_shape)} but content "
-                              f"has {tuple(content_shape)}: they must match")
+        raise FaketInputError(
+            f"init {names.get('init', '')} has shape {tuple(init_shape)} but content "
+            f"has {tuple(content_shape)}: they must match"
+        )
 
 
-def iter_stylize(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
-                 transfer: StyleTransfer, *, style_image_weights: Sequence[float] | None = None,
-                 ranges: dict[str, tuple | None] | None = None
-                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def stylize_tilts(
+    transfer: StyleTransfer,
+    content: np.ndarray,
+    init: np.ndarray | None,
+    reference: np.ndarray,
+    ranges: dict[str, Any],
+    *,
+    styles: Sequence[np.ndarray] | None = None,
+    style_targets: dict | None = None,
+    style_image_weights: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The method for one batch of tilts: scale to [0, 1], NST, give each tilt the reference's stats.
+
+    content, init: ``(b, H, W)`` tilts of CONTENT and NOISY (init may be None);
+    reference: ``(b, Hs, Ws)`` the first style stack's tilts (whose mean and std
+    the result gets); ranges: stack ``(min, max)`` of ``"content"``, ``"init"``
+    and ``"style0"``, ``"style1"``, ... (the whole stacks', so that a batch alone
+    gives what the stack gives). The styles are ``styles`` (raw tilts, default
+    ``[reference]``) or precomputed ``style_targets`` of
+    :meth:`StyleTransfer.style_targets`. Returns ``(images (b, H, W) float32,
+    last loss of each tilt (b,))``.
+    """
+    unit_styles = None
+    if style_targets is None:
+        unit_styles = [to_unit(st, *ranges[f"style{k}"]) for k, st in enumerate(styles or [reference])]
+    res = transfer.stylize_batch(
+        to_unit(content, *ranges["content"]),
+        unit_styles,
+        None if init is None else to_unit(init, *ranges["init"]),
+        style_image_weights,
+        generator=generator,
+        style_targets=style_targets,
+    )
+    return match_tilt_stats(res.images.cpu().numpy(), reference), res.losses.cpu().numpy()
+
+
+def iter_stylize(
+    content: np.ndarray,
+    styles: Sequence[np.ndarray],
+    init: np.ndarray | None,
+    transfer: StyleTransfer,
+    *,
+    style_image_weights: Sequence[float] | None = None,
+    ranges: dict[str, tuple | None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """FakET NST of whole stacks, one batch of tilts at a time.
 
     content: ``(n, H, W)`` noiseless projections (CONTENT); styles: reference
@@ -591,22 +683,34 @@ def iter_stylize(content: np.ndarray, styles: Sequence[np.ndarray], init: np.nda
     n = content.shape[0]
     bs = transfer.settings.batch_size
     gen = torch.Generator().manual_seed(transfer.settings.seed)
+    rngs: dict[str, Any] = {"content": c_rng, "init": i_rng, **{f"style{k}": r for k, r in enumerate(s_rngs)}}
     for start in range(0, n, bs):
         sl = slice(start, min(start + bs, n))
-        res = transfer.stylize_batch(
-            to_unit(content[sl], *c_rng),
-            [to_unit(st[sl], *r) for st, r in zip(styles, s_rngs)],
-            None if init is None else to_unit(init[sl], *i_rng),
-            style_image_weights, generator=gen)
-        yield start, match_tilt_stats(res.images.cpu().numpy(), styles[0][sl]), res.losses.numpy()
+        images, losses = stylize_tilts(
+            transfer,
+            content[sl],
+            None if init is None else init[sl],
+            styles[0][sl],
+            rngs,
+            styles=[st[sl] for st in styles],
+            style_image_weights=style_image_weights,
+            generator=gen,
+        )
+        yield start, images, losses
 
 
-def stylize_stack(content: np.ndarray, styles: Sequence[np.ndarray], init: np.ndarray | None,
-                  transfer: StyleTransfer, *,
-                  style_image_weights: Sequence[float] | None = None) -> np.ndarray:
+def stylize_stack(
+    content: np.ndarray,
+    styles: Sequence[np.ndarray],
+    init: np.ndarray | None,
+    transfer: StyleTransfer,
+    *,
+    style_image_weights: Sequence[float] | None = None,
+) -> np.ndarray:
     """FakET NST of whole stacks in memory: ``(n, H, W)`` float32 (see :func:`iter_stylize`)."""
     out = np.empty(content.shape, dtype=np.float32)
-    for start, images, _ in iter_stylize(content, styles, init, transfer,
-                                         style_image_weights=style_image_weights):
-        out[start:start + len(images)] = images
+    for start, images, _ in iter_stylize(
+        content, styles, init, transfer, style_image_weights=style_image_weights
+    ):
+        out[start : start + len(images)] = images
     return out

@@ -23,10 +23,10 @@ class Stage(str, Enum):
         """The run-store arrays this stage writes (export writes files, not arrays)."""
         return STAGE_ARRAYS[self]
 
-    def and_later(self) -> list["Stage"]:
+    def and_later(self) -> list[Stage]:
         """This stage and every stage after it (what a restart of it must redo)."""
         order = list(Stage)
-        return order[order.index(self):]
+        return order[order.index(self) :]
 
 
 STAGE_ARRAYS: dict[Stage, tuple[str, ...]] = {

@@ -40,8 +40,7 @@ def as_tensor(a: np.ndarray | torch.Tensor, device: str | torch.device) -> torch
     return t.to(device=device, dtype=torch.float32)
 
 
-def csr_from_rows(cols: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor,
-                  n_cols: int) -> torch.Tensor:
+def csr_from_rows(cols: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor, n_cols: int) -> torch.Tensor:
     """A CSR matrix whose row r holds ``vals[r, k]`` at ``cols[r, k]`` where ``valid[r, k]``.
 
     cols, vals, valid: ``(R, K)``; duplicates within a row add up in products.
@@ -52,9 +51,13 @@ def csr_from_rows(cols: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor,
     idx_dtype = torch.int32 if max(n_cols, int(crow[-1])) < 2**31 else torch.int64
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta state"
-        return torch.sparse_csr_tensor(crow.to(idx_dtype), cols[valid].to(idx_dtype),
-                                       vals[valid].to(torch.float32), (cols.shape[0], n_cols),
-                                       check_invariants=False)
+        return torch.sparse_csr_tensor(
+            crow.to(idx_dtype),
+            cols[valid].to(idx_dtype),
+            vals[valid].to(torch.float32),
+            (cols.shape[0], n_cols),
+            check_invariants=False,
+        )
 
 
 def projection_matrix(angles_rad: torch.Tensor, nz: int, nx: int, width: int) -> torch.Tensor:
@@ -69,22 +72,29 @@ def projection_matrix(angles_rad: torch.Tensor, nz: int, nx: int, width: int) ->
     t = torch.arange(n_t, dtype=torch.float64) - n_t // 2
     c = torch.cos(angles_rad)[:, None, None]
     s = torch.sin(angles_rad)[:, None, None]
-    z = nz // 2 - s * u[None, :, None] + c * t[None, None, :]     # (a, W, T)
+    z = nz // 2 - s * u[None, :, None] + c * t[None, None, :]  # (a, W, T)
     x = nx // 2 + c * u[None, :, None] + s * t[None, None, :]
     z0, x0 = torch.floor(z), torch.floor(x)
     fz, fx = z - z0, x - x0
     z0, x0 = z0.long(), x0.long()
     cols, vals, valid = [], [], []
-    for dz, dx, w in ((0, 0, (1 - fz) * (1 - fx)), (0, 1, (1 - fz) * fx),
-                      (1, 0, fz * (1 - fx)), (1, 1, fz * fx)):
+    for dz, dx, w in (
+        (0, 0, (1 - fz) * (1 - fx)),
+        (0, 1, (1 - fz) * fx),
+        (1, 0, fz * (1 - fx)),
+        (1, 1, fz * fx),
+    ):
         zi, xi = z0 + dz, x0 + dx
         valid.append((zi >= 0) & (zi < nz) & (xi >= 0) & (xi < nx) & (w > 0))
         cols.append(zi * nx + xi)
         vals.append(w)
     rows = len(angles_rad) * width
-    return csr_from_rows(torch.stack(cols, -1).reshape(rows, -1),
-                         torch.stack(vals, -1).reshape(rows, -1),
-                         torch.stack(valid, -1).reshape(rows, -1), nz * nx)
+    return csr_from_rows(
+        torch.stack(cols, -1).reshape(rows, -1),
+        torch.stack(vals, -1).reshape(rows, -1),
+        torch.stack(valid, -1).reshape(rows, -1),
+        nz * nx,
+    )
 
 
 def angle_groups(n_angles: int, entries_per_angle: int) -> list[slice]:
@@ -93,10 +103,14 @@ def angle_groups(n_angles: int, entries_per_angle: int) -> list[slice]:
     return [slice(a, min(a + per, n_angles)) for a in range(0, n_angles, per)]
 
 
-def project(volume: np.ndarray | torch.Tensor, angles_deg: np.ndarray | torch.Tensor,
-            settings: ProjectionSettings = ProjectionSettings(), *,
-            device: str | torch.device = "cpu",
-            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def project(
+    volume: np.ndarray | torch.Tensor,
+    angles_deg: np.ndarray | torch.Tensor,
+    settings: ProjectionSettings = ProjectionSettings(),
+    *,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Project a volume into a noiseless tilt-series.
 
     volume: ``(Z, Y, X)`` density (any units, per voxel).
@@ -113,12 +127,12 @@ def project(volume: np.ndarray | torch.Tensor, angles_deg: np.ndarray | torch.Te
     if width < 1:
         raise FaketInputError(f"detector width must be >= 1, got {width}")
     theta = torch.as_tensor(np.asarray(angles_deg, dtype=np.float64)) * (math.pi / 180.0)
-    cols = vol.permute(0, 2, 1).reshape(nz * nx, ny)           # (Z*X, Y)
+    cols = vol.permute(0, 2, 1).reshape(nz * nx, ny)  # (Z*X, Y)
     out = torch.empty((len(theta), ny, width), dtype=torch.float32, device=device)
     n_t = int(math.ceil(math.hypot(nz, nx))) + 2
     for g in angle_groups(len(theta), width * n_t * 4):
         a = projection_matrix(theta[g], nz, nx, width).to(device)
-        sums = (a @ cols).reshape(-1, width, ny)                 # (a, W, Y)
+        sums = (a @ cols).reshape(-1, width, ny)  # (a, W, Y)
         out[g] = sums.permute(0, 2, 1)
         if progress is not None:
             progress(g.stop - g.start)

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from .errors import FaketInputError
-from .projection import as_tensor, csr_from_rows, MAX_ENTRIES
+from .projection import MAX_ENTRIES, as_tensor, csr_from_rows
 from .settings import FILTERS, ReconstructionSettings
-
 
 
 def padded_size(width: int) -> int:
@@ -40,13 +39,13 @@ def ramp_filter(size: int, name: str = "ramp") -> torch.Tensor:
     if name == "none":
         return torch.ones(size // 2 + 1, dtype=torch.float64)
     n = torch.arange(size, dtype=torch.float64)
-    n = torch.minimum(n, size - n)                       # circular distance
+    n = torch.minimum(n, size - n)  # circular distance
     h = torch.zeros(size, dtype=torch.float64)
     h[0] = 0.25
     odd = (n % 2) == 1
     h[odd] = -1.0 / (math.pi * n[odd]) ** 2
     filt = 2 * torch.fft.rfft(h).real
-    f = torch.fft.rfftfreq(size, dtype=torch.float64)      # cycles per pixel, 0 .. 0.5
+    f = torch.fft.rfftfreq(size, dtype=torch.float64)  # cycles per pixel, 0 .. 0.5
     if name == "ramp":
         pass
     elif name == "shepp-logan":
@@ -70,15 +69,15 @@ def approx_shrec_filter(ny: int, nx: int) -> torch.Tensor:
     """
     size = max(ny, nx)
     sigma = size // 5
-    k = torch.arange(size, dtype=torch.float64) - size // 2          # centred frequency index
+    k = torch.arange(size, dtype=torch.float64) - size // 2  # centred frequency index
     ky, kx = k[:, None], k[None, :]
-    gauss = torch.exp(-(kx ** 2 + ky ** 2) / (2.0 * sigma ** 2)) + 0.2
+    gauss = torch.exp(-(kx**2 + ky**2) / (2.0 * sigma**2)) + 0.2
     ramp = torch.clamp(kx.abs() / (2 * sigma), max=1.0).expand(size, size)
-    disc = ((kx ** 2 + ky ** 2).sqrt() <= size // 2).to(torch.float64)
+    disc = ((kx**2 + ky**2).sqrt() <= size // 2).to(torch.float64)
     filt = gauss * ramp * disc
     filt = filt / filt.max()
     y0, x0 = (size - ny) // 2, (size - nx) // 2
-    filt = filt[y0:y0 + ny, x0:x0 + nx]
+    filt = filt[y0 : y0 + ny, x0 : x0 + nx]
     return torch.fft.ifftshift(filt)
 
 
@@ -131,8 +130,9 @@ def angle_weights(angles_rad: np.ndarray) -> np.ndarray:
     return w
 
 
-def backprojection_matrix(angles_rad: torch.Tensor, z: torch.Tensor, nx: int, width: int,
-                          nz_total: int) -> torch.Tensor:
+def backprojection_matrix(
+    angles_rad: torch.Tensor, z: torch.Tensor, nx: int, width: int, nz_total: int
+) -> torch.Tensor:
     """Sparse back-projector: rows = voxels (z, x) for the given z indices, columns = a * W + u.
 
     Each row holds the linear-interpolation weights of its detector position u
@@ -142,7 +142,7 @@ def backprojection_matrix(angles_rad: torch.Tensor, z: torch.Tensor, nx: int, wi
     s = torch.sin(angles_rad)[None, None, :]
     zz = (z.to(torch.float64) - nz_total // 2)[:, None, None]
     xx = (torch.arange(nx, dtype=torch.float64) - nx // 2)[None, :, None]
-    u = c * xx - s * zz + width // 2                              # (z, X, a)
+    u = c * xx - s * zz + width // 2  # (z, X, a)
     u0 = torch.floor(u)
     f = u - u0
     u0 = u0.long()
@@ -154,9 +154,12 @@ def backprojection_matrix(angles_rad: torch.Tensor, z: torch.Tensor, nx: int, wi
         cols.append(base + ui)
         vals.append(wt)
     rows = len(z) * nx
-    return csr_from_rows(torch.stack(cols, -1).reshape(rows, -1),
-                         torch.stack(vals, -1).reshape(rows, -1),
-                         torch.stack(valid, -1).reshape(rows, -1), len(angles_rad) * width)
+    return csr_from_rows(
+        torch.stack(cols, -1).reshape(rows, -1),
+        torch.stack(vals, -1).reshape(rows, -1),
+        torch.stack(valid, -1).reshape(rows, -1),
+        len(angles_rad) * width,
+    )
 
 
 def z_slices(nz: int, z_range: tuple[float, float]) -> range:
@@ -178,16 +181,16 @@ def check_settings(settings: ReconstructionSettings) -> None:
         raise FaketInputError(f"binning must be an integer >= 1, got {settings.binning!r}")
     if settings.binning_method not in ("mean", "cubic"):
         raise FaketInputError(f"unknown binning method {settings.binning_method!r}: use mean or cubic")
-    if settings.thickness is not None and (not isinstance(settings.thickness, int)
-                                           or settings.thickness < 1):
+    if settings.thickness is not None and (not isinstance(settings.thickness, int) or settings.thickness < 1):
         raise FaketInputError(f"thickness must be an integer >= 1, got {settings.thickness!r}")
     lo, hi = settings.z_range
     if not 0 <= lo < hi <= 1:
         raise FaketInputError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
 
 
-def output_shape(tilt_shape: tuple[int, int, int],
-                 settings: ReconstructionSettings = ReconstructionSettings()) -> tuple[int, int, int]:
+def output_shape(
+    tilt_shape: tuple[int, int, int], settings: ReconstructionSettings = ReconstructionSettings()
+) -> tuple[int, int, int]:
     """The ``(Z, Y', W')`` shape :func:`reconstruct` gives for tilts of ``(n, Y, W)``."""
     check_settings(settings)
     _, ny, w = tilt_shape
@@ -197,10 +200,14 @@ def output_shape(tilt_shape: tuple[int, int, int],
     return len(z_slices(settings.thickness or w, settings.z_range)), ny, w
 
 
-def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
-                settings: ReconstructionSettings = ReconstructionSettings(), *,
-                device: str | torch.device = "cpu",
-                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def reconstruct(
+    tilts: np.ndarray | torch.Tensor,
+    angles_deg: np.ndarray,
+    settings: ReconstructionSettings = ReconstructionSettings(),
+    *,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Weighted back-projection of a tilt-series into a volume.
 
     tilts: ``(n, Y, W)`` projections; angles_deg: ``(n,)`` degrees.
@@ -217,14 +224,14 @@ def reconstruct(tilts: np.ndarray | torch.Tensor, angles_deg: np.ndarray,
     theta = np.asarray(angles_deg, dtype=np.float64) * math.pi / 180
     weights = torch.as_tensor(angle_weights(theta), dtype=torch.float32, device=t.device)
     filt = filter_projections(t, settings.filter) * weights[:, None, None]
-    cols = filt.permute(0, 2, 1).reshape(n * w, ny)                   # (a*W, Y)
+    cols = filt.permute(0, 2, 1).reshape(n * w, ny)  # (a*W, Y)
     out = torch.empty((len(z_idx), ny, w), dtype=torch.float32, device=t.device)
     z_per = max(1, MAX_ENTRIES // (w * n * 2))
     th = torch.as_tensor(theta)
     for z0 in range(0, len(z_idx), z_per):
-        zs = z_idx[z0:z0 + z_per]
+        zs = z_idx[z0 : z0 + z_per]
         b = backprojection_matrix(th, zs, w, w, nz).to(t.device)
-        out[z0:z0 + len(zs)] = (b @ cols).reshape(len(zs), w, ny).permute(0, 2, 1)
+        out[z0 : z0 + len(zs)] = (b @ cols).reshape(len(zs), w, ny).permute(0, 2, 1)
         if progress is not None:
             progress(len(zs))
     return out

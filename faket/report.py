@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
     m = mse(a, b)
-    return math.inf if m == 0 else float(10 * math.log10(data_range ** 2 / m))
+    return math.inf if m == 0 else float(10 * math.log10(data_range**2 / m))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
@@ -89,7 +89,7 @@ def radial_power_spectrum(image: np.ndarray) -> np.ndarray:
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.fftfreq(w)[None, :]
     n = min(h, w)
-    r = np.rint(np.sqrt(fy ** 2 + fx ** 2) * n).astype(int).ravel()
+    r = np.rint(np.sqrt(fy**2 + fx**2) * n).astype(int).ravel()
     keep = r <= n // 2
     sums = np.bincount(r[keep], weights=p.ravel()[keep], minlength=n // 2 + 1)
     counts = np.bincount(r[keep], minlength=n // 2 + 1)
@@ -113,8 +113,8 @@ class ReportInputs:
     angles: a .tlt path or the angles themselves (degrees).
     """
 
-    stacks: dict[str, object]
-    reconstructions: dict[str, object] = field(default_factory=dict)
+    stacks: dict[str, Any]
+    reconstructions: dict[str, Any] = field(default_factory=dict)
     angles: object = None
 
 
@@ -158,8 +158,16 @@ def find_store_tomogram(store: Path, tomogram: str | None = None) -> ReportInput
     if name not in names:
         raise FaketInputError(f"store {store} has no tomogram {name!r} (it has: {', '.join(names)})")
     g = root[name]
-    stacks = {m: g[k] for m, k in (("noiseless", "noiseless"), ("noisy", "noisy"),
-                                   ("faket", "faket"), ("reference", "style")) if k in g}
+    stacks = {
+        m: g[k]
+        for m, k in (
+            ("noiseless", "noiseless"),
+            ("noisy", "noisy"),
+            ("faket", "faket"),
+            ("reference", "style"),
+        )
+        if k in g
+    }
     if "faket" in stacks and not done_mask(g, "faket").all():
         raise FaketInputError(f"{name}/faket in {store} is not complete: finish the run first")
     recs = {"faket": g["reconstruction"]} if "reconstruction" in g else {}
@@ -172,8 +180,9 @@ def find_run(run: Path) -> ReportInputs:
     if (run / "zarr.json").is_file():
         return find_store_tomogram(run)
     if not run.is_dir():
-        raise FaketInputError(f"run {run} is not a folder: give a run folder or the stacks "
-                              "with --noiseless/--faket/--reference")
+        raise FaketInputError(
+            f"run {run} is not a folder: give a run folder or the stacks with --noiseless/--faket/--reference"
+        )
     folders = [run / "tomo", run / "reference", run]
     stacks, recs = {}, {}
     for m in MODALITIES:
@@ -213,12 +222,15 @@ class Report:
             "angles": [float(a) for a in self.angles],
             "normalisation": "each stack scaled to [0, 1] by its own min and max; data range 1",
             "summary": {m: {k: num(v) for k, v in d.items()} for m, d in self.summary.items()},
-            "per_tilt": {m: {k: [num(v) for v in vals] for k, vals in d.items()}
-                         for m, d in self.per_tilt.items()},
+            "per_tilt": {
+                m: {k: [num(v) for v in vals] for k, vals in d.items()} for m, d in self.per_tilt.items()
+            },
             "spectrum_distance_to_reference": {
-                m: spectrum_distance(s, self.spectra["reference"]) for m, s in self.spectra.items()},
-            "tilt_stats": {m: {k: [float(x) for x in v] for k, v in d.items()}
-                           for m, d in self.tilt_stats.items()},
+                m: spectrum_distance(s, self.spectra["reference"]) for m, s in self.spectra.items()
+            },
+            "tilt_stats": {
+                m: {k: [float(x) for x in v] for k, v in d.items()} for m, d in self.tilt_stats.items()
+            },
             "style_distance": self.style,
             "inputs": self.inputs,
         }
@@ -229,18 +241,24 @@ def _open_all(inputs: ReportInputs):
 
     missing = [m for m in REQUIRED if m not in inputs.stacks]
     if missing:
-        raise FaketInputError(f"missing modality {', '.join(missing)}: a report needs the noiseless, "
-                              "FakET and reference stacks (give them or a run folder holding them)")
+        raise FaketInputError(
+            f"missing modality {', '.join(missing)}: a report needs the noiseless, "
+            "FakET and reference stacks (give them or a run folder holding them)"
+        )
     stacks = {m: _open(p, m) for m, p in inputs.stacks.items()}
     base = stacks["noiseless"].shape
     for m, s in stacks.items():
         if m == "reference":
             if s.shape[0] != base[0]:
-                raise FaketInputError(f"reference {s.path} has {s.shape[0]} tilts but noiseless "
-                                      f"{stacks['noiseless'].path} has {base[0]}: they must match")
+                raise FaketInputError(
+                    f"reference {s.path} has {s.shape[0]} tilts but noiseless "
+                    f"{stacks['noiseless'].path} has {base[0]}: they must match"
+                )
         elif s.shape != base:
-            raise FaketInputError(f"{m} {s.path} has shape {s.shape} but noiseless "
-                                  f"{stacks['noiseless'].path} has {base}: they must match")
+            raise FaketInputError(
+                f"{m} {s.path} has shape {s.shape} but noiseless "
+                f"{stacks['noiseless'].path} has {base}: they must match"
+            )
     if inputs.angles is None:
         angles = np.arange(base[0], dtype=np.float64)
     elif isinstance(inputs.angles, (str, Path)):
@@ -261,8 +279,14 @@ def check_inputs(inputs: ReportInputs) -> int:
     return n
 
 
-def compute_report(inputs: ReportInputs, *, weights=None, style_tilts: int = 9,
-                   device: str = "cpu", progress: Callable[[int], None] | None = None) -> Report:
+def compute_report(
+    inputs: ReportInputs,
+    *,
+    weights=None,
+    style_tilts: int = 9,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> Report:
     """Compute every metric; ``weights`` (a :class:`faket.weights.Weights`) enables the style distance."""
     from .nst import stack_range, to_unit
 
@@ -270,9 +294,10 @@ def compute_report(inputs: ReportInputs, *, weights=None, style_tilts: int = 9,
     n = stacks["noiseless"].shape[0]
     ranges = {m: stack_range(s.data) for m, s in stacks.items()}
     # The reference shows another specimen (or real data): it has no noiseless counterpart here.
-    per_tilt: dict[str, dict[str, list[float]]] = {m: {"mae": [], "mse": [], "psnr": [], "ssim": []}
-                                                   for m in stacks if m in SIMULATED}
-    spectra = {m: 0.0 for m in stacks}
+    per_tilt: dict[str, dict[str, list[float]]] = {
+        m: {"mae": [], "mse": [], "psnr": [], "ssim": []} for m in stacks if m in SIMULATED
+    }
+    spectra: dict[str, Any] = {m: 0.0 for m in stacks}
     stats = {m: {"mean": np.zeros(n), "std": np.zeros(n)} for m in stacks}
     for i in range(n):
         clean = to_unit(stacks["noiseless"].tilt(i), *ranges["noiseless"])
@@ -292,29 +317,55 @@ def compute_report(inputs: ReportInputs, *, weights=None, style_tilts: int = 9,
     per_tilt = {m: d for m, d in per_tilt.items() if d["mae"]}
     summary = {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in per_tilt.items()}
     histograms = _histograms(stacks)
-    style = (_style_distances(stacks, ranges, weights, style_tilts, device)
-             if weights is not None else {"computed": False})
+    style: dict[str, Any] = (
+        _style_distances(stacks, ranges, weights, style_tilts, device)
+        if weights is not None
+        else {"computed": False}
+    )
     for m, d in style.get("mean", {}).items():
         summary.setdefault(m, {})["style_distance"] = d
     for s in stacks.values():
         s.close()
-    return Report(n, angles, per_tilt, summary, spectra, stats, histograms, style,
-                  {m: str(p) for m, p in {**inputs.stacks, **{f"{k}_rec": v for k, v in
-                                                              inputs.reconstructions.items()}}.items()})
+    return Report(
+        n,
+        angles,
+        per_tilt,
+        summary,
+        spectra,
+        stats,
+        histograms,
+        style,
+        {
+            m: str(p)
+            for m, p in {
+                **inputs.stacks,
+                **{f"{k}_rec": v for k, v in inputs.reconstructions.items()},
+            }.items()
+        },
+    )
 
 
 def _histograms(stacks, bins: int = 100, sample: int = 200_000):
     """Density histograms of each stack (a strided sample of up to ``sample`` values)."""
     out = {}
-    lo = min(float(np.percentile(s.data[:: max(1, s.shape[0] // 8)], 0.5)) for m, s in stacks.items()
-             if m != "noiseless")
-    hi = max(float(np.percentile(s.data[:: max(1, s.shape[0] // 8)], 99.5)) for m, s in stacks.items()
-             if m != "noiseless")
+    lo = min(
+        float(np.percentile(s.data[:: max(1, s.shape[0] // 8)], 0.5))
+        for m, s in stacks.items()
+        if m != "noiseless"
+    )
+    hi = max(
+        float(np.percentile(s.data[:: max(1, s.shape[0] // 8)], 99.5))
+        for m, s in stacks.items()
+        if m != "noiseless"
+    )
     for m, s in stacks.items():
         step = max(1, int(np.prod(s.shape) // sample))
         values = np.concatenate([s.tilt(i).ravel()[::step] for i in range(s.shape[0])])
-        edges = (np.linspace(values.min(), values.max(), bins + 1) if m == "noiseless"
-                 else np.linspace(lo, hi, bins + 1))
+        edges = (
+            np.linspace(values.min(), values.max(), bins + 1)
+            if m == "noiseless"
+            else np.linspace(lo, hi, bins + 1)
+        )
         counts, edges = np.histogram(values, bins=edges, density=True)
         out[m] = (counts, edges)
     return out
@@ -338,15 +389,20 @@ def _style_distances(stacks, ranges, weights, style_tilts: int, device: str) -> 
             feats = transfer.net(transfer._as_batch(x), layers)
         return {k: gram(feats[k]) for k in layers}
 
-    per = {m: [] for m in stacks if m != "reference"}
+    per: dict[str, list] = {m: [] for m in stacks if m != "reference"}
     for i in tilts:
         ref = grams("reference", i)
         for m in per:
             g = grams(m, i)
             d = sum(float(scaled_error(g[k], ref[k])) * w for k, w in zip(layers, transfer.style_weights))
             per[m].append(d)
-    return {"computed": True, "tilts": tilts, "weights": weights.identity,
-            "per_tilt": per, "mean": {m: float(np.mean(v)) for m, v in per.items()}}
+    return {
+        "computed": True,
+        "tilts": tilts,
+        "weights": weights.identity,
+        "per_tilt": per,
+        "mean": {m: float(np.mean(v)) for m, v in per.items()},
+    }
 
 
 # --------------------------------------------------------------------------- figures
@@ -368,8 +424,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def montage(inputs: ReportInputs, angles: np.ndarray, path: Path,
-            show: tuple[float, ...] = (0.0, -40.0, 40.0)) -> Path:
+def montage(
+    inputs: ReportInputs, angles: np.ndarray, path: Path, show: tuple[float, ...] = (0.0, -40.0, 40.0)
+) -> Path:
     """Rows: tilts nearest to ``show`` degrees; columns: modalities.
 
     NOISY, BASELINE, FakET and the reference share contrast limits (1st-99th
@@ -379,14 +436,15 @@ def montage(inputs: ReportInputs, angles: np.ndarray, path: Path,
     plt = _plt()
     names = [m for m in MODALITIES if m in inputs.stacks]
     rows = sorted({int(np.argmin(np.abs(angles - a))) for a in show}, key=lambda i: angles[i])
-    fig, axes = plt.subplots(len(rows), len(names), figsize=(2.7 * len(names), 2.8 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(names), figsize=(2.7 * len(names), 2.8 * len(rows)), squeeze=False
+    )
     opened = {m: _open(inputs.stacks[m], m, check_finite=False) for m in names}
     for r, i in enumerate(rows):
         lo, hi = np.percentile(opened["reference"].tilt(i), [1, 99])
         for c, m in enumerate(names):
             img = opened[m].tilt(i)
-            vmin, vmax = (np.percentile(img, [1, 99]) if m == "noiseless" else (lo, hi))
+            vmin, vmax = np.percentile(img, [1, 99]) if m == "noiseless" else (lo, hi)
             axes[r, c].imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
             axes[r, c].set_title(f"{m}  {angles[i]:+.0f}", fontsize=9)
             axes[r, c].set_xticks([])
@@ -435,8 +493,9 @@ def tilt_stats_figure(report: Report, path: Path) -> Path:
     for m in MODALITIES:
         if m in report.tilt_stats and m != "noiseless":
             for ax, k in zip(axes, ("mean", "std")):
-                ax.plot(report.angles, report.tilt_stats[m][k], "o-" if m == "reference" else "-",
-                        label=m, ms=3)
+                ax.plot(
+                    report.angles, report.tilt_stats[m][k], "o-" if m == "reference" else "-", label=m, ms=3
+                )
     for ax, k in zip(axes, ("mean", "std")):
         ax.set_xlabel("tilt angle (deg)")
         ax.set_ylabel(f"per-tilt {k}")
@@ -482,13 +541,21 @@ def reconstruction_figure(inputs: ReportInputs, path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- assemble
-def write_report(inputs: ReportInputs, out_dir: Path, *, weights=None, style_tilts: int = 9,
-                 device: str = "cpu", progress: Callable[[int], None] | None = None) -> Path:
+def write_report(
+    inputs: ReportInputs,
+    out_dir: Path,
+    *,
+    weights=None,
+    style_tilts: int = 9,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Compute the report and write ``out_dir/index.html``, ``metrics.json`` and the PNGs."""
     from .io import atomic_path
 
-    report = compute_report(inputs, weights=weights, style_tilts=style_tilts, device=device,
-                            progress=progress)
+    report = compute_report(
+        inputs, weights=weights, style_tilts=style_tilts, device=device, progress=progress
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
@@ -512,6 +579,7 @@ def write_report(inputs: ReportInputs, out_dir: Path, *, weights=None, style_til
 
 def metrics_table(data: dict) -> list[list[str]]:
     """Rows of the summary table: modality, MAE, MSE, PSNR, SSIM, spectrum and style distance."""
+
     def fmt_value(v, fmt: str) -> str:
         return "" if v is None else (v if isinstance(v, str) else fmt.format(v))
 
@@ -524,42 +592,64 @@ def metrics_table(data: dict) -> list[list[str]]:
         def f(k, fmt="{:.4f}", s=s):
             return fmt_value(s.get(k), fmt)
 
-        rows.append([m, f("mae"), f("mse"), f("psnr", "{:.2f}"), f("ssim"),
-                     "{:.3f}".format(data["spectrum_distance_to_reference"][m]),
-                     f("style_distance", "{:.4g}")])
+        rows.append(
+            [
+                m,
+                f("mae"),
+                f("mse"),
+                f("psnr", "{:.2f}"),
+                f("ssim"),
+                "{:.3f}".format(data["spectrum_distance_to_reference"][m]),
+                f("style_distance", "{:.4g}"),
+            ]
+        )
     return rows
 
 
-TABLE_HEADER = ["modality", "MAE", "MSE", "PSNR (dB)", "SSIM", "spectrum dist. to ref.",
-                "style dist. to ref."]
+TABLE_HEADER = [
+    "modality",
+    "MAE",
+    "MSE",
+    "PSNR (dB)",
+    "SSIM",
+    "spectrum dist. to ref.",
+    "style dist. to ref.",
+]
 
 
 def _html(data: dict, figures: dict[str, Path]) -> str:
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>\n"
-                   for r in metrics_table(data))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>\n" for r in metrics_table(data)
+    )
     head = "".join(f"<th>{h}</th>" for h in TABLE_HEADER)
     captions = {
         "montage.png": "Tilts near 0 and +/-40 degrees. NOISY, BASELINE, FakET and the reference "
-                       "share contrast limits (1st-99th percentile of the reference tilt).",
+        "share contrast limits (1st-99th percentile of the reference tilt).",
         "spectra.png": "Rotationally averaged power spectra (each normalised to total power 1).",
         "histograms.png": "Intensity histograms.",
         "tilt_stats.png": "Per-tilt mean and std against the reference.",
         "metrics_per_tilt.png": "Metrics against the noiseless projections, per tilt "
-                                "(stacks scaled to [0, 1]).",
+        "(stacks scaled to [0, 1]).",
         "reconstruction.png": "Central XY and XZ slices of the reconstructions.",
     }
-    figs = "".join(f'<figure><img src="{name}" alt="{name}"><figcaption>'
-                   f'{html.escape(captions.get(name, ""))}</figcaption></figure>\n' for name in figures)
+    figs = "".join(
+        f'<figure><img src="{name}" alt="{name}"><figcaption>'
+        f"{html.escape(captions.get(name, ''))}</figcaption></figure>\n"
+        for name in figures
+    )
     style = data["style_distance"]
-    style_note = (f"Style distance on tilts {style['tilts']} with {style['weights'].get('kind')} "
-                  "VGG-19 weights." if style.get("computed") else "Style distance not computed.")
+    style_note = (
+        f"Style distance on tilts {style['tilts']} with {style['weights'].get('kind')} VGG-19 weights."
+        if style.get("computed")
+        else "Style distance not computed."
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>faket report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}
 figure{{margin:1.5em 0}}img{{max-width:100%}}</style></head><body>
 <h1>faket report</h1>
-<p>{data['n_tilts']} tilts. Metrics against the noiseless projections after scaling each stack to
+<p>{data["n_tilts"]} tilts. Metrics against the noiseless projections after scaling each stack to
 [0, 1] by its own min and max. {html.escape(style_note)}</p>
 <table><tr>{head}</tr>
 {rows}</table>

@@ -38,8 +38,10 @@ CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 #: cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2).
 CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 #: The ``--reproducible`` option's help, the same in every command that has it.
-HELP = (f"Reproducible arithmetic, as {ENV_VAR}=1: CPU kernels pinned to AVX2 (exact to the golden "
-        "fixtures on any x86-64 CPU); on CUDA strict float32 and deterministic algorithms.")
+HELP = (
+    f"Reproducible arithmetic, as {ENV_VAR}=1: CPU kernels pinned to AVX2 (exact to the golden "
+    "fixtures on any x86-64 CPU); on CUDA strict float32 and deterministic algorithms."
+)
 #: What ``torch.backends.cpu.get_cpu_capability()`` reports under the pin.
 PINNED_CAPABILITY = "AVX2"
 
@@ -61,8 +63,10 @@ def requested(environ: MutableMapping[str, str] | None = None) -> bool:
     if value in FALSE_VALUES or value == "":
         return False
     allowed = ", ".join(TRUE_VALUES + FALSE_VALUES)
-    raise FaketInputError(f"environment variable {ENV_VAR}={env.get(ENV_VAR)!r} is not allowed: "
-                          f"use one of {allowed} (or leave it unset)")
+    raise FaketInputError(
+        f"environment variable {ENV_VAR}={env.get(ENV_VAR)!r} is not allowed: "
+        f"use one of {allowed} (or leave it unset)"
+    )
 
 
 def switch_environment() -> dict[str, str]:
@@ -102,7 +106,8 @@ def enable() -> None:
         if level != PINNED_CAPABILITY:
             raise FaketInputError(
                 f"torch already chose {level} CPU kernels before the reproducible switch: "
-                f"set {ENV_VAR}=1 in the environment before starting Python")
+                f"set {ENV_VAR}=1 in the environment before starting Python"
+            )
 
 
 def cpu_capability() -> str:
@@ -116,8 +121,10 @@ def check_precision(precision: str) -> bool:
     """Refuse a precision mode the switch cannot honour; returns whether the switch is on."""
     on = requested()
     if on and precision != "float32":
-        raise FaketInputError(f"precision {precision!r} cannot be reproducible: use --precision "
-                              f"float32 with {ENV_VAR}=1 / --reproducible, or drop the switch")
+        raise FaketInputError(
+            f"precision {precision!r} cannot be reproducible: use --precision "
+            f"float32 with {ENV_VAR}=1 / --reproducible, or drop the switch"
+        )
     return on
 
 
@@ -131,7 +138,7 @@ def configure_device(device: Any, precision: str) -> None:
     import torch
 
     on = check_precision(precision)
-    if on:   # warn_only: an op without a deterministic kernel warns rather than ends the run
+    if on:  # warn_only: an op without a deterministic kernel warns rather than ends the run
         torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.device(device).type == "cuda":
         tf32 = precision == "tf32" and not on
@@ -182,9 +189,9 @@ def compute_record(device: Any = "cpu", precision: str | None = None) -> dict[st
     """What a result was computed with, for provenance and ``faket info``.
 
     Keys: ``device``, ``device_name``, ``cpu_capability`` (ATen's kernel level in
-    use), ``host_isa`` (the CPU's widest vector ISA), ``cpu_pin`` (the pinning variables set, if any), ``reproducible``,
-    ``precision``, ``torch``, ``cuda`` and ``cudnn`` versions (``None`` without CUDA),
-    ``cpu_threads``.
+    use), ``host_isa`` (the CPU's widest vector ISA), ``cpu_pin`` (the pinning
+    variables set, if any), ``reproducible``, ``precision``, ``torch``, ``cuda``
+    and ``cudnn`` versions (``None`` without CUDA), ``cpu_threads``.
     """
     import torch
 

@@ -45,7 +45,7 @@ def describe_error(err: ValidationError, where: str = "") -> str:
     first = err.errors()[0]
     inner = first.get("ctx", {}).get("error")
     if first["type"] == "value_error" and isinstance(inner, FaketInputError):
-        return str(inner)                  # a nested settings model already said it in one line
+        return str(inner)  # a nested settings model already said it in one line
     key = ".".join(str(p) for p in first["loc"]) or "value"
     shown = f"{where}{'.' if where else ''}{key}"
     if first["type"] == "missing":

@@ -68,16 +68,19 @@ def open_store(path: str | os.PathLike, mode: str = "a"):
     try:
         root = zarr.open_group(str(p), mode=mode, zarr_format=3)
     except Exception as err:  # zarr raises several types for a foreign folder
-        raise FaketInputError(f"{p} is not a readable Zarr v3 store ({type(err).__name__}): "
-                              "give a store written by faket") from None
+        raise FaketInputError(
+            f"{p} is not a readable Zarr v3 store ({type(err).__name__}): give a store written by faket"
+        ) from None
     if mode != "r" and "format" not in root.attrs:
         root.attrs.update({"format": FORMAT, "version": FORMAT_VERSION})
     elif root.attrs.get("format") != FORMAT:
         raise FaketInputError(f"{p} is a Zarr store but not a faket run store")
     version = root.attrs.get("version")
     if version != FORMAT_VERSION:
-        raise FaketInputError(f"store {p} has format version {version}, this faket reads version "
-                              f"{FORMAT_VERSION}: finish it with the faket that wrote it, or use a new store")
+        raise FaketInputError(
+            f"store {p} has format version {version}, this faket reads version "
+            f"{FORMAT_VERSION}: finish it with the faket that wrote it, or use a new store"
+        )
     return root
 
 
@@ -89,8 +92,10 @@ def tomograms(root) -> list[str]:
 def _check_shape(group, name: str, shape: tuple[int, ...]):
     arr = group[name]
     if tuple(arr.shape) != tuple(shape):
-        raise FaketInputError(f"store array {group.path}/{name} has shape {tuple(arr.shape)}, "
-                              f"expected {tuple(shape)}: use a new output store")
+        raise FaketInputError(
+            f"store array {group.path}/{name} has shape {tuple(arr.shape)}, "
+            f"expected {tuple(shape)}: use a new output store"
+        )
     return arr
 
 
@@ -111,9 +116,16 @@ def create_stack(group, name: str, shape: tuple[int, int, int]):
         arr = _check_shape(group, name, shape)
     else:
         chunks, shards = tilt_chunks(shape[1], shape[2])
-        arr = group.create_array(name, shape=shape, dtype="float32", chunks=chunks, shards=shards,
-                                 fill_value=0.0, compressors=zarr.codecs.ZstdCodec(level=1),
-                                 dimension_names=("tilt", "y", "x"))
+        arr = group.create_array(
+            name,
+            shape=shape,
+            dtype="float32",
+            chunks=chunks,
+            shards=shards,
+            fill_value=0.0,
+            compressors=zarr.codecs.ZstdCodec(level=1),
+            dimension_names=("tilt", "y", "x"),
+        )
     _flags(group, name, shape[0])
     return arr
 
@@ -124,8 +136,9 @@ def create_volume(group, name: str, shape: tuple[int, int, int]):
         arr = _check_shape(group, name, shape)
     else:
         chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
-        arr = group.create_array(name, shape=shape, dtype="float32", chunks=chunks, fill_value=0.0,
-                                 dimension_names=("z", "y", "x"))
+        arr = group.create_array(
+            name, shape=shape, dtype="float32", chunks=chunks, fill_value=0.0, dimension_names=("z", "y", "x")
+        )
     _flags(group, name, 1)
     return arr
 
@@ -143,8 +156,10 @@ def _flag_array(group, name: str):
     try:
         return group[f"done_{name}"]
     except KeyError:
-        raise FaketInputError(f"store group {group.path} has no done flags for {name}: the driver "
-                              "creates every array first (a store of an older faket?)") from None
+        raise FaketInputError(
+            f"store group {group.path} has no done flags for {name}: the driver "
+            "creates every array first (a store of an older faket?)"
+        ) from None
 
 
 def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
@@ -173,8 +188,7 @@ def changed_settings(recorded: dict, now: dict) -> list[str]:
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
 
 
-def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0,
-                 volume: bool = False) -> Path:
+def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0, volume: bool = False) -> Path:
     """Stream a (n, Y, X) Zarr array to MRC one slice at a time (bounded memory)."""
     from .io import MrcWriter
 
@@ -184,8 +198,9 @@ def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0,
     return Path(path)
 
 
-def export_store(path: str | os.PathLike, out_dir: str | os.PathLike,
-                 only: Iterable[str] | None = None, progress=None) -> list[Path]:
+def export_store(
+    path: str | os.PathLike, out_dir: str | os.PathLike, only: Iterable[str] | None = None, progress=None
+) -> list[Path]:
     """Export every tomogram (or ``only`` these) of a store to MRC files and .tlt angles.
 
     Writes ``out_dir/<tomogram>/<array>.mrc`` for each complete array and
@@ -198,8 +213,7 @@ def export_store(path: str | os.PathLike, out_dir: str | os.PathLike,
     if only:
         missing = sorted(set(only) - set(names))
         if missing:
-            raise FaketInputError(f"store {path} has no tomogram {missing[0]!r} "
-                                  f"(it has: {', '.join(names)})")
+            raise FaketInputError(f"store {path} has no tomogram {missing[0]!r} (it has: {', '.join(names)})")
         names = [n for n in names if n in set(only)]
     written = []
     out_dir = Path(out_dir)
@@ -213,15 +227,20 @@ def export_store(path: str | os.PathLike, out_dir: str | os.PathLike,
                 continue
             mask = done_mask(g, stage)
             if not mask.all():
-                raise FaketInputError(f"{name}/{stage} in {path} has {int((~mask).sum())} tilts not "
-                                      "done: finish the run first (rerun the same spec)")
+                raise FaketInputError(
+                    f"{name}/{stage} in {path} has {int((~mask).sum())} tilts not "
+                    "done: finish the run first (rerun the same spec)"
+                )
             written.append(export_stack(g[stage], target / f"{stage}.mrc", vs))
             if progress is not None:
                 progress(1)
         for vol in VOLUMES:
             if vol in g and done_mask(g, vol).all():
-                written.append(export_stack(g[vol], target / f"{vol}.mrc",
-                                            float(g[vol].attrs.get("voxel_size", vs)), volume=True))
+                written.append(
+                    export_stack(
+                        g[vol], target / f"{vol}.mrc", float(g[vol].attrs.get("voxel_size", vs)), volume=True
+                    )
+                )
         if "angles" in g.attrs:
             written.append(write_tlt(target / "angles.tlt", np.asarray(g.attrs["angles"])))
     return written

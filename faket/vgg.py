@@ -18,8 +18,24 @@ from torch import nn
 from .errors import FaketInputError
 
 CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
-CONV_CHANNELS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 256,
-                                  512, 512, 512, 512, 512, 512, 512, 512)
+CONV_CHANNELS: tuple[int, ...] = (
+    64,
+    64,
+    128,
+    128,
+    256,
+    256,
+    256,
+    256,
+    512,
+    512,
+    512,
+    512,
+    512,
+    512,
+    512,
+    512,
+)
 POOL_INDICES: tuple[int, ...] = (4, 9, 18, 27, 36)
 N_LAYERS = 37
 LAYER_NAMES: dict[int, str] = {}
@@ -60,25 +76,32 @@ def validate_state_dict(state: Mapping[str, object], source: str) -> dict[str, t
     raises FaketInputError naming ``source``. Returns float32 CPU tensors.
     """
     if not isinstance(state, Mapping):
-        raise FaketInputError(f"weights {source} is not a state dict (got {type(state).__name__}):"
-                              " give a torchvision VGG-19 state dict file")
+        raise FaketInputError(
+            f"weights {source} is not a state dict (got {type(state).__name__}):"
+            " give a torchvision VGG-19 state dict file"
+        )
     shapes = expected_shapes()
     missing = [k for k in shapes if k not in state]
     if missing:
-        raise FaketInputError(f"weights {source} lacks {len(missing)} VGG-19 keys (first: "
-                              f"{missing[0]}): give a torchvision VGG-19 state dict")
+        raise FaketInputError(
+            f"weights {source} lacks {len(missing)} VGG-19 keys (first: "
+            f"{missing[0]}): give a torchvision VGG-19 state dict"
+        )
     unknown = [k for k in state if k not in shapes and not str(k).startswith("classifier.")]
     if unknown:
-        raise FaketInputError(f"weights {source} has unexpected key {unknown[0]!r}: "
-                              "give a torchvision VGG-19 state dict")
+        raise FaketInputError(
+            f"weights {source} has unexpected key {unknown[0]!r}: give a torchvision VGG-19 state dict"
+        )
     out: dict[str, torch.Tensor] = {}
     for key, shape in shapes.items():
         t = state[key]
         if not isinstance(t, torch.Tensor):
             raise FaketInputError(f"weights {source}: {key} is not a tensor")
         if tuple(t.shape) != shape:
-            raise FaketInputError(f"weights {source}: {key} has shape {tuple(t.shape)}, "
-                                  f"expected {shape}: give VGG-19 (not another network)")
+            raise FaketInputError(
+                f"weights {source}: {key} has shape {tuple(t.shape)}, "
+                f"expected {shape}: give VGG-19 (not another network)"
+            )
         if not t.is_floating_point():
             raise FaketInputError(f"weights {source}: {key} has dtype {t.dtype}, expected float")
         if not torch.isfinite(t).all():
@@ -94,8 +117,10 @@ def check_layers(layers: Iterable[int], what: str) -> list[int]:
         raise FaketInputError(f"no {what} layers given: give at least one index in 0..36")
     bad = [i for i in layers if not 0 <= int(i) < N_LAYERS]
     if bad:
-        raise FaketInputError(f"unknown {what} layer index {bad[0]}: VGG-19 features has "
-                              f"layers 0..{N_LAYERS - 1} (e.g. 1, 6, 11, 20, 29 = relu1_1..relu5_1)")
+        raise FaketInputError(
+            f"unknown {what} layer index {bad[0]}: VGG-19 features has "
+            f"layers 0..{N_LAYERS - 1} (e.g. 1, 6, 11, 20, 29 = relu1_1..relu5_1)"
+        )
     return [int(i) for i in layers]
 
 
@@ -195,13 +220,13 @@ class VGGFeatures(nn.Module):
     it is normalised with the ImageNet statistics inside :meth:`forward`.
     """
 
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], layers: Iterable[int],
-                 pooling: str = "max") -> None:
+    def __init__(
+        self, state_dict: Mapping[str, torch.Tensor], layers: Iterable[int], pooling: str = "max"
+    ) -> None:
         super().__init__()
         layers = check_layers(layers, "network")
         if pooling not in POOLING_SCALES:
-            raise FaketInputError(f"unknown pooling {pooling!r}: use one of "
-                                  f"{', '.join(POOLING_SCALES)}")
+            raise FaketInputError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLING_SCALES)}")
         self.last = max(layers)
         taken = set(layers)
         mods: list[nn.Module] = []
@@ -213,7 +238,7 @@ class VGGFeatures(nn.Module):
                 conv = _EdgeConv3x3(c_in, c_out) if i == 0 else _Conv3x3(c_in, c_out, 3, padding=1)
                 with torch.no_grad():
                     conv.weight.copy_(state_dict[f"features.{i}.weight"])
-                    conv.bias.copy_(state_dict[f"features.{i}.bias"])
+                    conv.bias.copy_(state_dict[f"features.{i}.bias"])  # type: ignore[union-attr]
                 mods.append(conv)
                 c_in = c_out
             elif i in POOL_INDICES:
@@ -243,7 +268,7 @@ class VGGFeatures(nn.Module):
         if min(h, w) < need:
             raise FaketInputError(f"image is {h}x{w} but layer {stop} needs at least {need}x{need}")
         feats: dict[int, torch.Tensor] = {}
-        x = (x - self.mean) / self.std
+        x = (x - self.mean) / self.std  # type: ignore[operator]  # registered buffers
         for i in range(stop + 1):
             x = self.body[i](x)
             if i in wanted:

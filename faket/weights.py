@@ -29,7 +29,7 @@ import torch
 
 from .errors import FaketInputError
 from .io import atomic_path, cached_sha256
-from .vgg import CONV_INDICES, CONV_CHANNELS, validate_state_dict
+from .vgg import CONV_CHANNELS, CONV_INDICES, validate_state_dict
 
 IMAGENET_FILENAME = "vgg19-dcbb9e9d.pth"
 IMAGENET_URL = "https://download.pytorch.org/models/" + IMAGENET_FILENAME
@@ -69,8 +69,10 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a bad file
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise FaketInputError(f"weights file {p} cannot be loaded as a weights-only state dict "
-                              f"({first}): give a torchvision VGG-19 .pth file") from None
+        raise FaketInputError(
+            f"weights file {p} cannot be loaded as a weights-only state dict "
+            f"({first}): give a torchvision VGG-19 .pth file"
+        ) from None
     return validate_state_dict(state, str(p))
 
 
@@ -95,8 +97,13 @@ def _hash_prefix(url: str) -> str | None:
     return m.group(1) if m else None
 
 
-def fetch_imagenet(dest: str | os.PathLike | None = None, *, url: str | None = None,
-                   timeout: float = DOWNLOAD_TIMEOUT_S, progress: bool = False) -> Path:
+def fetch_imagenet(
+    dest: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    progress: bool = False,
+) -> Path:
     """Download torchvision's VGG-19 file to ``dest`` (default: the hub cache).
 
     The SHA-256 of the download must start with the hash in the file name
@@ -127,20 +134,25 @@ def fetch_imagenet(dest: str | os.PathLike | None = None, *, url: str | None = N
             bar.close()
         digest = h.hexdigest()
         if prefix and not digest.startswith(prefix):
-            raise FaketInputError(f"download of {url} has SHA-256 {digest[:12]}..., expected "
-                                  f"{prefix}...: the file is corrupt or not the right one")
+            raise FaketInputError(
+                f"download of {url} has SHA-256 {digest[:12]}..., expected "
+                f"{prefix}...: the file is corrupt or not the right one"
+            )
     return target
 
 
 def _not_found_message(tried: list[str]) -> str:
-    return ("ImageNet VGG-19 weights not found (tried " + "; ".join(tried) + "). "
-            "On a machine with internet run `faket weights fetch` once, then copy "
-            f"{IMAGENET_FILENAME} to {hub_checkpoint_path()} here or set {ENV_WEIGHTS}=/path/to/"
-            f"{IMAGENET_FILENAME}; or run with --vgg-weights random (lower quality)")
+    return (
+        "ImageNet VGG-19 weights not found (tried " + "; ".join(tried) + "). "
+        "On a machine with internet run `faket weights fetch` once, then copy "
+        f"{IMAGENET_FILENAME} to {hub_checkpoint_path()} here or set {ENV_WEIGHTS}=/path/to/"
+        f"{IMAGENET_FILENAME}; or run with --vgg-weights random (lower quality)"
+    )
 
 
-def resolve_weights(spec: str = "imagenet", *, seed: int = 0, download: bool | None = None,
-                    with_sha256: bool = True) -> Weights:
+def resolve_weights(
+    spec: str = "imagenet", *, seed: int = 0, download: bool | None = None, with_sha256: bool = True
+) -> Weights:
     """Resolve ``--vgg-weights`` to a checked state dict.
 
     spec: ``imagenet``, ``random`` or a file path.
@@ -148,8 +160,10 @@ def resolve_weights(spec: str = "imagenet", *, seed: int = 0, download: bool | N
     download: allow the download step (default: unless ``FAKET_NO_DOWNLOAD`` is set).
     """
     if spec == "random":
-        return Weights(random_state_dict(seed), {"kind": "random", "seed": int(seed),
-                                                 "init": "he-normal fan-out, zero bias"})
+        return Weights(
+            random_state_dict(seed),
+            {"kind": "random", "seed": int(seed), "init": "he-normal fan-out, zero bias"},
+        )
     if spec != "imagenet":
         path = Path(spec).expanduser()
         sd = load_weights_file(path)
@@ -199,5 +213,4 @@ def weights_status() -> dict:
         return {"imagenet": "env", "path": env, "exists": Path(env).is_file()}
     if cached.is_file():
         return {"imagenet": "hub cache", "path": str(cached), "exists": True}
-    return {"imagenet": "missing (download on first use when online)", "path": str(cached),
-            "exists": False}
+    return {"imagenet": "missing (download on first use when online)", "path": str(cached), "exists": False}

@@ -105,6 +105,55 @@ def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeyp
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
 
 
+def _actor_pids() -> list[int]:
+    """PIDs of this machine's NST actor processes (Ray titles them ``ray::NSTWorker...``)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"ray::NSTWorker" in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _done(store: Path) -> int:
+    try:
+        root = open_store(store, mode="r")
+        return sum(int(done_mask(root[n], "faket").sum()) for n in ("tomo_000", "tomo_001") if n in root)
+    except Exception:                                      # not laid out yet
+        return 0
+
+
+def test_actor_killed_by_pid_equals_an_uninterrupted_run(inputs, tmp_path, local_ray):
+    """SIGKILL of an actor process from outside, mid-run: bit-identical to a run without it."""
+    import threading
+
+    extra = {'export = "': '# export = "', "[resources]": "[resources]\nshare_style = 1\nretry_backoff = 0.05"}
+    spec = load_spec(_spec_copy(inputs, tmp_path, **extra))
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run(spec, say=lambda m: None)), daemon=True)
+    thread.start()
+    killed, deadline = None, time.time() + 240
+    while thread.is_alive() and time.time() < deadline and killed is None:
+        pids = _actor_pids()
+        if pids and _done(spec.store) >= 2:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    thread.join(timeout=240)
+    assert killed is not None and result.get("failed") == [], result.get("failed")
+    assert result["done_now"] == 14 and _done(spec.store) == 14          # 0 missing
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean = load_spec(_spec_copy(inputs, clean_dir, **extra))
+    assert run(clean, say=lambda m: None)["done_now"] == 14
+    a, b = open_store(spec.store, mode="r"), open_store(clean.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        assert np.array_equal(np.asarray(a[name]["faket"][:]), np.asarray(b[name]["faket"][:]))
+
+
 def test_driver_killed_then_rerun_finishes_the_rest(inputs, tmp_path, test_weights):
     spec_path = _spec_copy(inputs, tmp_path, **{"actors = 2": "actors = 1",
                                                  'export = "': '# export = "'})
