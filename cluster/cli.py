@@ -8,7 +8,9 @@ python -m faket_cluster demo [--out-dir demo_out] [--tomograms 2] [--size 64]
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +66,9 @@ def run_cmd(
     ),
     actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
     reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
+    summary_file: Optional[Path] = typer.Option(
+        None, "--summary", help="Write the JSON summary to this file instead of stdout."
+    ),
     restart_stage: Optional[str] = typer.Option(
         None,
         help="Redo this stage and every later one on purpose (prepare, stylize, "
@@ -78,8 +83,21 @@ def run_cmd(
 
         enable()
     _stage(restart_stage)  # a bad stage name ends here, before any work
-    summary = _run(spec, address, actors, restart_stage)
-    print(json.dumps(summary, indent=1))
+    # Ray's own messages (e.g. "(raylet) A worker died ...") go to stderr: stdout carries
+    # only the JSON summary, so `faket run SPEC > summary.json` stays valid JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _run(spec, address, actors, restart_stage)
+        import ray
+
+        ray.shutdown()
+    text = json.dumps(summary, indent=1)
+    if summary_file is not None:
+        from faket.io import atomic_path
+
+        with atomic_path(summary_file) as tmp:
+            tmp.write_text(text + "\n")
+    else:
+        print(text)
     raise_if_failed(summary)
 
 
