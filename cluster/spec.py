@@ -212,8 +212,8 @@ class StyleSection(Settings):
     pool: list[Str] = []
 
 
-class TomogramEntry(Settings):
-    section = "tomogram"
+class _Sources(Settings):
+    """The input files of a tomogram entry (paths relative to the spec file)."""
 
     name: Optional[Str] = None
     volume: Optional[Str] = None
@@ -221,18 +221,17 @@ class TomogramEntry(Settings):
     angles: Optional[Str] = None
     labels: Optional[Str] = None
     particles: Optional[Str] = None
+
+
+class TomogramEntry(_Sources):
+    section = "tomogram"
+
     seed: Optional[Int] = None
 
 
-class ManifestEntry(Settings):
+class ManifestEntry(_Sources):
     section = "manifest"
 
-    name: Optional[Str] = None
-    volume: Optional[Str] = None
-    tilts: Optional[Str] = None
-    angles: Optional[Str] = None
-    labels: Optional[Str] = None
-    particles: Optional[Str] = None
     seeds: list[Int] = [0]
     styles: Optional[list[Str]] = None
 
