@@ -15,7 +15,6 @@ argument so that a worker can process one tilt of a large stack alone.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence, cast
@@ -24,12 +23,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._tiling import TiledSteps, tile_cuts
 from .errors import FaketInputError
+from .losses import SCALED_ERROR_EPS, gram, normalised_weights, scaled_error, tv_loss
 from .reproducible import check_precision, configure_device
-from .settings import TILE_GRID, NSTSettings
-from .vgg import VGGFeatures, activation_floats_per_pixel, check_layers, min_input_size, tile_halo
+from .settings import NSTSettings
+from .vgg import VGGFeatures, check_layers, min_input_size
 
-SCALED_ERROR_EPS = 1e-8
+__all__ = [
+    "SCALED_ERROR_EPS",
+    "Adam",
+    "BatchResult",
+    "StyleTransfer",
+    "check_stacks",
+    "gen_scales",
+    "gram",
+    "iter_stylize",
+    "match_tilt_stats",
+    "normalised_weights",
+    "scaled_error",
+    "size_at_scale",
+    "stack_range",
+    "stylize_stack",
+    "stylize_tilts",
+    "tile_cuts",
+    "to_unit",
+    "tv_loss",
+    "validate_settings",
+]
 
 
 # --------------------------------------------------------------------------- scaling
@@ -73,38 +94,6 @@ def match_tilt_stats(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     m2 = ref.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
     x -= m1 - m2
     return x
-
-
-# --------------------------------------------------------------------------- losses
-def scaled_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-item scaled squared error ``sum(d^2) / (sum(|d|) + 1e-8)``, ``d = x - target``.
-
-    x, target: ``(B, ...)``. Returns ``(B,)``.
-    """
-    d = x - target
-    return d.pow(2).flatten(1).sum(1) / d.abs().flatten(1).sum(1).add(SCALED_ERROR_EPS)
-
-
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrices ``F F^T / (h w)`` of features ``(B, C, h, w)``: ``(B, C, C)``."""
-    mat = features.flatten(-2)
-    return mat @ mat.transpose(-2, -1) / mat.shape[-1]
-
-
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Per-item L2 total variation (mean over channels and pixels) of ``(B, C, H, W)``: ``(B,)``."""
-    x = F.pad(x, (0, 1, 0, 1), "replicate")
-    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return (dx**2 + dy**2).flatten(1).mean(1)
-
-
-def normalised_weights(weights: Sequence[float], what: str) -> list[float]:
-    """Divide a list of layer weights by the sum of their absolute values."""
-    total = sum(abs(float(w)) for w in weights)
-    if total == 0:
-        raise FaketInputError(f"{what} weights are all zero: give at least one non-zero weight")
-    return [float(w) / total for w in weights]
 
 
 class _EMA:
@@ -208,7 +197,7 @@ class BatchResult:
     losses: torch.Tensor
 
 
-class StyleTransfer:
+class StyleTransfer(TiledSteps):
     """A VGG-19 loaded once on a device, stylising batches of tilts with fixed settings.
 
     weights: a checked VGG-19 features state dict (:mod:`faket.weights`).
@@ -250,7 +239,7 @@ class StyleTransfer:
         # NHWC activations, and the network compiled by torch.compile (inductor).
         self.channels_last = channels_last
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.net = self.net.to(memory_format=torch.channels_last)
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
         # Process-wide switches: PyTorch lets cuDNN convolutions use TF32 by default;
         # float32 means float32 here. FAKET_REPRODUCIBLE adds deterministic algorithms.
@@ -418,163 +407,6 @@ class StyleTransfer:
         per_tilt = cast(torch.Tensor, sum(terms))
         (grad,) = torch.autograd.grad(per_tilt.sum(), image)
         return grad, per_tilt.detach()
-
-    # ---------------------------------------------------------------- one step, in tiles
-    def _tiles(
-        self, h: int, w: int, b: int
-    ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]] | None:
-        """Tiles (inner y0, y1, x0, x1; padded y0, y1, x0, x1) of an h x w image, or None."""
-        s = self.settings
-        align = self.min_size
-        halo = tile_halo(self.net.last)
-        tile = s.tile_size
-        if tile is None and s.memory_budget_gb is not None:
-            per_px = activation_floats_per_pixel(self.net.last) * b * self.dtype.itemsize * 1.5
-            px = s.memory_budget_gb * 2**30 / per_px
-            if px >= h * w:
-                return None
-            tile = int(math.sqrt(px)) - 2 * halo
-            if tile < align:
-                raise FaketInputError(
-                    f"memory budget {s.memory_budget_gb} GB is too small for "
-                    f"tiles with a {halo}-pixel halo: raise it"
-                )
-        if tile is None or tile >= max(h, w):
-            return None
-        tile = max(align, tile // align * align)
-        ys, xs = tile_cuts(h, tile, align), tile_cuts(w, tile, align)
-        out = []
-        for y0, y1 in zip(ys[:-1], ys[1:]):
-            for x0, x1 in zip(xs[:-1], xs[1:]):
-                out.append(
-                    (
-                        (y0, y1, x0, x1),
-                        (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)),
-                    )
-                )
-        return out
-
-    def _inner(self, feats: torch.Tensor, layer: int, inner, padded) -> torch.Tensor:
-        """The part of a tile's features that lies in its inner region."""
-        f = min_input_size(layer)  # the layer's downsampling
-        (y0, y1, x0, x1), (py0, _, px0, _) = inner, padded
-        return feats[..., (y0 - py0) // f : (y1 - py0) // f, (x0 - px0) // f : (x1 - px0) // f]
-
-    def _grams(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Gram matrices of the style layers of ``images`` (B, 3, H, W), in tiles if configured."""
-        tiles = self._tiles(int(images.shape[-2]), int(images.shape[-1]), int(images.shape[0]))
-        if tiles is None:
-            feats = self._features(images, self.style_layers)
-            return {layer: gram(feats[layer]) for layer in self.style_layers}
-        sums: dict[int, torch.Tensor] = {}
-        count = dict.fromkeys(self.style_layers, 0)
-        for inner, padded in tiles:
-            py0, py1, px0, px1 = padded
-            feats = self._features(images[..., py0:py1, px0:px1], self.style_layers)
-            for layer in self.style_layers:
-                m = self._inner(feats[layer], layer, inner, padded).flatten(-2)
-                g = m @ m.transpose(-2, -1)
-                sums[layer] = g if layer not in sums else sums[layer] + g
-                count[layer] += m.shape[-1]
-        return {layer: sums[layer] / count[layer] for layer in self.style_layers}
-
-    def _tiled_gradient(
-        self, image: torch.Tensor, content: torch.Tensor, style_targets: dict[int, torch.Tensor], tiles
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same gradient as :meth:`_gradient`, computed tile by tile.
-
-        Pass 1 accumulates what the losses sum over the whole image (Gram
-        matrices; sums of |d| and d^2 of the content error). Pass 2
-        back-propagates each tile's share of the loss gradient, with those
-        global sums fixed, and adds the tiles' input gradients (halos overlap).
-        """
-        cl, sl = self.content_layers, self.style_layers
-        eps = SCALED_ERROR_EPS
-        with torch.no_grad():
-            sums: dict[int, torch.Tensor] = {}
-            count = dict.fromkeys(sl, 0)
-            s1: dict[int, Any] = {layer: 0.0 for layer in cl}
-            s2: dict[int, Any] = {layer: 0.0 for layer in cl}
-            for inner, padded in tiles:
-                py0, py1, px0, px1 = padded
-                f = self._features(image[..., py0:py1, px0:px1], cl + sl)
-                c = self._features(content[..., py0:py1, px0:px1], cl)
-                for layer in sl:
-                    m = self._inner(f[layer], layer, inner, padded).flatten(-2)
-                    g = m @ m.transpose(-2, -1)
-                    sums[layer] = g if layer not in sums else sums[layer] + g
-                    count[layer] += m.shape[-1]
-                for layer in cl:
-                    d = (
-                        self._inner(f[layer], layer, inner, padded)
-                        - self._inner(c[layer], layer, inner, padded)
-                    ).flatten(1)
-                    s1[layer] = s1[layer] + d.abs().sum(1)
-                    s2[layer] = s2[layer] + d.pow(2).sum(1)
-                del f, c
-        grams = {layer: (sums[layer] / count[layer]).requires_grad_() for layer in sl}
-        style_terms = [
-            scaled_error(grams[layer], style_targets[layer]) * wt for layer, wt in zip(sl, self.style_weights)
-        ]
-        d_grams = torch.autograd.grad(
-            cast(torch.Tensor, sum(style_terms)).sum(), [grams[layer] for layer in sl]
-        )
-        coef = {layer: (dg + dg.transpose(-2, -1)) / count[layer] for layer, dg in zip(sl, d_grams)}
-        content_terms = [s2[layer] / (s1[layer] + eps) * wt for layer, wt in zip(cl, self.content_weights)]
-        per_tilt = cast(torch.Tensor, sum(content_terms) + sum(t.detach() for t in style_terms))
-
-        grad = torch.zeros_like(image)
-        for inner, padded in tiles:
-            py0, py1, px0, px1 = padded
-            xt = image[..., py0:py1, px0:px1].detach().requires_grad_()
-            f = self._features(xt, cl + sl)
-            with torch.no_grad():
-                c = self._features(content[..., py0:py1, px0:px1], cl)
-            surrogate = torch.zeros((), dtype=image.dtype, device=image.device)
-            for layer in sl:
-                m = self._inner(f[layer], layer, inner, padded)
-                flat = m.flatten(-2)
-                g_m = (coef[layer] @ flat.detach()).view_as(m)
-                surrogate = surrogate + (g_m * m).sum()
-            for layer, wt in zip(cl, self.content_weights):
-                m = self._inner(f[layer], layer, inner, padded)
-                d = m.detach() - self._inner(c[layer], layer, inner, padded)
-                den = (s1[layer] + eps).view(-1, 1, 1, 1)
-                g_m = wt * (2 * d / den - s2[layer].view(-1, 1, 1, 1) * torch.sign(d) / den**2)
-                surrogate = surrogate + (g_m * m).sum()
-            (g,) = torch.autograd.grad(surrogate, xt)
-            grad[..., py0:py1, px0:px1] += g
-            del f, c, g
-        if self.settings.tv_weight:
-            tv_image = image.detach().requires_grad_()
-            tv = tv_loss(tv_image) * self.settings.tv_weight
-            grad += torch.autograd.grad(tv.sum(), tv_image)[0]
-            per_tilt = per_tilt + tv.detach()
-        return grad, per_tilt.detach()
-
-
-def tile_cuts(n: int, tile: int, align: int = 16) -> list[int]:
-    """Tile boundaries along an axis of ``n`` pixels: tiles of at most ``tile`` pixels.
-
-    The tiles line up with the store's ``TILE_GRID`` chunks: below the chunk
-    edge each chunk is split into equal parts (multiples of ``align``, the
-    pooling alignment), above it tiles are whole multiples of chunks. Every
-    chunk edge is a tile edge. Returns ``[0, ..., n]``.
-    """
-    if tile >= TILE_GRID:
-        step = tile // TILE_GRID * TILE_GRID
-        return [*range(0, n, step), n]
-    per_tile = max(1, tile // align)  # align-blocks per tile at most
-    cuts = []
-    for c0 in range(0, n, TILE_GRID):
-        blocks = -(-(min(c0 + TILE_GRID, n) - c0) // align)
-        parts = -(-blocks // per_tile)
-        base, extra = divmod(blocks, parts)
-        pos = c0
-        for j in range(parts):
-            cuts.append(pos)
-            pos += (base + (j < extra)) * align
-    return [*cuts, n]
 
 
 def validate_settings(s: NSTSettings) -> None:
