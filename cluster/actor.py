@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 import ray
@@ -29,20 +30,23 @@ class NSTWorker:
     computes, and the task returns only once its writes are done.
     """
 
-    def __init__(self, weights: list, settings, use_gpu: bool, threads: int = 1, keep: int = 4) -> None:
-        """weights: ``[ObjectRef of the state dict]``, kept alive by the driver for restarts;
-        keep: tasks whose inputs are kept read ahead at most (more than the driver queues)."""
+    def __init__(self, settings, use_gpu: bool, threads: int = 1, keep: int = 4) -> None:
+        """keep: tasks whose inputs are kept read ahead at most (more than the driver queues).
+
+        The weights come with each task (:meth:`stylize`), not as a constructor argument:
+        a restarted actor then needs nothing that Ray would have to keep for its constructor.
+        """
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        from faket.nst import StyleTransfer
         from faket.reproducible import compute_record
 
         torch.set_num_threads(max(1, threads))  # as many as the CPUs Ray gave this actor
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.transfer = StyleTransfer(ray.get(weights[0]), settings, device=self.device)
+        self.settings = settings
+        self._transfer: Any = None  # built on the first task, from the weights it carries
         self.compute = compute_record(self.device, settings.precision)
         self.pid = os.getpid()
         self.node = ray.get_runtime_context().get_node_id()
@@ -122,13 +126,22 @@ class NSTWorker:
             read = time.perf_counter() - t1
         return data, time.perf_counter() - t0, read
 
-    def stylize(self, store: str, names: list[str], tilts: list[int]) -> dict:
+    def _model(self, weights: list):
+        """The VGG-19 of this actor, loaded once from ``[ObjectRef of the state dict]``."""
+        if self._transfer is None:
+            from faket.nst import StyleTransfer
+
+            self._transfer = StyleTransfer(ray.get(weights[0]), self.settings, device=self.device)
+        return self._transfer
+
+    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list) -> dict:
         """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
 
         The style tilts' Gram targets are computed once and serve every
         tomogram (bit for bit what each would compute alone). A tomogram whose
         tilts are all done already (a retry) is skipped; one that fails is
-        reported in ``failed`` while the others go on.
+        reported in ``failed`` while the others go on. weights: ``[ObjectRef of the
+        state dict]`` (nested, so Ray passes the reference; read on the first task).
         Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
         "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "prefetched": bool}``.
         """
@@ -141,7 +154,8 @@ class NSTWorker:
         data, waited, read = self._inputs(store, names, idx)
         root = open_store(store)
         style = data["style"]
-        targets = self.transfer.style_targets(
+        transfer = self._model(weights)
+        targets = transfer.style_targets(
             [to_unit(style, *map(np.float32, data["style_range"]))], data["size"]
         )
         bad = os.environ.get(FAIL_TILT_ENV, "")
@@ -175,7 +189,7 @@ class NSTWorker:
                     "init": tuple(map(np.float32, m["ranges"]["noisy"])),
                 }
                 result, losses = stylize_tilts(
-                    self.transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
+                    transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
                 )
                 _maybe_crash()
                 writes[name] = self._writer.submit(write, g, result)

@@ -105,8 +105,8 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
 def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tuple[list, Any]:
     """``n`` NST actors; Ray restarts a dead one, the driver's policy retries its tasks.
 
-    Returns (actors, the weights' object reference): the caller holds the reference
-    for the whole run, so that a restarted actor can still fetch the weights.
+    Returns (actors, ``[the weights' object reference]``): the caller passes it with
+    every task and holds it for the whole run, so that a restarted actor finds it.
     """
     from faket.reproducible import requested, switch_environment
 
@@ -122,13 +122,13 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
     if env:
         options["runtime_env"] = {"env_vars": env}
     worker_cls = ray.remote(concurrency_groups={"io": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
-    # Nested in a list, the reference is fetched by the actor rather than resolved by Ray
-    # as an argument; the driver holds it for the whole run, so restarted actors find it.
+    # The weights travel with the tasks, nested in a list (the actor fetches them once): no
+    # constructor argument lives in the object store, so restarts need nothing kept for them.
     weights_ref = ray.put(state_dict)
-    return [
-        worker_cls.remote([weights_ref], spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2)
-        for _ in range(n)
-    ], weights_ref
+    actors = [
+        worker_cls.remote(spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2) for _ in range(n)
+    ]
+    return actors, [weights_ref]
 
 
 # --------------------------------------------------------------------------- plain tasks
@@ -272,7 +272,9 @@ def run(
     t_nst = time.perf_counter()
     bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
     with bar as advance:
-        stats = NSTScheduler(workers, store, spec.resources.in_flight, policy, advance).run(pending)
+        stats = NSTScheduler(workers, store, spec.resources.in_flight, policy, advance, weights_ref).run(
+            pending
+        )
     nst_seconds = time.perf_counter() - t_nst
     for w in workers:
         ray.kill(w)

@@ -97,8 +97,11 @@ class NSTScheduler:
         in_flight: int,
         policy: RetryPolicy,
         progress: Callable[[int], None] | None = None,
+        weights: list | None = None,
     ) -> None:
+        """weights: ``[ObjectRef of the VGG-19 state dict]``, sent with every task."""
         self.workers, self.store, self.in_flight = workers, store, in_flight
+        self.weights = weights or []
         self.attempts = Attempts(policy)
         self.progress = progress
         self.stats = NSTStats()
@@ -114,7 +117,7 @@ class NSTScheduler:
         for w, worker in enumerate(self.workers):
             while pending and self.load[w] < self.in_flight:
                 names, tilts = pending.popleft()
-                ref = worker.stylize.remote(self.store, list(names), list(tilts))
+                ref = worker.stylize.remote(self.store, list(names), list(tilts), self.weights)
                 worker.prefetch.remote(self.store, list(names), list(tilts))  # read while it waits
                 self.queued[ref] = (w, (names, tilts))
                 self.load[w] += 1
