@@ -89,3 +89,11 @@ def test_schema_describes_specs(good, tmp_path):
         jsonschema.validate({"run": {"store": "x"}, "resources": {"actors": "two"}}, schema)
     nst = schema["$defs"]["NSTSettings"]["properties"]
     assert nst["step_size"]["default"] == 0.15 and nst["style_layers"]["default"] == [1, 6, 11, 20, 29]
+
+
+def test_unknown_restart_stage_is_one_line_and_exit_2(good, tmp_path):
+    res = _faket("run", good, "--restart-stage", "stylise")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--restart-stage 'stylise' is not a stage" in lines[0]
+    assert "prepare, stylize, reconstruct" in lines[0] and not (good.parent / "run.zarr").exists()
