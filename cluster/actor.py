@@ -17,6 +17,8 @@ import ray
 CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
 #: Test hook: "tomogram:tilt" of a tilt whose task always raises.
 FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
+#: Test hook: a file path; after its first task an actor holds each next task until the file exists.
+HOLD_ENV = "FAKET_TEST_HOLD"
 
 
 # --------------------------------------------------------------------------- actors
@@ -49,6 +51,7 @@ class NSTWorker:
         self._transfer: Any = None  # built on the first task, from the weights it carries
         self.compute = compute_record(self.device, settings.precision)
         self.pid = os.getpid()
+        self.tasks_started = 0  # for the HOLD_ENV test hook
         self.node = ray.get_runtime_context().get_node_id()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # what Ray assigned this actor
         self._lock = threading.Lock()
@@ -150,6 +153,7 @@ class NSTWorker:
         from faket.nst import stylize_tilts, to_unit
         from faket.store import done_mask, open_store, write_tilt
 
+        _maybe_hold(self)
         idx = list(tilts)
         data, waited, read = self._inputs(store, names, idx)
         root = open_store(store)
@@ -225,6 +229,14 @@ class NSTWorker:
                 out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
                 out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
         return out
+
+
+def _maybe_hold(worker: NSTWorker) -> None:
+    """The HOLD_ENV hook: a test can act on a run that is known to be mid-way."""
+    marker = os.environ.get(HOLD_ENV)
+    worker.tasks_started += 1
+    while marker and worker.tasks_started > 1 and not os.path.exists(marker):
+        time.sleep(0.02)
 
 
 def _maybe_crash() -> None:

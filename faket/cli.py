@@ -124,7 +124,10 @@ def info() -> None:
         f"({pin}); reproducible switch {'on' if rec['reproducible'] else 'off'} ({ENV_VAR})"
     )
     print(f"cuda build: {rec['cuda'] or 'none'}, cudnn: {rec['cudnn'] or 'none'}")
-    print(f"precision: float32 on the CPU; on CUDA {NSTSettings().precision} unless --precision")
+    print(
+        f"precision: {NSTSettings().precision} = float32 on the CPU, tf32 convolutions on CUDA "
+        "(the published arithmetic), strict float32 with FAKET_REPRODUCIBLE=1"
+    )
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -389,7 +392,9 @@ def stylize(
         None, help="GB one step's working memory may use; picks the tile size."
     ),
     precision: str = typer.Option(
-        _NST.precision, help="float32 (exact), or opt-in tf32 (GPU) / bf16 (faster, deviates; see README)."
+        _NST.precision,
+        help="auto (the published arithmetic: tf32 convolutions on CUDA, float32 on the CPU), "
+        "float32 (strict), tf32, or bf16 (faster, deviates; see README).",
     ),
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

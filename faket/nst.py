@@ -241,15 +241,16 @@ class StyleTransfer(TiledSteps):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
-        # Process-wide switches: PyTorch lets cuDNN convolutions use TF32 by default;
-        # float32 means float32 here. FAKET_REPRODUCIBLE adds deterministic algorithms.
-        configure_device(self.device, settings.precision)
+        # Process-wide switches: "auto" keeps PyTorch's CUDA default (TF32 cuDNN
+        # convolutions, the published arithmetic); float32 means float32 here.
+        # FAKET_REPRODUCIBLE gives strict float32 and deterministic algorithms.
+        self.precision = configure_device(self.device, settings.precision)
 
     def _features(self, x: torch.Tensor, layers) -> dict[int, torch.Tensor]:
         """Network features; under bfloat16 autocast when ``precision`` is bf16 (then cast back)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.settings.precision != "bf16":
+        if self.precision != "bf16":
             return self._net(x, tuple(layers))
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
             feats = self._net(x, tuple(layers))

@@ -120,7 +120,7 @@ def cpu_capability() -> str:
 def check_precision(precision: str) -> bool:
     """Refuse a precision mode the switch cannot honour; returns whether the switch is on."""
     on = requested()
-    if on and precision != "float32":
+    if on and precision not in ("auto", "float32"):
         raise FaketInputError(
             f"precision {precision!r} cannot be reproducible: use --precision "
             f"float32 with {ENV_VAR}=1 / --reproducible, or drop the switch"
@@ -128,25 +128,43 @@ def check_precision(precision: str) -> bool:
     return on
 
 
-def configure_device(device: Any, precision: str) -> None:
-    """Set torch's global arithmetic flags for ``device`` and a precision mode.
+def resolve_precision(precision: str, device: Any) -> str:
+    """The arithmetic a precision mode means on ``device``.
 
-    With the switch on: strict float32 (TF32 off), deterministic algorithms,
-    no cuDNN autotuning. Raises :class:`FaketInputError` for a precision mode other
-    than float32 under the switch.
+    ``auto`` is the published code's arithmetic: on CUDA, PyTorch's defaults
+    (cuDNN convolutions in TF32, tensors and matmuls in float32), which is
+    ``tf32``; on the CPU, and under the reproducible switch, strict ``float32``.
     """
     import torch
 
     on = check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "tf32" if torch.device(device).type == "cuda" and not on else "float32"
+
+
+def configure_device(device: Any, precision: str) -> str:
+    """Set torch's global arithmetic flags for ``device`` and a precision mode.
+
+    ``tf32`` lets cuDNN convolutions use TF32 (matmuls, e.g. the Gram matrices,
+    stay float32), as PyTorch's defaults do; ``float32`` and ``bf16`` turn TF32
+    off. With the switch on: strict float32, deterministic algorithms, no cuDNN
+    autotuning. Returns the resolved mode (see :func:`resolve_precision`).
+    Raises :class:`FaketInputError` for a mode other than auto/float32 under the switch.
+    """
+    import torch
+
+    on = requested()
+    mode = resolve_precision(precision, device)
     if on:  # warn_only: an op without a deterministic kernel warns rather than ends the run
         torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.device(device).type == "cuda":
-        tf32 = precision == "tf32" and not on
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
         if on:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
+    return mode
 
 
 def _cpuinfo(key: str) -> str | None:
@@ -190,15 +208,17 @@ def compute_record(device: Any = "cpu", precision: str | None = None) -> dict[st
 
     Keys: ``device``, ``device_name``, ``cpu_capability`` (ATen's kernel level in
     use), ``host_isa`` (the CPU's widest vector ISA), ``cpu_pin`` (the pinning
-    variables set, if any), ``reproducible``, ``precision``, ``torch``, ``cuda``
+    variables set, if any), ``reproducible``, ``precision`` (the arithmetic used)
+    and ``precision_asked`` (the mode asked for, e.g. ``auto``), ``torch``, ``cuda``
     and ``cudnn`` versions (``None`` without CUDA), ``cpu_threads``.
     """
     import torch
 
     try:
         on = requested()
+        mode = resolve_precision(precision, device) if precision else None
     except FaketInputError:
-        on = False
+        on, mode = False, precision
     cuda = torch.cuda.is_available()
     return {
         "device": str(device),
@@ -207,7 +227,8 @@ def compute_record(device: Any = "cpu", precision: str | None = None) -> dict[st
         "host_isa": host_isa(),
         "cpu_pin": {k: os.environ[k] for k in CPU_PIN if k in os.environ},
         "reproducible": on,
-        "precision": precision,
+        "precision": mode,
+        "precision_asked": precision,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

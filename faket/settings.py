@@ -26,7 +26,7 @@ PUBLISHED_CONTENT_LAYERS: tuple[int, ...] = (8,)
 PUBLISHED_CONTENT_WEIGHTS: tuple[float, ...] = (100.0,)
 
 INITS = ("content", "gray", "uniform")
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("auto", "float32", "tf32", "bf16")
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "approxShrec", "none")
 
 #: Edge of the Zarr store's tilt chunks (pixels). NST tiles cut each chunk into
@@ -115,9 +115,11 @@ class NSTSettings(Settings):
         round-off, for images too large for memory.
     memory_budget_gb: pick the tile size so that one step's working memory stays
         under this many GB.
-    precision: ``float32`` (default, exact to the published code), or the faster
-        opt-in modes ``tf32`` (GPU convolutions and matmuls in TF32) and ``bf16``
-        (network passes under bfloat16 autocast; losses in float32).
+    precision: ``auto`` (default: the published code's arithmetic, which is
+        ``tf32`` on CUDA and ``float32`` on the CPU or under the reproducible
+        switch), ``float32`` (strict), ``tf32`` (cuDNN convolutions in TF32,
+        PyTorch's default on CUDA) or ``bf16`` (network passes under bfloat16
+        autocast; losses in float32).
     """
 
     content_layers: tuple[Int, ...] = PUBLISHED_CONTENT_LAYERS
@@ -138,7 +140,7 @@ class NSTSettings(Settings):
     batch_size: Annotated[Int, Field(ge=1)] = 1
     tile_size: Optional[Annotated[Int, Field(ge=16)]] = None
     memory_budget_gb: Optional[Annotated[Float, Field(gt=0)]] = None
-    precision: Literal["float32", "tf32", "bf16"] = "float32"
+    precision: Literal["auto", "float32", "tf32", "bf16"] = "auto"
 
 
 class ReconstructionSettings(Settings):

@@ -71,6 +71,23 @@ def run_faket(*args: str, env: dict | None = None, cwd: Path | None = None,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
+def console_script(name: str) -> str:
+    """The installed console script ``name`` of this interpreter's environment.
+
+    Next to ``sys.executable`` in a virtual environment; in the scripts directory
+    pip used for a system interpreter (e.g. /usr/local/bin beside /usr/bin/python3).
+    """
+    import sysconfig
+
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise FileNotFoundError(f"console script {name!r} is not installed for {sys.executable}")
+
+
+FAKET = console_script("faket")
+
+
 def call_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run faket.cli.main in-process with argv; returns (exit code, stdout, stderr)."""
     from faket.cli import main

@@ -286,9 +286,12 @@ def test_run_app_maps_errors_to_one_line_and_exit_codes(capsys):
     for exc, code in ((FaketInputError("bad thing"), 2), (Boom("tilt 3 failed"), 1)):
         demo_app = typer.Typer()
 
-        @demo_app.command()
-        def go(exc=exc) -> None:
-            raise exc
+        def make_go(exc: Exception):          # a closure: a parameter would become a CLI option
+            def go() -> None:
+                raise exc
+            return go
+
+        demo_app.command()(make_go(exc))
 
         with pytest.raises(SystemExit) as info:
             import sys

@@ -16,6 +16,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from faket_cluster.demo import write_inputs  # noqa: E402
+from conftest import FAKET, console_script  # noqa: E402
+from faket_cluster.actor import HOLD_ENV  # noqa: E402
 from faket_cluster.engine import CRASH_ONCE_ENV, run  # noqa: E402
 from faket_cluster.spec import load_spec  # noqa: E402
 from faket.errors import FaketInputError  # noqa: E402
@@ -39,7 +41,8 @@ def inputs(tmp_path_factory, weights_file):
     out = tmp_path_factory.mktemp("run")
     spec = write_inputs(out, tomograms=2, size=32, angles=ANGLES)
     text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"')
-    spec.write_text(text.replace("batch = 1", "batch = 1\nactors = 2"))
+    # CPU actors: these tests compare with CPU references, also on a machine with a GPU
+    spec.write_text(text.replace("batch = 1", 'batch = 1\nactors = 2\ndevice = "cpu"'))
     return spec
 
 
@@ -129,7 +132,9 @@ def _done(store: Path) -> int:
 
 def test_actor_killed_by_pid_equals_an_uninterrupted_run(inputs, tmp_path, local_ray):
     """SIGKILL of an actor process from outside, mid-run (`faket run` in its own process):
-    the output is bit-identical to an uninterrupted run, with no tilt missing."""
+    the output is bit-identical to an uninterrupted run, with no tilt missing. The
+    HOLD hook keeps the actors waiting after their first task, so the kill lands mid-run
+    on any machine, however fast."""
     extra = {'export = "': '# export = "', "[resources]": "[resources]\nshare_style = 1\nretry_backoff = 0.05"}
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
@@ -137,25 +142,27 @@ def test_actor_killed_by_pid_equals_an_uninterrupted_run(inputs, tmp_path, local
     assert run(clean, say=lambda m: None)["done_now"] == 14
     spec_path = _spec_copy(inputs, tmp_path, **extra)
     store = load_spec(spec_path).store
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    release = tmp_path / "release"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", HOLD_ENV: str(release)}
     env.pop("RAY_ADDRESS", None)
     before = set(_actor_pids())                            # the in-process run's (ended) actors
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "faket"), "run", str(spec_path)], env=env,
+    proc = subprocess.Popen([FAKET, "run", str(spec_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     killed, deadline = None, time.time() + 240
     try:
         while proc.poll() is None and time.time() < deadline and killed is None:
             pids = [p for p in _actor_pids() if p not in before]
-            if pids and _done(store) >= 2:
+            if len(pids) == 2 and _done(store) >= 2:       # both actors held after a task
                 os.kill(pids[0], signal.SIGKILL)
                 killed = pids[0]
             time.sleep(0.05)
+        release.touch()
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert killed is not None and proc.returncode == 0
+    assert killed is not None and proc.returncode == 0 and 2 <= _done(store)
     summary = json.loads(out)                              # stdout stays JSON after a fault
     assert summary["failed"] == [] and summary["done_now"] == 14 and _done(store) == 14
     a, b = open_store(store, mode="r"), open_store(clean.store, mode="r")
@@ -242,7 +249,7 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
 
     monkeypatch.setenv(ENV_VAR, "1")
     init_ray(num_cpus=2, num_gpus=2)
-    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2": 'device = "cpu"',
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "",
                                                      'export = "': '# export = "'}))
     assert spec.resources.actors is None and spec.resources.device == "cpu"
     summary = run(spec, say=lambda m: None)
@@ -268,7 +275,7 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
     """A head on loopback (`ray start --head --block`), `ray job submit ... -- faket run SPEC`."""
     import urllib.request
 
-    ray_cli = str(Path(sys.executable).parent / "ray")
+    ray_cli = console_script("ray")
     gcs, dash = _free_port(), _free_port()
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray from swapping 127.0.0.1 for a routable address
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
@@ -291,7 +298,7 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
         spec = _spec_copy(inputs, tmp_path)
         res = subprocess.run(
             [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={ROOT}",
-             "--", str(Path(sys.executable).parent / "faket"), "run", str(spec)],
+             "--", FAKET, "run", str(spec)],
             env=env, capture_output=True, text=True, timeout=400)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
@@ -413,7 +420,7 @@ def test_installed_under_its_own_name(tmp_path):
     res = subprocess.run([sys.executable, "-c", "import faket_cluster.engine\nimport cluster"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "No module named 'cluster'" in res.stderr, res.stderr
-    res = subprocess.run([str(Path(sys.executable).parent / "faket"), "run", "--help"], cwd=tmp_path,
+    res = subprocess.run([FAKET, "run", "--help"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "run spec" in res.stdout.lower(), res.stderr
 
@@ -434,7 +441,7 @@ def test_resume_with_changed_settings_refuses_naming_the_key(inputs, tmp_path):
     changed = _spec_copy(inputs, tmp_path, **{"[reconstruction]": "[nst]\nstep_size = 0.05\n\n[reconstruction]"})
     new = load_spec(changed)                               # (the next copy reuses the file name)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    res = subprocess.run([str(Path(sys.executable).parent / "faket"), "run", str(changed)], env=env,
+    res = subprocess.run([FAKET, "run", str(changed)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()

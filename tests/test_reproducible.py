@@ -172,3 +172,32 @@ def test_provenance_and_info_record_the_arithmetic(tmp_path, golden, weights_fil
     assert info.returncode == 0
     assert f"kernels {compute['cpu_capability']}" in info.stdout and ENV_VAR in info.stdout
     assert "cuda build:" in info.stdout
+
+
+@pytest.mark.parametrize("switch,device,asked,expected", [
+    ("0", "cpu", "auto", "float32"), ("0", "cuda", "auto", "tf32"), ("1", "cuda", "auto", "float32"),
+    ("0", "cuda", "bf16", "bf16"), ("0", "cpu", "float32", "float32"), ("1", "cpu", "float32", "float32")])
+def test_auto_precision_is_the_published_arithmetic(monkeypatch, switch, device, asked, expected):
+    """auto = TF32 cuDNN convolutions on CUDA (PyTorch's default, the published code's),
+    float32 on the CPU and under the switch; the flags follow (torch sets them without a GPU)."""
+    import torch
+
+    from faket.reproducible import configure_device, resolve_precision
+
+    monkeypatch.setenv(ENV_VAR, switch)
+    assert resolve_precision(asked, device) == expected
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    try:
+        assert configure_device(device, asked) == expected
+        if device == "cuda":
+            assert torch.backends.cudnn.allow_tf32 == (expected == "tf32")
+            assert not torch.backends.cuda.matmul.allow_tf32      # Gram matrices stay float32
+        assert compute_record(device, asked)["precision"] == expected
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags[:2]
+        torch.use_deterministic_algorithms(flags[2])
+        torch.backends.cudnn.deterministic = flags[3]
+    if switch == "1":
+        with pytest.raises(FaketInputError, match="cannot be reproducible"):
+            resolve_precision("tf32", device)

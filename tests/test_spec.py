@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HAS_CUDA
+from conftest import FAKET, HAS_CUDA
 from faket_cluster.demo import write_inputs
 
-FAKET = str(Path(sys.executable).parent / "faket")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,199 @@
+"""The GPU benchmark (`make bench-gpu`): per-tilt time, memory, precision and where the time goes.
+
+usage: python benchmarks/bench_gpu.py [--quick] [--out-dir DIR] [--skip engine,profile]
+
+On one CUDA device, published settings, random VGG-19 weights:
+- per tilt, in one process (`stylize_stack`, host arrays in and out), each
+  precision mode (float32, tf32 = the default ``auto`` on CUDA, bf16) at 1024^2,
+  2048^2, 4096^2 and 4092 x 5760: seconds per tilt (best of 2 after a warm-up)
+  and peak GPU memory (max allocated);
+- each mode's deviation from strict float32 at 1024^2 (max, mean, 99.9th pct);
+- the fraction of GPU time in network kernels (convolution, ReLU, pooling,
+  forward and backward) from torch.profiler, 2 tilts of 2048^2 in the default mode;
+- the engine (Ray, one GPU actor) against the same NST in one process, on the
+  demo's tilt-series.
+Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_core import machine_info, peak_memory_mb, reset_peak_memory, time_call  # noqa: E402
+
+from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
+from faket.settings import NSTSettings  # noqa: E402
+from faket.weights import random_state_dict  # noqa: E402
+
+MODES = ("float32", "tf32", "bf16")
+SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (4092, 5760)]
+#: aten operators that are the VGG-19 passes (forward and backward).
+NETWORK_OPS = re.compile(r"conv|cudnn|relu|threshold|max_pool|avg_pool|pool2d")
+
+
+def _stack(h: int, w: int, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((n, h, w), dtype=np.float32) for _ in range(3)]
+
+
+def per_tilt(sizes: list[tuple[int, int]], device: str) -> list[dict]:
+    rows, sd = [], random_state_dict(0)
+    for h, w in sizes:
+        c, s, i = _stack(h, w, 2, h)
+        for mode in MODES:
+            t = StyleTransfer(sd, NSTSettings(precision=mode), device=device)
+            stylize_stack(c[:1], [s[:1]], i[:1], t)                  # warm-up (cuDNN handles, allocator)
+            reset_peak_memory(device)
+            secs = time_call(lambda t=t: stylize_stack(c, [s], i, t), device, 2) / 2
+            rows.append({"height": h, "width": w, "precision": mode, "seconds_per_tilt": secs,
+                         "peak_memory_gb": peak_memory_mb(device) / 1024})
+            print(f"{h}x{w} {mode}: {secs:.3f} s/tilt, peak {rows[-1]['peak_memory_gb']:.1f} GB", flush=True)
+            del t
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def deviations(device: str, size: int = 1024) -> list[dict]:
+    c, s, i = _stack(size, size, 2, 7)
+    sd = random_state_dict(0)
+    out = {m: stylize_stack(c, [s], i, StyleTransfer(sd, NSTSettings(precision=m), device=device))
+           for m in MODES}
+    rows = []
+    for m in MODES:
+        d = np.abs(out[m] - out["float32"])
+        rows.append({"precision": m, "size": size, "max_abs_vs_float32": float(d.max()),
+                     "mean_abs_vs_float32": float(d.mean()), "p999_abs_vs_float32": float(np.quantile(d, 0.999))})
+        print(f"deviation {m} vs float32 at {size}^2: max {d.max():.3g}, mean {d.mean():.3g}", flush=True)
+    return rows
+
+
+def network_fraction(device: str, size: int = 2048) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    c, s, i = _stack(size, size, 2, 11)
+    t = StyleTransfer(random_state_dict(0), NSTSettings(), device=device)
+    stylize_stack(c[:1], [s[:1]], i[:1], t)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        stylize_stack(c, [s], i, t)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    ops = [(e.key, e.self_device_time_total) for e in prof.key_averages()
+           if e.key.startswith("aten::") and e.self_device_time_total > 0]
+    total = sum(v for _, v in ops)
+    net = sum(v for k, v in ops if NETWORK_OPS.search(k))
+    top = sorted(ops, key=lambda kv: -kv[1])[:15]
+    row = {"size": size, "tilts": 2, "precision": t.precision, "gpu_ms": total / 1e3,
+           "network_ms": net / 1e3, "network_fraction": net / total if total else None,
+           "top_ops_ms": {k: v / 1e3 for k, v in top}}
+    print(f"profile {size}^2: network {net / 1e3:.0f} of {total / 1e3:.0f} ms GPU time", flush=True)
+    return row
+
+
+def engine_vs_in_process(device: str, size: int = 256, tomograms: int = 2) -> dict:
+    import os
+    import tempfile
+
+    import ray
+
+    from faket.store import open_store
+    from faket_cluster.demo import write_inputs
+    from faket_cluster.engine import run
+    from faket_cluster.spec import load_spec
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = write_inputs(Path(tmp), tomograms, size)
+        text = spec_path.read_text().replace('vgg = "imagenet"', 'vgg = "random"')
+        text = text.replace('export = "mrc"\n', "").replace("[reconstruction]", "[unused]")
+        spec_path.write_text(text.replace('[unused]\nfilter = "ramp"\nz_range = [0.25, 0.75]\n', ""))
+        summary = run(load_spec(spec_path), say=lambda m: None)
+        ray.shutdown()
+        root = open_store(Path(tmp) / "run.zarr", mode="r")
+        t = StyleTransfer(random_state_dict(0), device=device)
+        names = sorted(n for n, _ in root.groups())
+        stacks = [[np.asarray(root[n][k][:]) for k in ("content", "noisy", "style")] for n in names]
+        stylize_stack(stacks[0][0][:1], [stacks[0][2][:1]], stacks[0][1][:1], t)
+        loop = time_call(lambda: [stylize_stack(c, [s], i, t) for c, i, s in stacks], device, 1)
+    n = summary["tilts"]
+    row = {"size": size, "tilts": n, "engine_seconds": summary["seconds"],
+           "engine_nst_seconds": summary["nst_seconds"], "engine_tilts_per_second": summary["tilts_per_second"],
+           "in_process_seconds": loop, "in_process_tilts_per_second": n / loop,
+           "engine_over_in_process": summary["tilts_per_second"] / (n / loop), "devices": summary.get("devices")}
+    print(f"engine {n} x {size}^2: {row['engine_tilts_per_second']:.2f} tilts/s against "
+          f"{row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%})", flush=True)
+    return row
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# GPU benchmark: {m.get('gpu', m['cpu'])} ({result['created']}, torch {m['torch']})", "",
+             "| size | precision | s/tilt | peak GB |", "|---|---|---|---|"]
+    lines += [f"| {r['height']}x{r['width']} | {r['precision']} | {r['seconds_per_tilt']:.3f} | "
+              f"{r['peak_memory_gb']:.1f} |" for r in result.get("per_tilt", [])]
+    if result.get("deviation"):
+        lines += ["", "| precision | max abs vs float32 | mean | 99.9th pct |", "|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['max_abs_vs_float32']:.3g} | {r['mean_abs_vs_float32']:.3g} | "
+                  f"{r['p999_abs_vs_float32']:.3g} |" for r in result["deviation"]]
+    if result.get("profile"):
+        p = result["profile"]
+        frac = "n/a" if p["network_fraction"] is None else f"{p['network_fraction']:.1%}"
+        lines += ["", f"Network kernels: {frac} of {p['gpu_ms']:.0f} ms GPU time "
+                  f"({p['tilts']} tilts of {p['size']}^2, {p['precision']})."]
+    if result.get("engine"):
+        e = result["engine"]
+        lines += ["", f"Engine, {e['tilts']} tilts of {e['size']}^2: {e['engine_tilts_per_second']:.2f} tilts/s, "
+                  f"in process {e['in_process_tilts_per_second']:.2f} ({e['engine_over_in_process']:.0%})."]
+    lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: engine, profile")
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
+    args = ap.parse_args()
+    device, skip = "cuda", set(args.skip.split(","))
+    if args.smoke_cpu:
+        device, SIZES[:] = "cpu", [(64, 64), (96, 80)]
+    elif not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA device here; `python benchmarks/run.py` measures the CPU")
+    result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
+    parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
+             ("deviation", lambda: deviations(device, SIZES[0][0])),
+             ("profile", lambda: network_fraction(device, SIZES[1][0])),
+             ("engine", lambda: engine_vs_in_process(device, 256 if device == "cuda" else 32))]
+    gpu = result["machine"].get("gpu", "cpu-smoke")
+    name = re.sub(r"[^a-z0-9]+", "", gpu.lower().replace("nvidia", ""))
+    out = args.out_dir / f"gpu-{name}-{time.strftime('%Y%m%d')}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for key, part in parts:
+        if key in skip:
+            continue
+        try:
+            result[key] = part()
+        except Exception as e:  # a part that fails is recorded; the others still run
+            result["errors"][key] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"-> {out}.json, {out}.md")
+
+
+if __name__ == "__main__":
+    main()
