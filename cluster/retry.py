@@ -6,6 +6,9 @@ death (``RayActorError``: a crash, an OOM kill, its node gone), a lost object,
 a dead node, or a worker that crashed. Ray itself retries nothing (actors are
 restarted, tasks are not resubmitted by Ray), so a task is attempted at most
 ``max_attempts`` times in all, with an exponential backoff between attempts.
+An actor that is only restarting (``ActorUnavailableError``) is not the task's
+fault: such a call is retried after the same backoff without using up an
+attempt, at most ``max_unavailable_waits`` times.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ class RetryPolicy:
     max_attempts: attempts in all (1 = no retry).
     backoff_s: wait before the first retry; doubled for each further one.
     backoff_max_s: the longest wait.
+    max_unavailable_waits: retries, per task, of calls that found their actor
+        restarting; these do not count as attempts.
     """
 
     max_attempts: int = 4
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
+    max_unavailable_waits: int = 12
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` >= 1 failed)."""
@@ -38,6 +44,13 @@ def describe(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else ""
     return f"{type(err).__name__}: {last}"[:300]
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a fault says only that the actor is restarting (the task never ran to an error)."""
+    import ray.exceptions
+
+    return isinstance(err, ray.exceptions.ActorUnavailableError)
 
 
 def is_fault(err: BaseException) -> bool:
@@ -54,12 +67,20 @@ class Attempts:
     policy: RetryPolicy
     failed: dict[Hashable, int] = field(default_factory=dict)
     last_error: dict[Hashable, str] = field(default_factory=dict)
+    waits: dict[Hashable, int] = field(default_factory=dict)
 
-    def record(self, key: Hashable, error: str) -> float | None:
-        """Record a failure of ``key``; returns the time to retry it at, or None when given up."""
+    def record(self, key: Hashable, error: str, transient: bool = False) -> float | None:
+        """Record a failure of ``key``; returns the time to retry it at, or None when given up.
+
+        transient: the actor was restarting; retried without using up an attempt
+        (up to ``max_unavailable_waits`` times, then it counts like any fault).
+        """
+        self.last_error[key] = error
+        if transient and self.waits.get(key, 0) < self.policy.max_unavailable_waits:
+            self.waits[key] = self.waits.get(key, 0) + 1
+            return time.monotonic() + self.policy.delay(self.waits[key])
         n = self.failed.get(key, 0) + 1
         self.failed[key] = n
-        self.last_error[key] = error
         if n >= self.policy.max_attempts:
             return None
         return time.monotonic() + self.policy.delay(n)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import ray
 
-from .retry import Attempts, RetryPolicy, describe, is_fault
+from .retry import Attempts, RetryPolicy, describe, is_fault, is_transient
 from .spec import RunSpec
 
 Job = tuple[tuple[str, ...], tuple[int, ...]]  # (tomogram names, tilt indices)
@@ -84,7 +84,8 @@ def _result(ref, names: tuple[str, ...]) -> dict:
     except Exception as err:
         if not is_fault(err):
             raise
-        return {"rows": [], "skipped": [], "failed": dict.fromkeys(names, describe(err))}
+        failed = dict.fromkeys(names, describe(err))
+        return {"rows": [], "skipped": [], "failed": failed, "transient": is_transient(err)}
 
 
 class NSTScheduler:
@@ -132,7 +133,7 @@ class NSTScheduler:
         retry, at = [], 0.0
         for name, why in out["failed"].items():
             key = (name, tilts)
-            retry_at = self.attempts.record(key, why)
+            retry_at = self.attempts.record(key, why, out.get("transient", False))
             if retry_at is None:
                 self.stats.failures[key] = (why, self.attempts.failed[key])
             else:

@@ -114,3 +114,12 @@ def pytest_report_header(config) -> str:
 
     gpu = torch.cuda.get_device_name(0) if HAS_CUDA else "none"
     return f"faket tests: CPU kernels {cpu_capability()} (pinned: {X86_64}), CUDA GPU: {gpu}"
+
+
+def pytest_runtest_logreport(report) -> None:
+    """With FAKET_TEST_FAILLOG=FILE, each failure's traceback is appended to FILE at once:
+    a run cut short by a time limit (a lent GPU machine) still says why tests failed."""
+    path = os.environ.get("FAKET_TEST_FAILLOG")
+    if path and report.failed:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n")
