@@ -40,7 +40,7 @@ from faket.weights import random_state_dict  # noqa: E402
 MODES = ("float32", "tf32", "bf16")
 SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (4092, 5760)]
 #: aten operators that are the VGG-19 passes (forward and backward).
-NETWORK_OPS = re.compile(r"conv|cudnn|relu|threshold|max_pool|avg_pool|pool2d")
+NETWORK_OPS = re.compile(r"conv|cudnn|relu|clamp_min|threshold|max_pool|avg_pool|pool2d")  # ReLU runs as clamp_min_
 
 
 def _stack(h: int, w: int, n: int, seed: int) -> list[np.ndarray]:

@@ -43,9 +43,10 @@ class NSTWorker:
 
         import torch
 
-        from faket.reproducible import compute_record
+        from faket.reproducible import PIN_THREADS, compute_record, requested
 
-        torch.set_num_threads(max(1, threads))  # as many as the CPUs Ray gave this actor
+        # as many threads as the CPUs Ray gave this actor; the switch fixes the count
+        torch.set_num_threads(PIN_THREADS if requested() else max(1, threads))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.settings = settings
         self._transfer: Any = None  # built on the first task, from the weights it carries

@@ -4,13 +4,16 @@ Why a switch: the NST's first Adam step moves each pixel by about
 ``±step_size``, the sign of its gradient. Where a gradient is near zero, the
 round-off of one CPU kernel against another (AVX2 against AVX-512, a
 different summation order) can flip that sign and move the pixel by
-``2 * step_size``. So results are exact only for one kernel level:
-:data:`CPU_PIN` pins PyTorch's and oneDNN's CPU kernels to AVX2, the level
-every x86-64 CPU of the last decade has and the one the golden fixtures were
+``2 * step_size``. So results are exact only for one kernel level and one
+intra-op thread count (the thread count splits sums and so sets their
+order: measured 4e-4 to 1.5e-3 max abs off the golden fixtures with 1, 4, 8
+or 16 threads instead of 2). :data:`CPU_PIN` pins PyTorch's, oneDNN's and
+MKL's CPU kernels to AVX2, the level every x86-64 CPU of the last decade has,
+and the intra-op threads to :data:`PIN_THREADS`: what the golden fixtures were
 made with. On CUDA the switch turns TF32 off and asks for deterministic
 algorithms.
 
-Both CPU variables are read by torch when it first dispatches a kernel, so
+The CPU variables are read by torch when it first dispatches a kernel, so
 they must be in the environment before torch computes anything: set
 ``FAKET_REPRODUCIBLE=1`` before starting Python (importing :mod:`faket` then
 pins them), or call :func:`enable` before importing torch. The CLI's
@@ -33,14 +36,22 @@ ENV_VAR = "FAKET_REPRODUCIBLE"
 #: Accepted values of :data:`ENV_VAR` (case-insensitive; unset or empty means off).
 TRUE_VALUES = ("1", "true")
 FALSE_VALUES = ("0", "false")
-#: Environment that pins the CPU kernels to AVX2 (ATen's dispatch and oneDNN's JIT).
-CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: Intra-op threads under the switch (the golden fixtures' count; sums split by threads).
+PIN_THREADS = 2
+#: Environment that pins the CPU arithmetic: AVX2 kernels (ATen's dispatch, oneDNN's JIT,
+#: MKL's conditional numerical reproducibility) and the intra-op thread count.
+CPU_PIN = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "AVX2",
+    "OMP_NUM_THREADS": str(PIN_THREADS),
+}
 #: cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2).
 CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 #: The ``--reproducible`` option's help, the same in every command that has it.
 HELP = (
-    f"Reproducible arithmetic, as {ENV_VAR}=1: CPU kernels pinned to AVX2 (exact to the golden "
-    "fixtures on any x86-64 CPU); on CUDA strict float32 and deterministic algorithms."
+    f"Reproducible arithmetic, as {ENV_VAR}=1: CPU kernels pinned to AVX2 and {PIN_THREADS} threads "
+    "(exact to the golden fixtures on any x86-64 CPU); on CUDA strict float32 and deterministic algorithms."
 )
 #: What ``torch.backends.cpu.get_cpu_capability()`` reports under the pin.
 PINNED_CAPABILITY = "AVX2"
@@ -102,6 +113,7 @@ def enable() -> None:
     """
     os.environ.update(switch_environment())
     if "torch" in sys.modules and _is_x86_64():
+        sys.modules["torch"].set_num_threads(PIN_THREADS)
         level = cpu_capability()
         if level != PINNED_CAPABILITY:
             raise FaketInputError(
@@ -158,6 +170,8 @@ def configure_device(device: Any, precision: str) -> str:
     mode = resolve_precision(precision, device)
     if on:  # warn_only: an op without a deterministic kernel warns rather than ends the run
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if _is_x86_64():
+            torch.set_num_threads(PIN_THREADS)
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = mode == "tf32"

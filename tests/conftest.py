@@ -1,10 +1,11 @@
 """Shared test setup: pinned CPU kernels, offline weights, isolated caches, golden data,
 CLI runners, and the devices tests run on.
 
-The golden fixtures were made with AVX2 CPU kernels, and the NST's first Adam step
-(about +-step_size, the sign of the gradient) turns another kernel's round-off into
-pixel differences of 2 * step_size. So the whole suite runs with the CPU kernels
-pinned to AVX2 (faket.reproducible.CPU_PIN), set here before torch is imported:
+The golden fixtures were made with AVX2 CPU kernels and 2 intra-op threads, and the
+NST's first Adam step (about +-step_size, the sign of the gradient) turns another
+kernel's or another summation order's round-off into pixel differences of
+2 * step_size. So the whole suite runs with the CPU kernels pinned to AVX2 and 2
+threads (faket.reproducible.CPU_PIN), set here before torch is imported:
 in-process tests, every CLI subprocess and every Ray worker inherit it.
 ``test_reproducible.py`` checks the host's own unpinned kernels in subprocesses.
 """
@@ -17,7 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}   # = faket.reproducible.CPU_PIN
+# = faket.reproducible.CPU_PIN: AVX2 kernels and 2 intra-op threads (the fixtures' count:
+# the thread count splits sums, and 1, 4, 8 or 16 threads move golden pixels by up to 1.5e-3)
+CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "2"}
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 if X86_64:
     assert "torch" not in sys.modules, "torch was imported before the CPU kernels could be pinned"

@@ -5,8 +5,9 @@ subprocesses run with other kernel environments:
 
 - the host's own, unpinned kernels (AVX-512 where the CPU has it);
 - oneDNN limited to SSE4.1 (``ONEDNN_MAX_CPU_ISA=SSE41``): another kernel level
-  that every x86-64 CPU can run, so a machine without AVX-512 can still check
-  that the switch overrides a foreign kernel choice. Measured here it deviates
+  that every x86-64 CPU can run, with 3 intra-op threads, so a machine without
+  AVX-512 can still check that the switch overrides a foreign kernel choice and
+  thread count. Measured here it deviates
   from the golden fixtures as AVX-512 was reported to (max abs 0.0026 and 0.025).
 """
 
@@ -28,7 +29,7 @@ from faket.reproducible import (CPU_PIN as LIBRARY_PIN, ENV_VAR, compute_record,
                                 requested, switch_environment)
 
 HERE = Path(__file__).parent
-FOREIGN = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+FOREIGN = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "3"}
 x86_only = pytest.mark.skipif(not X86_64, reason="CPU kernel levels are pinned on x86-64 only")
 
 
@@ -127,7 +128,7 @@ def test_another_kernel_level_deviates_within_bounds_and_the_switch_restores_gol
     assert max(c["max_abs"] for c in foreign["cases"].values()) > 1e-4
     pinned = _deviation(_env(**FOREIGN, **{ENV_VAR: "1"}))
     assert pinned["compute"]["cpu_capability"] == "AVX2" and pinned["compute"]["reproducible"]
-    assert pinned["compute"]["cpu_pin"] == CPU_PIN
+    assert pinned["compute"]["cpu_pin"] == CPU_PIN and pinned["compute"]["cpu_threads"] == 2
     assert max(c["max_abs"] for c in pinned["cases"].values()) <= 1e-4
 
 
