@@ -12,7 +12,7 @@ bash .gpu/env.sh > "$OUT/env.log" 2>&1 || { tail -20 "$OUT/env.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.log" 2>&1
 timeout "${BENCH_S:-170}" python3 benchmarks/bench_gpu.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
-timeout "${TEST_S:-190}" python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -n "${WORKERS:-12}" \
+timeout "${TEST_S:-190}" python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" \
     > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 tail -32 "$OUT/bench.log"
