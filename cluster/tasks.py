@@ -57,40 +57,28 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     Only what is not done yet is written, into arrays the driver created.
     """
     from faket.io import open_mrc, read_tlt
-    from faket.noise import NoiseModel, apply_tilt
+    from faket.noise import NoiseModel
     from faket.nst import stack_range
-    from faket.projection import project
-    from faket.store import done_mask, open_store, write_tilt, write_volume
+    from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
+    from faket.store import StoreSink, done_mask, open_store, write_volume
 
     g = open_store(store)[tomo.name]
+    sink = StoreSink(g)
     angles = read_tlt(tomo.angles)
-    model = NoiseModel.from_json(model_json)
-    todo = np.flatnonzero(~done_mask(g, "noiseless"))
     source = tomo.volume or tomo.tilts
     assert source is not None and tomo.style is not None  # the spec checked both
     with open_mrc(source, role="volume" if tomo.volume else "tilts") as src:
         voxel = src.voxel_size[0] or 1.0
-        if len(todo) and tomo.volume is not None:
-            tilts = project(src.data, angles).numpy()
-            for i in todo:
-                write_tilt(g, "noiseless", int(i), tilts[int(i)])
-        elif len(todo):
-            for i in todo:
-                write_tilt(g, "noiseless", int(i), src.tilt(int(i)))
-    base = model.baseline()
-    for stage in ("noisy", "content"):
-        for i in np.flatnonzero(~done_mask(g, stage)):
-            write_tilt(
-                g,
-                stage,
-                int(i),
-                apply_tilt(
-                    np.asarray(g["noiseless"][int(i)]), int(i), model, tomo.seed, stage, content_sigma, base
-                ),
-            )
+        if tomo.volume is not None:
+            prepare_noiseless(sink, angles, volume=src.data)
+        else:
+            prepare_noiseless(sink, angles, tilts=src.tilt)
+    model = NoiseModel.from_json(model_json)
+    prepare_noise(
+        sink, lambda i: np.asarray(g["noiseless"][i]), model, tomo.seed, ("noisy", "content"), content_sigma
+    )
     with open_mrc(tomo.style, role="style") as st:
-        for i in np.flatnonzero(~done_mask(g, "style")):
-            write_tilt(g, "style", int(i), st.tilt(int(i)))
+        copy_tilts(sink, "style", st.tilt)
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:
             write_volume(g, "labels", lab.read())

@@ -8,6 +8,7 @@ commands so that ``faket --help`` and short commands start quickly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -266,6 +267,35 @@ def noise_estimate(
     say(f"r {model.curves['r'].min():.3f}..{model.curves['r'].max():.3f}, {model.n_tilts} tilts -> {output}")
 
 
+def _noise_model_for(n_tilts, noiseless, model, reference, snr, r, sigma, order):
+    """The noise model of `faket noise apply`: a saved one, or given r/sigma (or SNR) with a reference."""
+    from .io import open_mrc
+    from .noise import NoiseModel, r_sigma_from_snr
+
+    if model is not None:
+        nm = NoiseModel.load(model)
+    else:
+        if reference is None:
+            raise FaketInputError("give --model, or --reference with --snr or --r and --sigma")
+        if snr is not None:
+            r, sigma = r_sigma_from_snr(snr)
+        if r is None or sigma is None:
+            raise FaketInputError("without --model give --snr, or both --r and --sigma")
+        with open_mrc(reference, role="reference") as ref:
+            if ref.shape[0] != n_tilts:
+                raise FaketInputError(
+                    f"reference {reference} has {ref.shape[0]} tilts but noiseless "
+                    f"{noiseless} has {n_tilts}: they must match"
+                )
+            nm = NoiseModel.given(r, sigma, ref.data, order)
+    if nm.n_tilts != n_tilts:
+        raise FaketInputError(
+            f"noiseless {noiseless} has {n_tilts} tilts but the noise model "
+            f"has {nm.n_tilts}: use a model made for this tilt scheme"
+        )
+    return nm
+
+
 @noise_app.command("apply")
 def noise_apply(
     noiseless: Path = typer.Argument(..., help="Noiseless tilt-series (MRC)."),
@@ -290,7 +320,8 @@ def noise_apply(
 ) -> None:
     """NOISY, CONTENT (sigma x 0.25) and BASELINE (order 0) tilt-series."""
     from .io import MrcWriter, check_output_path, open_mrc, provenance, write_provenance
-    from .noise import MODALITIES, NoiseModel, apply_tilt, r_sigma_from_snr
+    from .noise import MODALITIES
+    from .pipeline import WriterSink, prepare_noise
 
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     bad = [m for m in mods if m not in MODALITIES]
@@ -298,45 +329,26 @@ def noise_apply(
         raise FaketInputError(f"unknown modality {bad[0] if bad else ''!r}: use {', '.join(MODALITIES)}")
     for m in mods:
         check_output_path(out_dir / f"{m}.mrc")
-    clean = open_mrc(noiseless, role="noiseless")
-    if model is not None:
-        nm = NoiseModel.load(model)
-    else:
-        if reference is None:
-            raise FaketInputError("give --model, or --reference with --snr or --r and --sigma")
-        if snr is not None:
-            r, sigma = r_sigma_from_snr(snr)
-        if r is None or sigma is None:
-            raise FaketInputError("without --model give --snr, or both --r and --sigma")
-        with open_mrc(reference, role="reference") as ref:
-            if ref.shape[0] != clean.shape[0]:
-                raise FaketInputError(
-                    f"reference {reference} has {ref.shape[0]} tilts but noiseless "
-                    f"{noiseless} has {clean.shape[0]}: they must match"
-                )
-            nm = NoiseModel.given(r, sigma, ref.data, order)
-    if nm.n_tilts != clean.shape[0]:
-        raise FaketInputError(
-            f"noiseless {noiseless} has {clean.shape[0]} tilts but the noise model "
-            f"has {nm.n_tilts}: use a model made for this tilt scheme"
-        )
-    base = nm.baseline()
-    vs = clean.voxel_size[0] or 1.0
-    with progress_bar(len(mods) * clean.shape[0], "noise") as advance:
-        for m in mods:
-            with MrcWriter(out_dir / f"{m}.mrc", clean.shape, voxel_size=vs) as w:
-                for i in range(clean.shape[0]):
-                    w.write(i, apply_tilt(clean.tilt(i), i, nm, seed, m, content_sigma, base))
-                    advance()
-            write_provenance(
-                out_dir / f"{m}.mrc",
-                provenance(
-                    {"modality": m, "content_sigma_factor": content_sigma, "order": nm.order},
-                    inputs={"noiseless": noiseless, "model": model or "", "reference": reference or ""},
-                    seeds={"noise": seed},
-                ),
+    with open_mrc(noiseless, role="noiseless") as clean:
+        nm = _noise_model_for(clean.shape[0], noiseless, model, reference, snr, r, sigma, order)
+        vs = clean.voxel_size[0] or 1.0
+        with contextlib.ExitStack() as stack, progress_bar(len(mods) * clean.shape[0], "noise") as advance:
+            writers = {
+                m: stack.enter_context(MrcWriter(out_dir / f"{m}.mrc", clean.shape, voxel_size=vs))
+                for m in mods
+            }
+            prepare_noise(
+                WriterSink(writers, clean.shape[0]), clean.tilt, nm, seed, mods, content_sigma, advance
             )
-    clean.close()
+    for m in mods:
+        write_provenance(
+            out_dir / f"{m}.mrc",
+            provenance(
+                {"modality": m, "content_sigma_factor": content_sigma, "order": nm.order},
+                inputs={"noiseless": noiseless, "model": model or "", "reference": reference or ""},
+                seeds={"noise": seed},
+            ),
+        )
     say(f"{', '.join(mods)} -> {out_dir}")
 
 

@@ -41,9 +41,10 @@ def run_demo(
     progress=_no_progress,
 ) -> dict[str, Path]:
     """Run the demo into ``out_dir``; returns the paths of what it wrote."""
-    from .noise import NoiseModel, apply_tilt
+    from .noise import NoiseModel
     from .nst import StyleTransfer, iter_stylize
     from .phantom import make_phantom, reference_tilt_series, write_particles_csv
+    from .pipeline import MemorySink, prepare_noise, prepare_noiseless
     from .projection import project
     from .reconstruction import reconstruct
     from .weights import resolve_weights
@@ -99,14 +100,12 @@ def run_demo(
     )
     paths["particles"] = write_particles_csv(tomo_dir / "particles.csv", ph.particles)
     paths["angles"] = write_tlt(tomo_dir / "angles.tlt", theta)
-    clean = project(ph.density, theta, device=device).cpu().numpy()
-    paths["noiseless"] = write_mrc(tomo_dir / "noiseless.mrc", clean, voxel_size=vs)
-    base_curves = model.baseline()
-    stacks = {"noiseless": clean, "reference": reference}
-    for m in ("noisy", "content", "baseline"):
-        stacks[m] = np.stack(
-            [apply_tilt(clean[i], i, model, 1, m, 0.25, base_curves) for i in range(len(theta))]
-        )
+    sink = MemorySink(len(theta))
+    prepare_noiseless(sink, theta, volume=ph.density, device=device)
+    clean = sink.arrays["noiseless"]
+    prepare_noise(sink, lambda i: clean[i], model, seed=1, content_sigma=0.25)
+    stacks = {**sink.arrays, "reference": reference}
+    for m in ("noiseless", "noisy", "content", "baseline"):
         paths[m] = write_mrc(tomo_dir / f"{m}.mrc", stacks[m], voxel_size=vs)
 
     # 3. FakET.

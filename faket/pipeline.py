@@ -1,13 +1,22 @@
-"""The stages of a simulation, named once, and what each stage writes.
+"""The stages of a simulation, named once, and the prepare stage over a small storage interface.
 
 prepare (phantom, projection, noise) -> stylize (NST) -> reconstruct -> export.
 Every front end (the CLI, the demos, the Ray engine) names stages with
 :class:`Stage`; the run store records each stage's settings and done flags.
+
+The prepare stage is written once here, over :class:`TiltSink`: memory for
+``faket demo``, MRC writers for ``faket noise apply``, the Zarr run store
+(``faket.store.StoreSink``) for the engine. The NST stage is
+``faket.nst.stylize_tilts`` (used by ``iter_stylize`` and the engine's actor),
+reconstruction ``faket.reconstruction.reconstruct``.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
 
 
 class Stage(str, Enum):
@@ -35,3 +44,97 @@ STAGE_ARRAYS: dict[Stage, tuple[str, ...]] = {
     Stage.RECONSTRUCT: ("reconstruction",),
     Stage.EXPORT: (),
 }
+
+
+# --------------------------------------------------------------------------- storage
+class TiltSink(Protocol):
+    """Where a stage puts tilts: memory, MRC writers, or the run store (``faket.store.StoreSink``).
+
+    ``todo(name)`` lists the tilt indices of stack ``name`` still to make (a
+    resumed run store skips done ones); ``put`` stores one ``(H, W)`` float32 tilt.
+    """
+
+    def todo(self, name: str) -> Sequence[int]: ...
+
+    def put(self, name: str, index: int, image: np.ndarray) -> None: ...
+
+
+class MemorySink:
+    """Stacks in memory: ``arrays[name]`` is ``(n, H, W)`` float32, made on the first put."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def todo(self, name: str) -> Sequence[int]:
+        return [] if name in self.arrays else range(self.n)
+
+    def put(self, name: str, index: int, image: np.ndarray) -> None:
+        if name not in self.arrays:
+            self.arrays[name] = np.empty((self.n, *image.shape), np.float32)
+        self.arrays[name][index] = image
+
+
+class WriterSink:
+    """Tilts streamed into open MRC writers (``faket.io.MrcWriter``), one per stack name."""
+
+    def __init__(self, writers: Mapping[str, Any], n: int) -> None:
+        self.writers, self.n = writers, n
+
+    def todo(self, name: str) -> Sequence[int]:
+        return range(self.n)
+
+    def put(self, name: str, index: int, image: np.ndarray) -> None:
+        self.writers[name].write(index, image)
+
+
+# --------------------------------------------------------------------------- prepare
+def copy_tilts(sink: TiltSink, name: str, read: Callable[[int], np.ndarray]) -> None:
+    """Put tilts of stack ``name`` that ``sink`` still needs, read one by one with ``read(i)``."""
+    for i in sink.todo(name):
+        sink.put(name, int(i), np.asarray(read(int(i)), np.float32))
+
+
+def prepare_noiseless(
+    sink: TiltSink,
+    angles: np.ndarray,
+    *,
+    volume: np.ndarray | None = None,
+    tilts: Callable[[int], np.ndarray] | None = None,
+    device: Any = "cpu",
+) -> None:
+    """The ``noiseless`` stack: projections of ``volume`` (Z, Y, X) at ``angles`` (degrees),
+    or the given noiseless tilts ``tilts(i)`` (H, W); only the tilts ``sink`` still needs."""
+    from .projection import project
+
+    if volume is None:
+        if tilts is None:
+            raise ValueError("prepare_noiseless needs a volume or tilts")
+        copy_tilts(sink, "noiseless", tilts)
+        return
+    todo = list(sink.todo("noiseless"))
+    if todo:
+        series = project(volume, angles, device=device).cpu().numpy()
+        copy_tilts(sink, "noiseless", lambda i: series[i])
+
+
+def prepare_noise(
+    sink: TiltSink,
+    noiseless: Callable[[int], np.ndarray],
+    model: Any,
+    seed: int,
+    modalities: Sequence[str] = ("noisy", "content", "baseline"),
+    content_sigma: float = 0.25,
+    advance: Callable[[], None] | None = None,
+) -> None:
+    """NOISY, CONTENT (sigma x ``content_sigma``) and BASELINE (order-0 curves) tilts of one
+    tomogram from its noiseless tilts ``noiseless(i)`` (H, W) and a ``faket.noise.NoiseModel``;
+    the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order."""
+    from .noise import apply_tilt
+
+    base = model.baseline()
+    for m in modalities:
+        for i in sink.todo(m):
+            sink.put(m, int(i), apply_tilt(noiseless(int(i)), int(i), model, seed, m, content_sigma, base))
+            if advance is not None:
+                advance()

@@ -169,6 +169,20 @@ def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     flags[index] = 1
 
 
+class StoreSink:
+    """The run store's group of one tomogram as a ``faket.pipeline.TiltSink``: tilts not
+    done yet are to do; a put writes the tilt and then its done flag (idempotent)."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def todo(self, name: str) -> list[int]:
+        return [int(i) for i in np.flatnonzero(~done_mask(self.group, name))]
+
+    def put(self, name: str, index: int, image: np.ndarray) -> None:
+        write_tilt(self.group, name, index, image)
+
+
 def write_volume(group, name: str, volume: np.ndarray) -> None:
     """Write a whole volume, then mark it done (idempotent; creates nothing)."""
     flags = _flag_array(group, name)

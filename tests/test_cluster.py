@@ -457,3 +457,29 @@ def test_resume_with_changed_settings_refuses_naming_the_key(inputs, tmp_path):
     assert root["tomo_000"].attrs["settings"]["stylize"]["step_size"] == 0.05
     assert root["tomo_000"].attrs["settings"]["prepare"] == recorded["prepare"]
     check_resume(root, new, identity)
+
+
+def test_cli_demo_and_engine_give_equal_results(tmp_path, weights_file, local_ray, monkeypatch):
+    """One orchestration: `faket demo` (one process), the engine on the same specimen, and
+    `faket stylize` on the engine's stacks agree bit for bit under the reproducible switch
+    (AVX2 kernels and 2 threads everywhere, the engine's actor included)."""
+    from conftest import run_faket
+    from faket.io import read_mrc
+    from faket.reproducible import ENV_VAR
+
+    demo = run_faket("demo", "-o", tmp_path / "demo", "--size", 32, "--angles", "-30,30,15",
+                     "--vgg-weights", weights_file, "--device", "cpu", "--reproducible")
+    assert demo.returncode == 0, demo.stderr
+    spec = write_inputs(tmp_path / "engine", tomograms=1, size=32, angles=(-30.0, 30.0, 15.0))
+    text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"')
+    spec.write_text(text.replace("batch = 1", 'batch = 1\nactors = 1\ndevice = "cpu"'))
+    monkeypatch.setenv(ENV_VAR, "1")
+    assert run(load_spec(spec), say=lambda m: None)["done_now"] == 5
+    g = open_store(tmp_path / "engine" / "run.zarr", mode="r")["tomo_000"]
+    for name in ("noiseless", "noisy", "content", "faket"):
+        assert np.array_equal(np.asarray(g[name][:]), read_mrc(tmp_path / "demo" / "tomo" / f"{name}.mrc")), name
+    exported = tmp_path / "engine" / "mrc" / "tomo_000"
+    cli = run_faket("stylize", exported / "content.mrc", exported / "style.mrc", "--init", exported / "noisy.mrc",
+                    "-o", tmp_path / "cli.mrc", "--vgg-weights", weights_file, "--device", "cpu", "--reproducible")
+    assert cli.returncode == 0, cli.stderr
+    assert np.array_equal(read_mrc(tmp_path / "cli.mrc"), np.asarray(g["faket"][:]))
