@@ -1,0 +1,1 @@
+"""The ``faket`` command line, one module per group of commands (``faket.cli`` assembles them)."""
