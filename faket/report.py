@@ -15,7 +15,6 @@ tilt-series needs memory for a few tilts only.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,84 +24,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import FaketInputError
+from .metrics import mae, mse, psnr, radial_power_spectrum, spectrum_distance, ssim
 
 #: Display and table order of the modalities; ``noiseless`` and ``reference`` are the yardsticks.
 MODALITIES = ("noiseless", "noisy", "baseline", "faket", "reference")
 SIMULATED = ("noisy", "baseline", "faket")
 REQUIRED = ("noiseless", "faket", "reference")
-SSIM_WINDOW = 7
-SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-# --------------------------------------------------------------------------- metrics
-def mae(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute error of two images of the same shape."""
-    return float(np.mean(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean squared error of two images of the same shape."""
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    return float(np.mean(d * d))
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
-    m = mse(a, b)
-    return math.inf if m == 0 else float(10 * math.log10(data_range**2 / m))
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Structural similarity (Wang et al. 2004) of two 2D images.
-
-    7 x 7 uniform window, K1 = 0.01, K2 = 0.03, sample covariances, mean over
-    the pixels whose window lies inside the image (scikit-image's defaults).
-    """
-    from scipy.ndimage import uniform_filter
-
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    w = SSIM_WINDOW
-    if min(x.shape) < w:
-        raise FaketInputError(f"images of {x.shape} are smaller than the {w}x{w} SSIM window")
-    n = w * w
-    cov = n / (n - 1)
-    ux, uy = uniform_filter(x, w), uniform_filter(y, w)
-    vx = cov * (uniform_filter(x * x, w) - ux * ux)
-    vy = cov * (uniform_filter(y * y, w) - uy * uy)
-    vxy = cov * (uniform_filter(x * y, w) - ux * uy)
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    pad = (w - 1) // 2
-    return float(s[pad:-pad, pad:-pad].mean())
-
-
-def radial_power_spectrum(image: np.ndarray) -> np.ndarray:
-    """Rotationally averaged power spectrum of a 2D image, DC removed.
-
-    Returns ``(min(H, W) // 2 + 1,)``: mean |FFT|^2 over rings of integer
-    radius in units of 1 / min(H, W) cycles per pixel (ring 0 is the DC ring).
-    """
-    x = np.asarray(image, np.float64)
-    x = x - x.mean()
-    h, w = x.shape
-    p = np.abs(np.fft.fft2(x)) ** 2 / (h * w)
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.fftfreq(w)[None, :]
-    n = min(h, w)
-    r = np.rint(np.sqrt(fy**2 + fx**2) * n).astype(int).ravel()
-    keep = r <= n // 2
-    sums = np.bincount(r[keep], weights=p.ravel()[keep], minlength=n // 2 + 1)
-    counts = np.bincount(r[keep], minlength=n // 2 + 1)
-    return sums / np.maximum(counts, 1)
-
-
-def spectrum_distance(spec: np.ndarray, ref: np.ndarray) -> float:
-    """RMS difference of log10 spectra (rings 1..end), each normalised to total power 1."""
-    a, b = np.asarray(spec, np.float64)[1:], np.asarray(ref, np.float64)[1:]
-    m = min(len(a), len(b))
-    a, b = a[:m] / a[:m].sum(), b[:m] / b[:m].sum()
-    tiny = 1e-30
-    return float(np.sqrt(np.mean((np.log10(a + tiny) - np.log10(b + tiny)) ** 2)))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -405,141 +332,6 @@ def _style_distances(stacks, ranges, weights, style_tilts: int, device: str) -> 
     }
 
 
-# --------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    _plt().close(fig)
-    return path
-
-
-def montage(
-    inputs: ReportInputs, angles: np.ndarray, path: Path, show: tuple[float, ...] = (0.0, -40.0, 40.0)
-) -> Path:
-    """Rows: tilts nearest to ``show`` degrees; columns: modalities.
-
-    NOISY, BASELINE, FakET and the reference share contrast limits (1st-99th
-    percentile of the reference tilt); the noiseless projections, in other
-    units, use their own.
-    """
-    plt = _plt()
-    names = [m for m in MODALITIES if m in inputs.stacks]
-    rows = sorted({int(np.argmin(np.abs(angles - a))) for a in show}, key=lambda i: angles[i])
-    fig, axes = plt.subplots(
-        len(rows), len(names), figsize=(2.7 * len(names), 2.8 * len(rows)), squeeze=False
-    )
-    opened = {m: _open(inputs.stacks[m], m, check_finite=False) for m in names}
-    for r, i in enumerate(rows):
-        lo, hi = np.percentile(opened["reference"].tilt(i), [1, 99])
-        for c, m in enumerate(names):
-            img = opened[m].tilt(i)
-            vmin, vmax = np.percentile(img, [1, 99]) if m == "noiseless" else (lo, hi)
-            axes[r, c].imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
-            axes[r, c].set_title(f"{m}  {angles[i]:+.0f}", fontsize=9)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-    for s in opened.values():
-        s.close()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def spectra_figure(report: Report, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for m in MODALITIES:
-        if m in report.spectra:
-            s = report.spectra[m]
-            f = np.arange(len(s)) / (2 * (len(s) - 1))
-            ax.semilogy(f[1:], s[1:] / s[1:].sum(), label=m, lw=2 if m in ("faket", "reference") else 1)
-    ax.set_xlabel("spatial frequency (cycles / pixel)")
-    ax.set_ylabel("normalised power")
-    ax.set_title("rotationally averaged power spectra")
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def histogram_figure(report: Report, path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for m, (counts, edges) in report.histograms.items():
-        ax = axes[0] if m == "noiseless" else axes[1]
-        ax.plot(0.5 * (edges[1:] + edges[:-1]), counts, label=m)
-    axes[0].set_title("noiseless projections")
-    axes[1].set_title("simulated and reference")
-    for ax in axes:
-        ax.set_xlabel("intensity")
-        ax.set_ylabel("density")
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def tilt_stats_figure(report: Report, path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for m in MODALITIES:
-        if m in report.tilt_stats and m != "noiseless":
-            for ax, k in zip(axes, ("mean", "std")):
-                ax.plot(
-                    report.angles, report.tilt_stats[m][k], "o-" if m == "reference" else "-", label=m, ms=3
-                )
-    for ax, k in zip(axes, ("mean", "std")):
-        ax.set_xlabel("tilt angle (deg)")
-        ax.set_ylabel(f"per-tilt {k}")
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def metrics_figure(report: Report, path: Path) -> Path:
-    plt = _plt()
-    keys = ("mae", "mse", "psnr", "ssim")
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-    for ax, k in zip(axes, keys):
-        for m, d in report.per_tilt.items():
-            vals = np.array(d[k], dtype=float)
-            ax.plot(report.angles[: len(vals)], np.where(np.isinf(vals), np.nan, vals), label=m)
-        ax.set_title(f"{k.upper()} vs noiseless")
-        ax.set_xlabel("tilt angle (deg)")
-    axes[0].legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def reconstruction_figure(inputs: ReportInputs, path: Path) -> Path | None:
-    """Central XY and XZ slices of each reconstruction."""
-    if not inputs.reconstructions:
-        return None
-    plt = _plt()
-    names = [m for m in MODALITIES if m in inputs.reconstructions]
-    fig, axes = plt.subplots(2, len(names), figsize=(2.8 * len(names), 5.6), squeeze=False)
-    for c, m in enumerate(names):
-        with _open(inputs.reconstructions[m], f"{m} reconstruction", check_finite=False) as v:
-            xy = v.tilt(v.shape[0] // 2)
-            xz = np.asarray(v.data[:, v.shape[1] // 2, :], np.float32)
-        for r, (img, name) in enumerate(((xy, "XY"), (xz, "XZ"))):
-            lo, hi = np.percentile(img, [1, 99])
-            axes[r, c].imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect="auto" if r else "equal")
-            axes[r, c].set_title(f"{m} {name}", fontsize=9)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 # --------------------------------------------------------------------------- assemble
 def write_report(
     inputs: ReportInputs,
@@ -551,6 +343,15 @@ def write_report(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Compute the report and write ``out_dir/index.html``, ``metrics.json`` and the PNGs."""
+    from ._report_render import (
+        histogram_figure,
+        metrics_figure,
+        montage,
+        reconstruction_figure,
+        render_html,
+        spectra_figure,
+        tilt_stats_figure,
+    )
     from .io import atomic_path
 
     report = compute_report(
@@ -573,86 +374,5 @@ def write_report(
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
     with atomic_path(out_dir / "index.html") as tmp:
-        tmp.write_text(_html(data, figures))
+        tmp.write_text(render_html(data, figures))
     return out_dir / "index.html"
-
-
-def metrics_table(data: dict) -> list[list[str]]:
-    """Rows of the summary table: modality, MAE, MSE, PSNR, SSIM, spectrum and style distance."""
-
-    def fmt_value(v, fmt: str) -> str:
-        return "" if v is None else (v if isinstance(v, str) else fmt.format(v))
-
-    rows = []
-    for m in MODALITIES:
-        if m not in data["summary"] and m not in data["spectrum_distance_to_reference"]:
-            continue
-        s = data["summary"].get(m, {})
-
-        def f(k, fmt="{:.4f}", s=s):
-            return fmt_value(s.get(k), fmt)
-
-        rows.append(
-            [
-                m,
-                f("mae"),
-                f("mse"),
-                f("psnr", "{:.2f}"),
-                f("ssim"),
-                "{:.3f}".format(data["spectrum_distance_to_reference"][m]),
-                f("style_distance", "{:.4g}"),
-            ]
-        )
-    return rows
-
-
-TABLE_HEADER = [
-    "modality",
-    "MAE",
-    "MSE",
-    "PSNR (dB)",
-    "SSIM",
-    "spectrum dist. to ref.",
-    "style dist. to ref.",
-]
-
-
-def _html(data: dict, figures: dict[str, Path]) -> str:
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>\n" for r in metrics_table(data)
-    )
-    head = "".join(f"<th>{h}</th>" for h in TABLE_HEADER)
-    captions = {
-        "montage.png": "Tilts near 0 and +/-40 degrees. NOISY, BASELINE, FakET and the reference "
-        "share contrast limits (1st-99th percentile of the reference tilt).",
-        "spectra.png": "Rotationally averaged power spectra (each normalised to total power 1).",
-        "histograms.png": "Intensity histograms.",
-        "tilt_stats.png": "Per-tilt mean and std against the reference.",
-        "metrics_per_tilt.png": "Metrics against the noiseless projections, per tilt "
-        "(stacks scaled to [0, 1]).",
-        "reconstruction.png": "Central XY and XZ slices of the reconstructions.",
-    }
-    figs = "".join(
-        f'<figure><img src="{name}" alt="{name}"><figcaption>'
-        f"{html.escape(captions.get(name, ''))}</figcaption></figure>\n"
-        for name in figures
-    )
-    style = data["style_distance"]
-    style_note = (
-        f"Style distance on tilts {style['tilts']} with {style['weights'].get('kind')} VGG-19 weights."
-        if style.get("computed")
-        else "Style distance not computed."
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>faket report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}
-figure{{margin:1.5em 0}}img{{max-width:100%}}</style></head><body>
-<h1>faket report</h1>
-<p>{data["n_tilts"]} tilts. Metrics against the noiseless projections after scaling each stack to
-[0, 1] by its own min and max. {html.escape(style_note)}</p>
-<table><tr>{head}</tr>
-{rows}</table>
-{figs}<p>All numbers: <a href="metrics.json">metrics.json</a>.</p>
-</body></html>
-"""

@@ -48,15 +48,8 @@ def report(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Realism metrics and pictures: index.html, metrics.json and PNG figures."""
-    from ..report import (
-        TABLE_HEADER,
-        ReportInputs,
-        check_inputs,
-        find_run,
-        find_store_tomogram,
-        metrics_table,
-        write_report,
-    )
+    from .._report_render import TABLE_HEADER, metrics_table
+    from ..report import ReportInputs, check_inputs, find_run, find_store_tomogram, write_report
 
     if run is not None and (run / "zarr.json").is_file():
         inputs = find_store_tomogram(run, tomogram)
