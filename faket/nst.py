@@ -15,14 +15,15 @@ argument so that a worker can process one tilt of a large stack alone.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ._optim import _EMA, Adam
+from ._pyramid import _interp, _resize, gen_scales, size_at_scale
+from ._scaling import match_tilt_stats, stack_range, to_unit
 from ._tiling import TiledSteps, tile_cuts
 from .errors import FaketInputError
 from .losses import SCALED_ERROR_EPS, gram, normalised_weights, scaled_error, tv_loss
@@ -51,141 +52,6 @@ __all__ = [
     "tv_loss",
     "validate_settings",
 ]
-
-
-# --------------------------------------------------------------------------- scaling
-def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float32]:
-    """Min and max of a whole stack ``(n, H, W)``, read ``chunk`` tilts at a time."""
-    lo, hi = np.float32(np.inf), np.float32(-np.inf)
-    for s in range(0, stack.shape[0], chunk):
-        part = np.asarray(stack[s : s + chunk], dtype=np.float32)
-        lo, hi = min(lo, part.min()), max(hi, part.max())
-    return np.float32(lo), np.float32(hi)
-
-
-def to_unit(images: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
-    """Scale images to [0, 1] with a stack's range: ``(x - lo) / (hi - lo)`` in float32.
-
-    Same float32 arithmetic as the published ``x -= x.min(); x /= x.max()``.
-    A constant stack (hi == lo) maps to zeros.
-    """
-    x = np.array(images, dtype=np.float32, copy=True)
-    x -= np.float32(lo)
-    span = np.float32(np.float32(hi) - np.float32(lo))
-    if span > 0:
-        x /= span
-    return x
-
-
-def match_tilt_stats(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Give each tilt the std and then the mean of the same reference tilt.
-
-    images, reference: ``(n, H, W)`` (sizes may differ; stats are per tilt).
-    Returns float32 ``(n, H, W)``. A constant tilt keeps its shape and gets the mean.
-    """
-    x = np.array(images, dtype=np.float32, copy=True)
-    n = x.shape[0]
-    ref = np.asarray(reference, dtype=np.float32)
-    s1 = x.reshape(n, -1).std(-1).reshape(-1, 1, 1)
-    s2 = ref.reshape(n, -1).std(-1).reshape(-1, 1, 1)
-    safe = np.where(s1 > 0, s1, np.float32(1))
-    x = np.where(s1 > 0, x / safe * s2, x).astype(np.float32)
-    m1 = x.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
-    m2 = ref.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
-    x -= m1 - m2
-    return x
-
-
-class _EMA:
-    """Bias-corrected exponential moving average of the iterates (float32, as published)."""
-
-    def __init__(self, x: torch.Tensor, decay: float) -> None:
-        self.value = torch.zeros_like(x)
-        self.decay = torch.tensor(decay, device=x.device)
-        self.accum = torch.tensor(1.0, device=x.device)
-        self.update(x)
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        self.accum *= self.decay
-        self.value *= self.decay
-        self.value += (1 - self.decay) * x
-
-    def get(self) -> torch.Tensor:
-        return self.value / (1 - self.accum)
-
-
-class Adam:
-    """Adam on one image tensor, with exactly the arithmetic of ``torch.optim.Adam``.
-
-    (Its single-tensor path: no weight decay, no amsgrad.) Written out because
-    constructing ``torch.optim.Adam`` imports torch's compiler stack, which
-    costs seconds of start-up per process. Moments can be resized for the
-    next scale of the pyramid (first moment bicubic, second bilinear, >= 0).
-    """
-
-    def __init__(
-        self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-    ) -> None:
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.exp_avg = torch.zeros_like(param)
-        self.exp_avg_sq = torch.zeros_like(param)
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
-        beta1, beta2 = self.betas
-        self.steps += 1
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** float(self.steps)
-        bias_correction2 = 1 - beta2 ** float(self.steps)
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
-        self.param.addcdiv_(self.exp_avg, denom, value=-(self.lr / bias_correction1))
-
-    def moved_to(self, param: torch.Tensor) -> Adam:
-        """A copy of this optimiser's state for ``param`` at another size (warm start)."""
-        new = Adam(param, self.lr, self.betas, self.eps)
-        size = (int(param.shape[-2]), int(param.shape[-1]))
-        new.exp_avg = _interp(self.exp_avg, size, "bicubic").contiguous()
-        new.exp_avg_sq = _interp(self.exp_avg_sq, size, "bilinear").relu().contiguous()
-        new.steps = self.steps
-        return new
-
-
-# --------------------------------------------------------------------------- pyramid
-def gen_scales(min_scale: int, end_scale: int) -> list[int]:
-    """Scales from end_scale down by factors of sqrt(2) to min_scale, ascending."""
-    scales, i, s = set(), 0, end_scale
-    while s >= min_scale:
-        scales.add(s)
-        i += 1
-        s = round(end_scale / 2 ** (i / 2))
-    return sorted(scales)
-
-
-def size_at_scale(h: int, w: int, scale: int, scale_up: bool = True) -> tuple[int, int]:
-    """(h, w) resized so that the longest side is ``scale`` (aspect kept)."""
-    if not scale_up and max(h, w) <= scale:
-        return h, w
-    if h > w:
-        return scale, round(scale * w / h)
-    return round(scale * h / w), scale
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(B, C, H, W)`` images with antialiased bilinear interpolation."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def _interp(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x  # bicubic/bilinear at the same size is the identity
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
 # --------------------------------------------------------------------------- engine
