@@ -54,20 +54,25 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from faket.errors import FaketInputError
 from faket.settings import (
-    Bool,
-    Float,
-    Int,
     NSTSettings,
     ReconstructionSettings,
-    Settings,
-    Str,
     describe_error,
+)
+
+from .spec_models import (
+    ManifestEntry,
+    NoiseSection,
+    Resources,
+    RunSection,
+    SpecFile,
+    StyleSection,
+    TomogramEntry,
+    WeightsSection,
 )
 
 if sys.version_info >= (3, 11):
@@ -75,26 +80,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = {"run", "resources", "weights", "noise", "style", "nst", "reconstruction", "tomogram", "manifest"}
-RUN_KEYS = {"store", "export", "seed"}
-RESOURCE_KEYS = {
-    "actors",
-    "gpus_per_actor",
-    "cpus_per_actor",
-    "batch",
-    "in_flight",
-    "max_task_retries",
-    "address",
-    "spread",
-    "share_style",
-    "device",
-    "retry_backoff",
-}
-WEIGHT_KEYS = {"vgg", "seed"}
-NOISE_KEYS = {"model", "pairs", "order", "content_sigma"}
-STYLE_KEYS = {"reference", "pool"}
-TOMO_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seed"}
-MANIFEST_KEYS = {"name", "volume", "tilts", "angles", "labels", "particles", "seeds", "styles"}
+#: Allowed keys of each table, from the typed models (one place for names and defaults).
+SECTIONS = set(SpecFile.model_fields)
+RUN_KEYS = set(RunSection.model_fields)
+RESOURCE_KEYS = set(Resources.model_fields)
+WEIGHT_KEYS = set(WeightsSection.model_fields)
+NOISE_KEYS = set(NoiseSection.model_fields)
+STYLE_KEYS = set(StyleSection.model_fields)
+TOMO_KEYS = set(TomogramEntry.model_fields)
+MANIFEST_KEYS = set(ManifestEntry.model_fields)
 
 
 @dataclass
@@ -155,101 +149,6 @@ def _file(spec: Path, value, what: str) -> Path:
 def _out(spec: Path, value) -> Path:
     p = Path(str(value)).expanduser()
     return (p if p.is_absolute() else spec.parent / p).resolve()
-
-
-# --------------------------------------------------------------------------- typed spec file
-class Resources(Settings):
-    """``[resources]``: actors, their resources, batching, queueing and the retry policy."""
-
-    actors: Optional[Annotated[Int, Field(ge=1)]] = None
-    gpus_per_actor: Annotated[Float, Field(ge=0)] = 0.0
-    cpus_per_actor: Annotated[Float, Field(gt=0)] = 1.0
-    batch: Annotated[Int, Field(ge=1)] = 1
-    in_flight: Annotated[Int, Field(ge=1)] = 2
-    max_task_retries: Annotated[Int, Field(ge=0)] = 3
-    retry_backoff: Annotated[Float, Field(ge=0)] = 0.5
-    address: Optional[Str] = None
-    spread: Bool = False
-    share_style: Annotated[Int, Field(ge=1)] = 8
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-class RunSection(Settings):
-    section = "run"
-
-    store: Str
-    export: Optional[Str] = None
-    seed: Int = 0
-
-
-class WeightsSection(Settings):
-    section = "weights"
-
-    vgg: Str = "imagenet"
-    seed: Int = 0
-
-
-class NoisePair(Settings):
-    section = "noise.pairs"
-
-    reference: Str
-    noiseless: Str
-
-
-class NoiseSection(Settings):
-    section = "noise"
-
-    model: Optional[Str] = None
-    pairs: list[NoisePair] = []
-    order: Annotated[Int, Field(ge=-1, le=5)] = 2
-    content_sigma: Annotated[Float, Field(ge=0)] = 0.25
-
-
-class StyleSection(Settings):
-    section = "style"
-
-    reference: Optional[Str] = None
-    pool: list[Str] = []
-
-
-class _Sources(Settings):
-    """The input files of a tomogram entry (paths relative to the spec file)."""
-
-    name: Optional[Str] = None
-    volume: Optional[Str] = None
-    tilts: Optional[Str] = None
-    angles: Optional[Str] = None
-    labels: Optional[Str] = None
-    particles: Optional[Str] = None
-
-
-class TomogramEntry(_Sources):
-    section = "tomogram"
-
-    seed: Optional[Int] = None
-
-
-class ManifestEntry(_Sources):
-    section = "manifest"
-
-    seeds: list[Int] = [0]
-    styles: Optional[list[Str]] = None
-
-
-class SpecFile(Settings):
-    """A whole run spec (TOML) as typed data; ``faket spec schema`` prints its JSON schema."""
-
-    section = ""
-
-    run: RunSection
-    resources: Resources = Resources()
-    weights: WeightsSection = WeightsSection()
-    noise: NoiseSection = NoiseSection()
-    style: StyleSection = StyleSection()
-    nst: NSTSettings = NSTSettings()
-    reconstruction: Optional[ReconstructionSettings] = None
-    tomogram: list[TomogramEntry] = []
-    manifest: list[ManifestEntry] = []
 
 
 def validate_file(spec: Path, raw: dict) -> SpecFile:
