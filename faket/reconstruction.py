@@ -174,18 +174,12 @@ def binned_size(n: int, factor: int, method: str = "mean") -> int:
 
 
 def check_settings(settings: ReconstructionSettings) -> None:
-    """Refuse impossible reconstruction settings (one line each), before any work."""
-    if settings.filter not in FILTERS:
-        raise FaketInputError(f"unknown filter {settings.filter!r}: use one of {', '.join(FILTERS)}")
-    if not isinstance(settings.binning, int) or isinstance(settings.binning, bool) or settings.binning < 1:
-        raise FaketInputError(f"binning must be an integer >= 1, got {settings.binning!r}")
-    if settings.binning_method not in ("mean", "cubic"):
-        raise FaketInputError(f"unknown binning method {settings.binning_method!r}: use mean or cubic")
-    if settings.thickness is not None and (not isinstance(settings.thickness, int) or settings.thickness < 1):
-        raise FaketInputError(f"thickness must be an integer >= 1, got {settings.thickness!r}")
-    lo, hi = settings.z_range
-    if not 0 <= lo < hi <= 1:
-        raise FaketInputError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
+    """Refuse impossible reconstruction settings (one line), before any work.
+
+    The model validates on construction; this re-validates settings made without
+    it (``model_construct``, ``model_copy(update=...)``).
+    """
+    ReconstructionSettings(**settings.to_dict())
 
 
 def output_shape(

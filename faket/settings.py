@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from .errors import FaketInputError
 
@@ -158,6 +158,14 @@ class ReconstructionSettings(Settings):
     binning_method: Literal["mean", "cubic"] = "mean"
     thickness: Optional[Annotated[Int, Field(ge=1)]] = None
     z_range: tuple[Annotated[Float, Field(ge=0, le=1)], Annotated[Float, Field(ge=0, le=1)]] = (0.0, 1.0)
+
+    @field_validator("z_range")
+    @classmethod
+    def _z_range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not lo < hi:
+            raise ValueError(f"z range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
+        return value
 
 
 #: The paper's reconstruction settings, for ``--paper``.

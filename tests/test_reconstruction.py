@@ -113,3 +113,14 @@ def test_output_shape_is_known_before_reconstructing(phantom, settings):
     p = np.zeros((5, N, N + 7), np.float32)
     got = reconstruct(p, np.linspace(-60, 60, 5), settings).shape
     assert tuple(got) == output_shape(p.shape, settings)
+
+
+def test_settings_made_without_validation_are_still_refused():
+    from faket.reconstruction import check_settings
+
+    with pytest.raises(FaketInputError, match="z range must satisfy"):
+        ReconstructionSettings(z_range=(0.7, 0.2))
+    bypassed = ReconstructionSettings.model_construct(filter="rampp")
+    with pytest.raises(FaketInputError, match="filter"):
+        check_settings(bypassed)
+    check_settings(ReconstructionSettings())
