@@ -329,11 +329,15 @@ def _actor_on(node_id: str) -> bool:
                and "NSTWorker" in str(a.get("ActorClassName", "")) for a in state.actors().values())
 
 
-def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray):
-    """Two nodes on one machine; the node of one actor goes away; its work is redone elsewhere."""
+def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
+    """Two nodes on one machine; the node of one actor goes away; its work is redone elsewhere.
+    The HOLD hook keeps both actors waiting after their first task until the node is gone."""
     import threading
 
     from ray.cluster_utils import Cluster
+
+    release = tmp_path / "release"
+    monkeypatch.setenv(HOLD_ENV, str(release))             # the nodes' workers inherit it
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "object_store_memory": 150 * 2**20, "include_dashboard": False})
@@ -358,6 +362,7 @@ def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray):
                 if done >= 2 and not removed and _actor_on(worker.node_id):
                     cluster.remove_node(worker)
                     removed = True
+                    release.touch()
             time.sleep(0.2)
         thread.join(timeout=240)
         assert removed and result.get("done_now") == 14, result.get("failed")
