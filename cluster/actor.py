@@ -220,6 +220,7 @@ class NSTWorker:
                     "device": self.device,
                     "gpu_ids": self.gpu_ids,
                     "compute": self.compute,
+                    "tile_size": transfer.settings.tile_size,  # set by an out-of-memory fallback too
                 }
                 for k, i in enumerate(idx)
             ]

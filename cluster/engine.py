@@ -311,6 +311,7 @@ def run(
         "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
         "devices": sorted({m["device"] for m in meta}),
         "compute": _distinct(m["compute"] for m in meta),
+        "tiled_tilts": sum(1 for m in meta if m.get("tile_size")),
         "failed": _record_failures(root, spec, failed),
     }
     root.attrs["last_run"] = {k: v for k, v in summary.items() if k not in ("exported", "compute")}

@@ -178,7 +178,11 @@ def stylize(
             inputs={"content": content, "init": init, **{f"style{k}": p for k, p in enumerate(style)}},
             weights=weights.identity,
             seeds={"init": seed, "weights": weights_seed},
-            extra={"device": dev, "final_loss_per_tilt": losses.tolist()},
+            extra={
+                "device": dev,
+                "final_loss_per_tilt": losses.tolist(),
+                "memory_fallbacks": transfer.memory_fallbacks,
+            },
             device=dev,
             precision=st.precision,
         ),
