@@ -19,6 +19,23 @@ from .settings import TILE_GRID
 from .vgg import activation_floats_per_pixel, min_input_size, tile_halo
 
 
+def check_memory_budget(settings: Any, itemsize: int = 4) -> None:
+    """Refuse a memory budget below what one 64 x 64 tile (with its halo) needs, before any work.
+
+    settings: :class:`faket.settings.NSTSettings`; itemsize: bytes per float (4 for float32).
+    """
+    if settings.memory_budget_gb is None:
+        return
+    last = max((*settings.content_layers, *settings.style_layers))
+    halo = tile_halo(last)
+    need = (64 + 2 * halo) ** 2 * activation_floats_per_pixel(last) * settings.batch_size * itemsize * 1.5
+    if settings.memory_budget_gb * 2**30 < need:
+        raise FaketInputError(
+            f"memory budget {settings.memory_budget_gb:g} GB is below what one 64x64 tile with its "
+            f"{halo}-pixel halo needs ({need / 2**30:.3g} GB): raise it"
+        )
+
+
 class TiledSteps:
     """The tiled step of :class:`faket.nst.StyleTransfer` (a mixin: it uses its network,
     settings, layers and weights)."""

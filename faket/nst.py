@@ -24,7 +24,7 @@ import torch
 from ._optim import _EMA, Adam
 from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
-from ._tiling import TiledSteps, tile_cuts
+from ._tiling import TiledSteps, check_memory_budget, tile_cuts
 from .errors import FaketInputError
 from .losses import SCALED_ERROR_EPS, gram, normalised_weights, scaled_error, tv_loss
 from .reproducible import check_precision, configure_device
@@ -102,6 +102,7 @@ class StyleTransfer(TiledSteps):
             self.device, dtype
         )
         self.min_size = min_input_size(self.net.last)
+        check_memory_budget(settings, torch.empty((), dtype=dtype).element_size())
         # Execution experiments (benchmarks/run.py --experiments measures them):
         # NHWC activations, and the network compiled by torch.compile (inductor).
         self.channels_last = channels_last
@@ -296,6 +297,7 @@ def validate_settings(s: NSTSettings) -> None:
             f"{len(s.style_layers)} style layers but {len(s.style_layer_weights)} style layer weights"
         )
     check_precision(s.precision)
+    check_memory_budget(s)
 
 
 # --------------------------------------------------------------------------- stacks

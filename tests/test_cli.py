@@ -9,7 +9,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import call_main, run_faket
+from conftest import HAS_CUDA, call_main, run_faket
 from faket.io import read_mrc, write_mrc
 
 GOLDEN = [("expected_iter1_step0.15", 1, 0.15), ("expected_iter3_step0.05", 3, 0.05)]
@@ -165,6 +165,9 @@ def _write_bad(d, kind):
     ("negative step", "--step-size = -0.1"),
     ("zero iterations", "--iterations = 0: must be greater than or equal to 1"),
     ("tiny tiles", "--tile-size"),
+    ("memory below one tile", "below what one 64x64 tile"),
+    ("unknown precision", "--precision = 'fp8'"),
+    ("cuda without a GPU", "no CUDA GPU is visible"),
     ("weights wrong keys", "lacks"),
     ("weights wrong shapes", "shape"),
     ("output not writable", "cannot be created"),
@@ -199,6 +202,14 @@ def test_stylize_bad_input(monkeypatch, capsys, stacks, tmp_path, test_weights, 
         over["--iterations"] = 0
     elif case == "tiny tiles":
         over["--tile-size"] = 8
+    elif case == "memory below one tile":
+        over["--max-memory"] = 0.01
+    elif case == "unknown precision":
+        over["--precision"] = "fp8"
+    elif case == "cuda without a GPU":
+        if HAS_CUDA:
+            pytest.skip("this machine has a CUDA GPU")
+        over["--device"] = "cuda"
     elif case == "weights wrong keys":
         sd = dict(test_weights)
         sd.pop("features.34.weight")

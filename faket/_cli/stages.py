@@ -77,7 +77,10 @@ def stylize(
         "(exact; for images larger than memory).",
     ),
     memory_budget: Optional[float] = typer.Option(
-        None, help="GB one step's working memory may use; picks the tile size."
+        None,
+        "--memory-budget",
+        "--max-memory",
+        help="GB one step's working memory may use; picks the tile size.",
     ),
     precision: str = typer.Option(
         _NST.precision,
