@@ -220,6 +220,64 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
     return [recs[n] for n in complete if n in recs], exported, failed
 
 
+def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
+    """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet."""
+    from faket.store import open_store
+    from faket.weights import resolve_weights
+
+    from .layout import check_resume, lay_out
+
+    weights = resolve_weights(spec.weights, seed=spec.weights_seed)
+    if spec.store.exists():  # refuse a changed spec before touching anything
+        check_resume(open_store(spec.store, mode="r"), spec, weights.identity, restart)
+    if not weights.is_imagenet:
+        say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
+    init_ray(address or spec.resources.address)
+    plan = plan_actors(spec, actors)
+    if not plan.use_gpu:
+        say(f"no GPU actors: running {plan.count} CPU actor(s)")
+    root = open_store(str(spec.store))
+    lay_out(root, spec, weights.identity, restart)
+    root.attrs.update({"spec": spec.raw, "spec_path": str(spec.path), "weights": weights.identity})
+    return weights, plan, root
+
+
+def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
+    """The noise model, then each tomogram's prepare task; returns the tomograms that failed."""
+    prepare, estimate, _, _ = remote_functions()
+    model_json = _noise_model(spec, estimate, policy)
+    store = str(spec.store)
+    say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
+    by_name = {t.name: t for t in spec.tomograms}
+    _, prep_failed = run_tasks(
+        lambda n: prepare.remote(store, by_name[n], model_json, spec.content_sigma), list(by_name), policy
+    )
+    return prep_failed
+
+
+def _nst_stage(
+    spec: RunSpec, root, plan: ActorPlan, state_dict: dict, policy: RetryPolicy, progress, skip, say
+):
+    """Every tilt not done yet through the actors; returns (stats, actors, seconds, total, done before)."""
+    from .schedule import NSTScheduler, nst_jobs
+
+    pending, total, done_before = nst_jobs(root, spec, skip)
+    say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
+    workers, weights_ref = start_actors(spec, plan, state_dict, min(plan.count, len(pending)))
+    t_nst = time.perf_counter()
+    bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
+    with bar as advance:
+        scheduler = NSTScheduler(
+            workers, str(spec.store), spec.resources.in_flight, policy, advance, weights_ref
+        )
+        stats = scheduler.run(pending)
+    seconds = time.perf_counter() - t_nst
+    for w in workers:
+        ray.kill(w)
+    del weights_ref  # held until here: restarted actors fetch it
+    return stats, len(workers), seconds, total, done_before
+
+
 def run(
     spec: RunSpec,
     *,
@@ -238,47 +296,15 @@ def run(
     progress: ``progress(total, done) -> context manager yielding advance(k)``, entered
         when the NST starts (e.g. :func:`faket.console.progress_bar`).
     """
-    from faket.store import done_mask, open_store
-    from faket.weights import resolve_weights
-
-    from .layout import check_resume, lay_out
-    from .schedule import NSTScheduler, nst_jobs
+    from faket.store import done_mask
 
     t_start = time.perf_counter()
-    weights = resolve_weights(spec.weights, seed=spec.weights_seed)
-    if spec.store.exists():  # refuse a changed spec before touching anything
-        check_resume(open_store(spec.store, mode="r"), spec, weights.identity, restart)
-    if not weights.is_imagenet:
-        say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
-    init_ray(address or spec.resources.address)
-    plan = plan_actors(spec, actors)
-    if not plan.use_gpu:
-        say(f"no GPU actors: running {plan.count} CPU actor(s)")
+    weights, plan, root = _start(spec, address, actors, restart, say)
     policy = policy_of(spec)
-    store = str(spec.store)
-    root = open_store(store)
-    lay_out(root, spec, weights.identity, restart)
-    root.attrs.update({"spec": spec.raw, "spec_path": str(spec.path), "weights": weights.identity})
-    prepare, estimate, _, _ = remote_functions()
-    model_json = _noise_model(spec, estimate, policy)
-    say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
-    by_name = {t.name: t for t in spec.tomograms}
-    _, prep_failed = run_tasks(
-        lambda n: prepare.remote(store, by_name[n], model_json, spec.content_sigma), list(by_name), policy
+    prep_failed = _prepare_stage(spec, policy, say)
+    stats, n_actors, nst_seconds, total, done_before = _nst_stage(
+        spec, root, plan, weights.state_dict, policy, progress, set(prep_failed), say
     )
-    pending, total, done_before = nst_jobs(root, spec, set(prep_failed))
-    say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
-    workers, weights_ref = start_actors(spec, plan, weights.state_dict, min(plan.count, len(pending)))
-    t_nst = time.perf_counter()
-    bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
-    with bar as advance:
-        stats = NSTScheduler(workers, store, spec.resources.in_flight, policy, advance, weights_ref).run(
-            pending
-        )
-    nst_seconds = time.perf_counter() - t_nst
-    for w in workers:
-        ray.kill(w)
-    del weights_ref  # held until here: restarted actors fetch it
     failed: dict[str, dict[str, str]] = {n: {Stage.PREPARE.value: why} for n, why in prep_failed.items()}
     for (name, tilts), (why, n) in stats.failures.items():
         failed.setdefault(name, {}).update({f"stylize:{i}": f"{why} ({n} attempts)" for i in tilts})
@@ -288,36 +314,43 @@ def run(
     recs, exported, late = _finish(root, spec, complete, policy, say)
     for name, why in late.items():
         failed.setdefault(name, {}).update(why)
-    meta = stats.rows
     done_now = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms) - done_before
     summary = {
-        "store": store,
+        "store": str(spec.store),
         "tilts": total,
         "done_before": done_before,
         "done_now": done_now,
-        "actors": len(workers),
+        "actors": n_actors,
         "gpu": plan.use_gpu,
         "nst_seconds": nst_seconds,
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
-        "style_gram_tilts": stats.style_tilts,
-        "input_wait_seconds": stats.input_wait,
-        "input_read_seconds": stats.input_read,
-        "prefetched_tasks": stats.prefetched,
+        **_stats_summary(stats),
         "seconds": time.perf_counter() - t_start,
         "reconstructions": recs,
         "exported": exported,
-        "workers": sorted({m["pid"] for m in meta}),
-        "nodes": sorted({m["node"] for m in meta}),
-        "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
-        "devices": sorted({m["device"] for m in meta}),
-        "compute": _distinct(m["compute"] for m in meta),
-        "tiled_tilts": sum(1 for m in meta if m.get("tile_size")),
         "failed": _record_failures(root, spec, failed),
     }
     root.attrs["last_run"] = {k: v for k, v in summary.items() if k not in ("exported", "compute")}
     if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]
     return summary
+
+
+def _stats_summary(stats) -> dict:
+    """What the actors reported: input timing, where they ran and with what arithmetic."""
+    meta = stats.rows
+    return {
+        "style_gram_tilts": stats.style_tilts,
+        "input_wait_seconds": stats.input_wait,
+        "input_read_seconds": stats.input_read,
+        "prefetched_tasks": stats.prefetched,
+        "workers": sorted({m["pid"] for m in meta}),
+        "nodes": sorted({m["node"] for m in meta}),
+        "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
+        "devices": sorted({m["device"] for m in meta}),
+        "compute": _distinct(m["compute"] for m in meta),
+        "tiled_tilts": sum(1 for m in meta if m.get("tile_size")),
+    }
 
 
 def raise_if_failed(summary: dict) -> None:
