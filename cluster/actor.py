@@ -17,6 +17,9 @@ import ray
 CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
 #: Test hook: "tomogram:tilt" of a tilt whose task always raises.
 FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
+#: Benchmark hook: "identity" replaces the NST by the identity (benchmarks/engine_feed.py measures
+#: the engine's data path alone).
+KERNEL_ENV = "FAKET_ENGINE_KERNEL"
 #: Test hook: a file path; after its first task an actor holds each next task until the file exists.
 HOLD_ENV = "FAKET_TEST_HOLD"
 
@@ -159,9 +162,12 @@ class NSTWorker:
         data, waited, read = self._inputs(store, names, idx)
         root = open_store(store)
         style = data["style"]
-        transfer = self._model(weights)
-        targets = transfer.style_targets(
-            [to_unit(style, *map(np.float32, data["style_range"]))], data["size"]
+        identity = os.environ.get(KERNEL_ENV) == "identity"
+        transfer = None if identity else self._model(weights)
+        targets = (
+            None
+            if transfer is None
+            else transfer.style_targets([to_unit(style, *map(np.float32, data["style_range"]))], data["size"])
         )
         bad = os.environ.get(FAIL_TILT_ENV, "")
         out: dict = {
@@ -193,9 +199,12 @@ class NSTWorker:
                     "content": tuple(map(np.float32, m["ranges"]["content"])),
                     "init": tuple(map(np.float32, m["ranges"]["noisy"])),
                 }
-                result, losses = stylize_tilts(
-                    transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
-                )
+                if transfer is None:  # the identity kernel (KERNEL_ENV)
+                    result, losses = np.asarray(m["noisy"], np.float32), np.zeros(len(idx))
+                else:
+                    result, losses = stylize_tilts(
+                        transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
+                    )
                 _maybe_crash()
                 writes[name] = self._writer.submit(write, g, result)
             except Exception as err:  # reported per tomogram; the driver retries it
@@ -220,7 +229,9 @@ class NSTWorker:
                     "device": self.device,
                     "gpu_ids": self.gpu_ids,
                     "compute": self.compute,
-                    "tile_size": transfer.settings.tile_size,  # set by an out-of-memory fallback too
+                    "tile_size": None
+                    if transfer is None
+                    else transfer.settings.tile_size,  # OOM fallback too
                 }
                 for k, i in enumerate(idx)
             ]

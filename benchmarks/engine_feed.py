@@ -1,0 +1,127 @@
+"""The engine's data path alone: tilts per second with the NST replaced by the identity.
+
+usage: python benchmarks/engine_feed.py --size N --tilts T [--actors 1] [--json OUT]
+       python benchmarks/engine_feed.py --size 256 --tilts 12 --real-nst [--json OUT]
+
+A ready noiseless tilt-series of T random N x N tilts goes through a local Ray
+engine with one actor: prepare (noise), then the NST stage with the identity
+kernel (``FAKET_ENGINE_KERNEL=identity``: the actor reads CONTENT, NOISY and
+the style tilts from the run store and writes NOISY back as the result), so
+the figure is what reading, scheduling and writing allow. ``tilts_per_second``
+is the NST stage's (done tilts over its seconds, from the run summary).
+
+With ``--real-nst`` the NST is real and the same stacks are also stylised by a
+plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU);
+``engine_over_in_process`` is the engine's throughput over the loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def write_inputs(folder: Path, size: int, tilts: int) -> Path:
+    """Random noiseless tilts, a reference pair and a spec with one tomogram; returns the spec."""
+    from faket.io import angles_range, write_mrc, write_tlt
+
+    rng = np.random.default_rng(0)
+    theta = angles_range(-60, 60, 120 / max(1, tilts - 1))[:tilts]
+    write_tlt(folder / "angles.tlt", theta)
+    for name in ("noiseless", "reference_noiseless"):
+        write_mrc(folder / f"{name}.mrc", rng.random((tilts, size, size), dtype=np.float32))
+    clean = np.asarray(rng.random((tilts, size, size), dtype=np.float32))
+    write_mrc(folder / "reference.mrc", clean + 0.5 * rng.standard_normal(clean.shape, dtype=np.float32))
+    spec = folder / "feed.toml"
+    spec.write_text(
+        f"""[run]
+store = "run.zarr"
+
+[resources]
+actors = 1
+device = "cpu"
+
+[weights]
+vgg = "random"
+
+[noise]
+pairs = [{{reference = "reference.mrc", noiseless = "reference_noiseless.mrc"}}]
+
+[style]
+reference = "reference.mrc"
+
+[[tomogram]]
+name = "feed"
+tilts = "noiseless.mrc"
+angles = "angles.tlt"
+"""
+    )
+    return spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--tilts", type=int, default=16)
+    ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not args.real_nst:
+        os.environ["FAKET_ENGINE_KERNEL"] = "identity"  # the local Ray's workers inherit it
+    import ray
+    import torch
+    from bench_core import machine_info
+
+    from faket.nst import StyleTransfer, stylize_stack
+    from faket.store import open_store
+    from faket.weights import random_state_dict
+    from faket_cluster.engine import run
+    from faket_cluster.spec import load_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = write_inputs(Path(tmp), args.size, args.tilts)
+        summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
+        ray.shutdown()
+        result = {
+            "size": args.size,
+            "tilts": args.tilts,
+            "kernel": "nst" if args.real_nst else "identity",
+            "tilts_per_second": summary["tilts_per_second"],
+            "nst_stage_seconds": summary["nst_seconds"],
+            "run_seconds": summary["seconds"],
+            "input_read_seconds": summary["input_read_seconds"],
+            "input_wait_seconds": summary["input_wait_seconds"],
+        }
+        if args.real_nst:
+            g = open_store(Path(tmp) / "run.zarr", mode="r")["feed"]
+            c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as the actor (1 CPU)
+            t = StyleTransfer(random_state_dict(0), device="cpu")
+            start = time.perf_counter()
+            stylize_stack(c, [s], i, t)
+            loop = time.perf_counter() - start
+            torch.set_num_threads(threads)
+            result["in_process_tilts_per_second"] = args.tilts / loop
+            result["engine_over_in_process"] = summary["tilts_per_second"] / result["in_process_tilts_per_second"]
+    result["machine"] = machine_info("cpu")
+    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(json.dumps(result, indent=1))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
