@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def write_inputs(folder: Path, size: int, tilts: int) -> Path:
+def write_inputs(folder: Path, size: int, tilts: int, batch: int = 1) -> Path:
     """Random noiseless tilts, a reference pair and a spec with one tomogram; returns the spec."""
     from faket.io import angles_range, write_mrc, write_tlt
 
@@ -50,6 +50,7 @@ store = "run.zarr"
 [resources]
 actors = 1
 device = "cpu"
+batch = {batch}
 
 [weights]
 vgg = "random"
@@ -73,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--tilts", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1, help="tilts per task (resources.batch)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
@@ -90,13 +92,14 @@ def main() -> None:
     from faket_cluster.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = write_inputs(Path(tmp), args.size, args.tilts)
+        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch)
         summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
         ray.shutdown()
         result = {
             "size": args.size,
             "tilts": args.tilts,
             "kernel": "nst" if args.real_nst else "identity",
+            "batch": args.batch,
             "tilts_per_second": summary["tilts_per_second"],
             "nst_stage_seconds": summary["nst_seconds"],
             "run_seconds": summary["seconds"],

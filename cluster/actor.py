@@ -188,7 +188,7 @@ class NSTWorker:
         for name in names:
             t0 = time.perf_counter()
             g = root[name]
-            if done_mask(g, "faket")[idx].all():
+            if done_mask(g, "faket", idx).all():
                 out["skipped"].append(name)
                 continue
             try:

@@ -1,5 +1,7 @@
 """The benchmark's baseline: a speed yardstick is only fair if it computes the same thing."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +39,15 @@ def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, t
     subprocess.run([sys.executable, str(BENCH / "baseline.py"), golden["content"], golden["style"],
                     golden["init"], out, path], check=True, capture_output=True)
     assert np.abs(read_mrc(out) - read_mrc(golden["expected_iter1_step0.15"])).max() <= 1e-4
+
+
+def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path):
+    """benchmarks/engine_feed.py (the engine's data path, #12's CPU proxy) runs and reports."""
+    out = tmp_path / "feed.json"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    res = subprocess.run([sys.executable, str(BENCH / "engine_feed.py"), "--size", "32", "--tilts", "4",
+                          "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["kernel"] == "identity" and result["tilts"] == 4 and result["tilts_per_second"] > 0
