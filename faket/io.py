@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import mrcfile
 import numpy as np
@@ -132,13 +132,42 @@ def read_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3) -> 
 
 
 # --------------------------------------------------------------------------- MRC out
-def check_output_path(path: str | os.PathLike, *, role: str = "output") -> Path:
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same inode (a hard link)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_input_overwrite(path: Path, role: str, inputs: Mapping[str, Any]) -> None:
+    """Refuse an output (or its ``.json`` provenance) that is one of the command's inputs.
+
+    inputs: ``{name: path, list of paths, or None}``.
+    """
+    for name, value in inputs.items():
+        for q in value if isinstance(value, (list, tuple)) else [value]:
+            if q is None:
+                continue
+            for target in (path, Path(f"{path}.json")):
+                if _same_file(target, Path(q)):
+                    raise FaketInputError(
+                        f"{role} {target} is the {name} input {q}: faket never writes over its "
+                        f"inputs; choose another {role} path"
+                    )
+
+
+def check_output_path(
+    path: str | os.PathLike, *, role: str = "output", inputs: Mapping[str, Any] | None = None
+) -> Path:
     """Make sure an output file can be written there, before any work starts.
 
     Creates missing parent folders. Raises FaketInputError when the folder
-    cannot be created or written, or the path is a directory.
+    cannot be created or written, the path is a directory, or the output (or
+    its provenance ``.json``) is one of ``inputs`` (see :func:`refuse_input_overwrite`).
     """
     p = Path(path)
+    refuse_input_overwrite(p, role, inputs or {})
     if p.is_dir():
         raise FaketInputError(f"{role} path {p} is a directory: give a file name")
     try:

@@ -129,7 +129,7 @@ def project(
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
     from ..projection import project as run_projection
 
-    check_output_path(output)
+    check_output_path(output, inputs={"volume": volume, "angles": angles})
     dev = _device(device)
     with open_mrc(volume, role="volume") as vol:
         theta = read_tlt(angles)
@@ -167,7 +167,7 @@ def noise_estimate(
         raise FaketInputError(
             f"{len(reference)} --reference but {len(noiseless)} --noiseless: give them in pairs"
         )
-    check_output_path(output)
+    check_output_path(output, inputs={"reference": reference, "noiseless": noiseless})
     pairs, stacks = [], []
     for r, n in zip(reference, noiseless):
         a, b = open_mrc(r, role="reference"), open_mrc(n, role="noiseless")
@@ -254,7 +254,9 @@ def noise_apply(
     if bad or not mods:
         raise FaketInputError(f"unknown modality {bad[0] if bad else ''!r}: use {', '.join(MODALITIES)}")
     for m in mods:
-        check_output_path(out_dir / f"{m}.mrc")
+        check_output_path(
+            out_dir / f"{m}.mrc", inputs={"noiseless": noiseless, "model": model, "reference": reference}
+        )
     with open_mrc(noiseless, role="noiseless") as clean:
         nm = _noise_model_for(clean.shape[0], noiseless, model, reference, snr, r, sigma, order)
         vs = clean.voxel_size[0] or 1.0

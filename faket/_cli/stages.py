@@ -129,7 +129,15 @@ def stylize(
     sw = None if style_weights is None else _floats(style_weights, "--style-weights")
     if sw is not None and len(sw) != len(style):
         raise FaketInputError(f"{len(style)} style stacks but {len(sw)} --style-weights")
-    check_output_path(output)
+    check_output_path(
+        output,
+        inputs={
+            "content": content,
+            "style": style,
+            "init": None if init in INITS else init,
+            "weights": None if vgg_weights in ("imagenet", "random") else vgg_weights,
+        },
+    )
     dev = _device(device)
     c = open_mrc(content, role="content")
     ss = [open_mrc(p, role="style") for p in style]
@@ -229,7 +237,7 @@ def reconstruct(
             z_range=zr,
         )
     )
-    check_output_path(output)
+    check_output_path(output, inputs={"tilts": tilts, "angles": angles})
     dev = _device(device)
     with open_mrc(tilts, role="tilt-series") as ts:
         theta = read_tlt(angles, expected=ts.shape[0])
