@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence, cast
 import numpy as np
 import torch
 
+from ._memory import stylize_batch_fitting
 from ._optim import _EMA, Adam
 from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
@@ -359,66 +360,6 @@ def stylize_tilts(
         style_targets=style_targets,
     )
     return match_tilt_stats(res.images.cpu().numpy(), reference), res.losses.cpu().numpy()
-
-
-def _batch_part(x: Any, part: slice) -> Any:
-    """Tilts ``part`` of a batch: an array, a list of arrays, or style targets {scale: {layer: t}}."""
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: _batch_part(v, part) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_batch_part(v, part) for v in x]
-    return x[part]
-
-
-def stylize_batch_fitting(
-    transfer: StyleTransfer,
-    content: np.ndarray,
-    styles: Sequence[np.ndarray] | None,
-    init: np.ndarray | None,
-    style_image_weights: Sequence[float] | None = None,
-    **kw: Any,
-) -> BatchResult:
-    """:meth:`StyleTransfer.stylize_batch`, never ended by the device running out of memory.
-
-    On ``torch.OutOfMemoryError`` the batch is split in halves (every loss is per
-    tilt, so each half gives what it would alone); a single tilt that does not fit
-    is computed in tiles (exact up to round-off), the tile edge halved until it
-    fits or reaches the network's smallest input. The chosen tile size is kept
-    for later batches; ``transfer.memory_fallbacks`` lists what was done.
-    """
-    try:
-        return transfer.stylize_batch(content, styles, init, style_image_weights, **kw)
-    except torch.OutOfMemoryError as err:
-        if transfer.device.type == "cuda":
-            torch.cuda.empty_cache()
-        b, h, w = (int(n) for n in content.shape)
-        if b > 1:
-            transfer.memory_fallbacks.append(f"batch of {b} split in halves")
-            halves = (slice(0, (b + 1) // 2), slice((b + 1) // 2, b))
-            parts = [
-                stylize_batch_fitting(
-                    transfer,
-                    content[p],
-                    _batch_part(styles, p),
-                    _batch_part(init, p),
-                    style_image_weights,
-                    **{**kw, "style_targets": _batch_part(kw.get("style_targets"), p)},
-                )
-                for p in halves
-            ]
-            return BatchResult(torch.cat([q.images for q in parts]), torch.cat([q.losses for q in parts]))
-        current = transfer.settings.tile_size or max(h, w)
-        tile = current // 2 // transfer.min_size * transfer.min_size
-        if tile < transfer.min_size:
-            raise FaketInputError(
-                f"one {h}x{w} tilt does not fit the device's memory even in "
-                f"{current}-pixel tiles: use a device with more memory ({err})".splitlines()[0]
-            ) from None
-        transfer.memory_fallbacks.append(f"{h}x{w} tilt tiled at {tile} pixels")
-        transfer.settings = transfer.settings.model_copy(update={"tile_size": tile})
-        return stylize_batch_fitting(transfer, content, styles, init, style_image_weights, **kw)
 
 
 def iter_stylize(
