@@ -317,6 +317,13 @@ def _check_shapes(s: RunSpec) -> None:
             shape = src.shape
         angles = read_tlt(t.angles)
         n = len(angles)
+        if s.reconstruction is not None:  # checked now, not after hours of NST
+            from faket.reconstruction import check_angle_spread
+
+            try:
+                check_angle_spread(angles, f"tomogram {t.name}: angles {t.angles}")
+            except FaketInputError as err:
+                raise _fail(s.path, str(err)) from None
         if t.tilts is not None and shape[0] != n:
             raise _fail(
                 s.path,

@@ -281,9 +281,9 @@ def read_tlt(path: str | os.PathLike, *, expected: int | None = None) -> np.ndar
 
 
 def write_tlt(path: str | os.PathLike, angles: np.ndarray) -> Path:
-    """Write tilt angles (degrees) as an IMOD ``.tlt`` file, atomically."""
+    """Write tilt angles (degrees) as an IMOD ``.tlt`` file, atomically, at full float precision."""
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{a:.2f}\n" for a in np.asarray(angles, dtype=float)))
+        tmp.write_text("".join(f"{float(a)!r}\n" for a in np.asarray(angles, dtype=float)))  # full precision
     return Path(path)
 
 

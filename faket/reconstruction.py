@@ -173,6 +173,16 @@ def binned_size(n: int, factor: int, method: str = "mean") -> int:
     return n // factor if method == "mean" else int(round(n / factor))
 
 
+def check_angle_spread(angles_deg: np.ndarray, where: str = "the tilt angles") -> None:
+    """Refuse a degenerate tilt scheme: several tilts that all share one angle (degrees)."""
+    a = np.asarray(angles_deg, dtype=np.float64)
+    if a.size > 1 and float(np.ptp(a)) == 0.0:
+        raise FaketInputError(
+            f"{where}: all {a.size} tilts are at {a[0]:g} degrees, so nothing can be reconstructed: "
+            "give the tilt-series' real angles"
+        )
+
+
 def check_settings(settings: ReconstructionSettings) -> None:
     """Refuse impossible reconstruction settings (one line), before any work.
 
@@ -209,10 +219,11 @@ def reconstruct(
     thickness or W', then cropped to ``z_range``). progress(k) reports Z slices.
     """
     check_settings(settings)
+    if len(angles_deg) != tilts.shape[0]:
+        raise FaketInputError(f"{len(angles_deg)} angles for {tilts.shape[0]} tilts: give one angle per tilt")
+    check_angle_spread(angles_deg)
     t = bin_tilts(as_tensor(tilts, device), settings.binning, settings.binning_method)
     n, ny, w = t.shape
-    if len(angles_deg) != n:
-        raise FaketInputError(f"{len(angles_deg)} angles for {n} tilts: give one angle per tilt")
     nz = settings.thickness or w
     z_idx = torch.tensor(list(z_slices(nz, settings.z_range)), dtype=torch.int64)
     theta = np.asarray(angles_deg, dtype=np.float64) * math.pi / 180

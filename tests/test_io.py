@@ -139,3 +139,8 @@ def test_provenance_sidecar(tmp_path):
     d = json.loads(path.read_text())
     assert d["parameters"] == {"a": 1} and d["seeds"] == {"noise": 3}
     assert d["faket_version"] and d["torch"] and d["weights"]["kind"] == "random"
+
+
+def test_tlt_keeps_full_precision(tmp_path):
+    angles = np.array([-60.123456789012, 0.1 + 0.2, 1 / 3, 59.99999999])
+    np.testing.assert_array_equal(read_tlt(write_tlt(tmp_path / "a.tlt", angles)), angles)

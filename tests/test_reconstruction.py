@@ -124,3 +124,15 @@ def test_settings_made_without_validation_are_still_refused():
     with pytest.raises(FaketInputError, match="filter"):
         check_settings(bypassed)
     check_settings(ReconstructionSettings())
+
+
+def test_a_degenerate_tilt_scheme_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from conftest import call_main
+    from faket.io import write_mrc, write_tlt
+
+    write_mrc(tmp_path / "t.mrc", np.random.default_rng(0).random((5, 16, 16), dtype=np.float32))
+    write_tlt(tmp_path / "same.tlt", np.full(5, 12.5))
+    code, _, err = call_main(monkeypatch, capsys, "reconstruct", tmp_path / "t.mrc", "--angles",
+                             tmp_path / "same.tlt", "-o", tmp_path / "rec.mrc", "--device", "cpu")
+    assert code == 2 and "all 5 tilts are at 12.5 degrees" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rec.mrc").exists()

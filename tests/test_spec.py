@@ -19,6 +19,7 @@ def good(tmp_path_factory, weights_file) -> Path:
     out = tmp_path_factory.mktemp("spec")
     spec = write_inputs(out, tomograms=1, size=32, angles=(-30.0, 30.0, 15.0))
     spec.write_text(spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"'))
+    (out / "inputs" / "same.tlt").write_text("7.5\n" * 5)          # a degenerate tilt scheme
     return spec
 
 
@@ -41,6 +42,7 @@ BAD = [  # (name, text replaced, replacement, what the line must say)
     ("negative backoff", "batch = 1", "batch = 1\nretry_backoff = -1", "resources.retry_backoff = -1"),
     ("unknown key", "batch = 1", "batch = 1\nactor = 2", "unknown key 'actor' in [resources]"),
     ("missing file", "inputs/angles.tlt", "inputs/nope.tlt", "does not exist"),
+    ("degenerate angles", "inputs/angles.tlt", "inputs/same.tlt", "all 5 tilts are at 7.5 degrees"),
 ]
 
 

@@ -219,8 +219,8 @@ def reconstruct(
 ) -> None:
     """Weighted back-projection into a float32 volume."""
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
+    from ..reconstruction import check_angle_spread, z_slices
     from ..reconstruction import reconstruct as run_reconstruction
-    from ..reconstruction import z_slices
 
     zr = _floats(z_range, "--z-range")
     if len(zr) != 2:
@@ -241,6 +241,7 @@ def reconstruct(
     dev = _device(device)
     with open_mrc(tilts, role="tilt-series") as ts:
         theta = read_tlt(angles, expected=ts.shape[0])
+        check_angle_spread(theta, f"angles {angles}")  # before the progress bar starts
         vs = (ts.voxel_size[0] or 1.0) * st.binning
         z_total = len(z_slices(st.thickness or ts.shape[2] // st.binning, st.z_range))
         with progress_bar(z_total, "reconstruct") as advance:
