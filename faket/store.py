@@ -223,13 +223,30 @@ def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0, volume
     return Path(path)
 
 
+def _export_provenance(root, g, store: str | os.PathLike, name: str, array: str, out: Path) -> None:
+    """``<out>.json``: where an exported file came from and how the store made it."""
+    from .io import provenance, write_provenance
+
+    write_provenance(
+        out,
+        provenance(
+            {"tomogram": name, "array": array, "settings": g.attrs.get("settings")},
+            inputs={"store": Path(store).resolve()},
+            weights=root.attrs.get("weights"),
+            seeds={"noise": g.attrs.get("seed")},
+            extra={"store_compute": root.attrs.get("compute"), "spec": root.attrs.get("spec")},
+        ),
+    )
+
+
 def export_store(
     path: str | os.PathLike, out_dir: str | os.PathLike, only: Iterable[str] | None = None, progress=None
 ) -> list[Path]:
     """Export every tomogram (or ``only`` these) of a store to MRC files and .tlt angles.
 
-    Writes ``out_dir/<tomogram>/<array>.mrc`` for each complete array and
-    ``angles.tlt``; a stage with tilts not done is refused.
+    Writes ``out_dir/<tomogram>/<array>.mrc`` for each complete array, each with
+    its provenance ``<array>.mrc.json``, and ``angles.tlt``; a stage with tilts
+    not done is refused.
     """
     from .io import write_tlt
 
@@ -257,6 +274,7 @@ def export_store(
                     "done: finish the run first (rerun the same spec)"
                 )
             written.append(export_stack(g[stage], target / f"{stage}.mrc", vs))
+            _export_provenance(root, g, path, name, stage, written[-1])
             if progress is not None:
                 progress(1)
         for vol in VOLUMES:
@@ -266,6 +284,7 @@ def export_store(
                         g[vol], target / f"{vol}.mrc", float(g[vol].attrs.get("voxel_size", vs)), volume=True
                     )
                 )
+                _export_provenance(root, g, path, name, vol, written[-1])
         if "angles" in g.attrs:
             written.append(write_tlt(target / "angles.tlt", np.asarray(g.attrs["angles"])))
     return written

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import mrcfile
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,10 @@ def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
         assert float(m.voxel_size.x) == pytest.approx(7.5)
         assert float(m.header.dmax) == pytest.approx(float(data.max()))
     np.testing.assert_allclose(read_tlt(out / "angles.tlt"), [-30, 0, 30])
+    prov = json.loads((out / "faket.mrc.json").read_text())      # provenance beside every export
+    assert prov["parameters"]["array"] == "faket" and prov["parameters"]["tomogram"] == "tomo_000"
+    assert prov["inputs"]["store"] == str((tmp_path / "run.zarr").resolve())
+    assert (out / "reconstruction.mrc.json").exists()
     assert read_mrc(out / "reconstruction.mrc").shape == (8, 40, 24)
 
 
