@@ -66,6 +66,19 @@ def golden() -> dict[str, Path]:
     return {p.stem: p for p in DATA.iterdir()}
 
 
+@pytest.fixture
+def stacks(tmp_path, golden) -> Path:
+    """A folder ``in/`` with copies of the golden content, style, init MRCs and angles.tlt."""
+    import shutil
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in ("content", "style", "init"):
+        shutil.copy(golden[k], d / f"{k}.mrc")
+    shutil.copy(golden["tilt_angles"], d / "angles.tlt")
+    return d
+
+
 def run_faket(*args: str, env: dict | None = None, cwd: Path | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real `faket` console entry point in a subprocess."""

@@ -100,16 +100,6 @@ def test_demo_runs_and_warns_without_imagenet(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.fixture
-def stacks(tmp_path, golden):
-    d = tmp_path / "in"
-    d.mkdir()
-    for k in ("content", "style", "init"):
-        shutil.copy(golden[k], d / f"{k}.mrc")
-    shutil.copy(golden["tilt_angles"], d / "angles.tlt")
-    return d
-
-
 def _assert_clean_failure(code, err, out_path=None, contains=None):
     assert code == 2, err
     assert "Traceback" not in err

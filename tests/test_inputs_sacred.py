@@ -13,14 +13,10 @@ from faket.io import write_mrc
 
 
 @pytest.fixture
-def files(tmp_path, golden):
-    d = tmp_path / "in"
-    d.mkdir()
-    for k in ("content", "style", "init"):
-        shutil.copy(golden[k], d / f"{k}.mrc")
-    shutil.copy(golden["tilt_angles"], d / "angles.tlt")
-    write_mrc(d / "volume.mrc", np.random.default_rng(0).random((16, 64, 64), dtype=np.float32), volume=True)
-    return d
+def files(stacks):
+    write_mrc(stacks / "volume.mrc", np.random.default_rng(0).random((16, 64, 64), dtype=np.float32),
+              volume=True)
+    return stacks
 
 
 CASES = {
