@@ -6,8 +6,9 @@ On one CUDA device, published settings, random VGG-19 weights:
 - per tilt, in one process (`stylize_stack`, host arrays in and out), each
   precision mode (float32, tf32 = the default ``auto`` on CUDA, bf16) at 1024^2,
   2048^2, 4096^2 and 4092 x 5760: seconds per tilt (best of 2 after a warm-up)
-  and peak GPU memory (max allocated);
+  and peak GPU memory (max allocated) against the memory model's prediction;
 - each mode's deviation from strict float32 at 1024^2 (max, mean, 99.9th pct);
+- NCHW against channels-last activations (time, difference) at 2048^2 and 4096^2;
 - the fraction of GPU time in network kernels (convolution, ReLU, pooling,
   forward and backward) from torch.profiler, 2 tilts of 2048^2 in the default mode;
 - the engine (Ray, one GPU actor) against the same NST in one process, on the
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_core import machine_info, peak_memory_mb, reset_peak_memory, time_call  # noqa: E402
 
+from faket._tiling import predict_peak_bytes  # noqa: E402
 from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
 from faket.weights import random_state_dict  # noqa: E402
@@ -57,12 +59,32 @@ def per_tilt(sizes: list[tuple[int, int]], device: str) -> list[dict]:
             stylize_stack(c[:1], [s[:1]], i[:1], t)                  # warm-up (cuDNN handles, allocator)
             reset_peak_memory(device)
             secs = time_call(lambda t=t: stylize_stack(c, [s], i, t), device, 2) / 2
+            peak = peak_memory_mb(device) / 1024
+            predicted = predict_peak_bytes(h, w, 1, t.net.last) / 2**30
             rows.append({"height": h, "width": w, "precision": mode, "seconds_per_tilt": secs,
-                         "peak_memory_gb": peak_memory_mb(device) / 1024})
-            print(f"{h}x{w} {mode}: {secs:.3f} s/tilt, peak {rows[-1]['peak_memory_gb']:.1f} GB", flush=True)
+                         "peak_memory_gb": peak, "predicted_memory_gb": predicted,
+                         "peak_over_predicted": peak / predicted})
+            print(f"{h}x{w} {mode}: {secs:.3f} s/tilt, peak {peak:.1f} GB (model {predicted:.1f})", flush=True)
             del t
             if device == "cuda":
                 torch.cuda.empty_cache()
+    return rows
+
+
+def layouts(device: str, sizes: list[int]) -> list[dict]:
+    """NCHW against channels-last (NHWC) activations in the default mode: time and difference."""
+    rows, sd = [], random_state_dict(0)
+    for size in sizes:
+        c, s, i = _stack(size, size, 2, size + 1)
+        outs = {}
+        for nhwc in (False, True):
+            t = StyleTransfer(sd, NSTSettings(), device=device, channels_last=nhwc)
+            stylize_stack(c[:1], [s[:1]], i[:1], t)
+            secs = time_call(lambda t=t: outs.__setitem__(nhwc, stylize_stack(c, [s], i, t)), device, 1) / 2
+            rows.append({"size": size, "layout": "nhwc" if nhwc else "nchw", "precision": t.precision,
+                         "seconds_per_tilt": secs})
+            print(f"layout {rows[-1]['layout']} {size}^2: {secs:.3f} s/tilt", flush=True)
+        rows[-1]["max_abs_vs_nchw"] = float(np.abs(outs[True] - outs[False]).max())
     return rows
 
 
@@ -140,9 +162,14 @@ def engine_vs_in_process(device: str, size: int = 256, tomograms: int = 2) -> di
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# GPU benchmark: {m.get('gpu', m['cpu'])} ({result['created']}, torch {m['torch']})", "",
-             "| size | precision | s/tilt | peak GB |", "|---|---|---|---|"]
+             "| size | precision | s/tilt | peak GB | model GB | peak / model |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['height']}x{r['width']} | {r['precision']} | {r['seconds_per_tilt']:.3f} | "
-              f"{r['peak_memory_gb']:.1f} |" for r in result.get("per_tilt", [])]
+              f"{r['peak_memory_gb']:.1f} | {r['predicted_memory_gb']:.1f} | {r['peak_over_predicted']:.2f} |"
+              for r in result.get("per_tilt", [])]
+    if result.get("layout"):
+        lines += ["", "| size | layout | s/tilt | max abs vs nchw |", "|---|---|---|---|"]
+        lines += [f"| {r['size']} | {r['layout']} | {r['seconds_per_tilt']:.3f} | "
+                  f"{r.get('max_abs_vs_nchw', 0):.3g} |" for r in result["layout"]]
     if result.get("deviation"):
         lines += ["", "| precision | max abs vs float32 | mean | 99.9th pct |", "|---|---|---|---|"]
         lines += [f"| {r['precision']} | {r['max_abs_vs_float32']:.3g} | {r['mean_abs_vs_float32']:.3g} | "
@@ -163,7 +190,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
-    ap.add_argument("--skip", default="", help="comma list of parts to leave out: engine, profile")
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, deviation, layout, profile, engine")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
@@ -175,6 +202,7 @@ def main() -> None:
     result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
              ("deviation", lambda: deviations(device, SIZES[0][0])),
+             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
              ("profile", lambda: network_fraction(device, SIZES[1][0])),
              ("engine", lambda: engine_vs_in_process(device, 256 if device == "cuda" else 32))]
     gpu = result["machine"].get("gpu", "cpu-smoke")

@@ -12,7 +12,7 @@ Example (paths are relative to the spec file)::
     cpus_per_actor = 1
     batch = 1                     # tilts per task
     share_style = 8               # tomograms with the same style per task (its Grams computed once)
-    in_flight = 2                 # tasks queued per actor
+    in_flight = 3                 # tasks queued per actor: one computing, two read ahead
     device = "auto"               # auto | cpu | cuda: where actors compute
     max_task_retries = 3          # retries after the first attempt, for any fault
     retry_backoff = 0.5           # seconds before the first retry, doubled after each

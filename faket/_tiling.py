@@ -18,6 +18,32 @@ from .losses import SCALED_ERROR_EPS, gram, scaled_error, tv_loss
 from .settings import TILE_GRID
 from .vgg import activation_floats_per_pixel, min_input_size, tile_halo
 
+#: Measured peak device memory over the activation floats of one forward and
+#: backward pass (:func:`faket.vgg.activation_floats_per_pixel`): 0.58-0.61 on
+#: an H200 from 1024^2 to 4092 x 5760, batch 1, float32 / TF32 / bf16
+#: (benchmarks/results/gpu-h200-20261126); ``make bench-gpu`` re-measures it.
+PEAK_FACTOR = 0.62
+#: What the network, cuDNN workspaces and the optimiser's small tensors add (bytes).
+PEAK_FIXED_BYTES = 256 * 2**20
+
+
+def predict_peak_bytes(h: int, w: int, batch: int, last_layer: int, itemsize: int = 4) -> int:
+    """Predicted peak device memory (bytes) of NST steps on ``batch`` tilts of ``h x w`` pixels.
+
+    last_layer: the deepest VGG layer used; itemsize: bytes per float (4 for float32).
+    """
+    floats = activation_floats_per_pixel(last_layer) * h * w * batch
+    return int(floats * itemsize * PEAK_FACTOR + PEAK_FIXED_BYTES)
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Memory a CUDA device can still give this process (free + cached by torch), or None on CPU."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(0.9 * (free + cached))
+
 
 def check_memory_budget(settings: Any, itemsize: int = 4) -> None:
     """Refuse a memory budget below what one 64 x 64 tile (with its halo) needs, before any work.
@@ -28,7 +54,7 @@ def check_memory_budget(settings: Any, itemsize: int = 4) -> None:
         return
     last = max((*settings.content_layers, *settings.style_layers))
     halo = tile_halo(last)
-    need = (64 + 2 * halo) ** 2 * activation_floats_per_pixel(last) * settings.batch_size * itemsize * 1.5
+    need = predict_peak_bytes(64 + 2 * halo, 64 + 2 * halo, 1, last, itemsize)  # batches are split to fit
     if settings.memory_budget_gb * 2**30 < need:
         raise FaketInputError(
             f"memory budget {settings.memory_budget_gb:g} GB is below what one 64x64 tile with its "
@@ -41,6 +67,7 @@ class TiledSteps:
     settings, layers and weights)."""
 
     settings: Any
+    device: torch.device
     net: Any
     dtype: torch.dtype
     min_size: int
@@ -58,16 +85,17 @@ class TiledSteps:
         align = self.min_size
         halo = tile_halo(self.net.last)
         tile = s.tile_size
-        if tile is None and s.memory_budget_gb is not None:
-            per_px = activation_floats_per_pixel(self.net.last) * b * self.dtype.itemsize * 1.5
-            px = s.memory_budget_gb * 2**30 / per_px
+        budget = self.memory_budget_bytes()
+        if tile is None and budget is not None:
+            per_px = predict_peak_bytes(1, 1, b, self.net.last, self.dtype.itemsize) - PEAK_FIXED_BYTES
+            px = (budget - PEAK_FIXED_BYTES) / per_px
             if px >= h * w:
                 return None
-            tile = int(math.sqrt(px)) - 2 * halo
+            tile = int(math.sqrt(max(px, 0))) - 2 * halo
             if tile < align:
                 raise FaketInputError(
-                    f"memory budget {s.memory_budget_gb} GB is too small for "
-                    f"tiles with a {halo}-pixel halo: raise it"
+                    f"memory budget {budget / 2**30:.3g} GB is too small for "
+                    f"tiles with a {halo}-pixel halo: raise --max-memory or use a larger device"
                 )
         if tile is None or tile >= max(h, w):
             return None
@@ -83,6 +111,13 @@ class TiledSteps:
                     )
                 )
         return out
+
+    def memory_budget_bytes(self) -> int | None:
+        """The device memory NST may use: ``--max-memory``, else the CUDA device's free memory
+        (None: unlimited, on the CPU)."""
+        if self.settings.memory_budget_gb is not None:
+            return int(self.settings.memory_budget_gb * 2**30)
+        return free_device_bytes(self.device)
 
     def _inner(self, feats: torch.Tensor, layer: int, inner, padded) -> torch.Tensor:
         """The part of a tile's features that lies in its inner region."""

@@ -42,7 +42,7 @@ def test_a_batch_that_does_not_fit_is_split_and_equals_single_tilts(test_weights
     out = stylize_stack(c, [s], i, t)
     assert np.array_equal(out, ref)
     assert [b for b, _ in calls] == [4, 2, 1, 1, 2, 1, 1]
-    assert t.memory_fallbacks.count("batch of 2 split in halves") == 2
+    assert t.memory_fallbacks == [f"batch of {b} split in halves (out of memory)" for b in (4, 2, 2)]
 
 
 def test_a_tilt_that_does_not_fit_is_tiled_and_equals_a_tiled_run(test_weights, monkeypatch):
@@ -63,3 +63,29 @@ def test_a_tilt_too_large_for_any_tile_is_one_line(test_weights, monkeypatch):
     with pytest.raises(FaketInputError, match="does not fit the device's memory") as info:
         stylize_stack(c, [s], i, t)
     assert "\n" not in str(info.value)
+
+
+def test_a_batch_the_memory_model_says_does_not_fit_is_split_before_trying(test_weights, monkeypatch):
+    """The calibrated model (faket._tiling.predict_peak_bytes) splits a batch up front, no OOM needed."""
+    from faket._tiling import predict_peak_bytes
+
+    c, s, i = _stacks(2, 240, 240)
+    one = predict_peak_bytes(240, 240, 1, 29) / 2**30
+    two = predict_peak_bytes(240, 240, 2, 29) / 2**30
+    budget = (one + two) / 2                      # one tilt fits whole, two do not
+    ref = stylize_stack(c, [s], i, StyleTransfer(test_weights, NSTSettings(batch_size=1), device="cpu"))
+    t = StyleTransfer(test_weights, NSTSettings(batch_size=2, memory_budget_gb=budget), device="cpu")
+    calls = _out_of_memory_when(monkeypatch, t, lambda b, st: False)
+    out = stylize_stack(c, [s], i, t)
+    assert np.array_equal(out, ref)
+    assert calls == [(1, None), (1, None)]         # never tried as a pair, never tiled
+    assert len(t.memory_fallbacks) == 1 and "predicted" in t.memory_fallbacks[0]
+
+
+def test_the_memory_model_grows_with_pixels_and_batch():
+    from faket._tiling import PEAK_FIXED_BYTES, predict_peak_bytes
+
+    a = predict_peak_bytes(1024, 1024, 1, 29) - PEAK_FIXED_BYTES
+    assert predict_peak_bytes(2048, 2048, 1, 29) - PEAK_FIXED_BYTES == pytest.approx(4 * a, rel=1e-6)
+    assert predict_peak_bytes(1024, 1024, 3, 29) - PEAK_FIXED_BYTES == pytest.approx(3 * a, rel=1e-6)
+    assert predict_peak_bytes(1024, 1024, 1, 29, itemsize=8) - PEAK_FIXED_BYTES == pytest.approx(2 * a, rel=1e-6)
