@@ -39,7 +39,7 @@ from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
 from faket.weights import random_state_dict  # noqa: E402
 
-MODES = ("float32", "tf32", "bf16")
+MODES = ["float32", "tf32", "bf16"]
 SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (4092, 5760)]
 #: aten operators that are the VGG-19 passes (forward and backward).
 NETWORK_OPS = re.compile(r"conv|cudnn|relu|clamp_min|threshold|max_pool|avg_pool|pool2d")  # ReLU runs as clamp_min_
@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
     ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, deviation, layout, profile, engine")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
+    ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
     device, skip = "cuda", set(args.skip.split(","))
@@ -199,6 +201,10 @@ def main() -> None:
         device, SIZES[:] = "cpu", [(64, 64), (96, 80)]
     elif not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device here; `python benchmarks/run.py` measures the CPU")
+    if args.sizes:
+        SIZES[:] = [(int(n), int(n)) for n in args.sizes.split(",")]
+    if args.modes:
+        MODES[:] = args.modes.split(",")
     result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
              ("deviation", lambda: deviations(device, SIZES[0][0])),

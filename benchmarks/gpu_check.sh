@@ -10,10 +10,20 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 FAKET_TEST_FAILLOG="$OUT
 unset RAY_ADDRESS
 bash .gpu/env.sh > "$OUT/env.log" 2>&1 || { tail -20 "$OUT/env.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.log" 2>&1
-timeout "${BENCH_S:-170}" python3 benchmarks/bench_gpu.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1
+# BENCH_ARGS: e.g. "--sizes 2048,4096 --modes tf32 --skip deviation,layout,profile,engine"
+# shellcheck disable=SC2086
+timeout "${BENCH_S:-170}" python3 benchmarks/bench_gpu.py --out-dir "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
-timeout "${TEST_S:-190}" python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" \
-    > "$OUT/pytest.log" 2>&1
+PYTEST=(python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" --durations=10)
+IGNORE=()
+if [ -n "${FIRST:-}" ]; then  # these test files first (e.g. the ones a change touches), then the rest
+    # shellcheck disable=SC2086
+    timeout "${FIRST_S:-90}" "${PYTEST[@]}" $FIRST > "$OUT/pytest-first.log" 2>&1
+    echo "pytest rc=$?" >> "$OUT/pytest-first.log"
+    tail -4 "$OUT/pytest-first.log"
+    for f in $FIRST; do IGNORE+=(--ignore "$f"); done
+fi
+timeout "${TEST_S:-190}" "${PYTEST[@]}" "${IGNORE[@]}" > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 tail -32 "$OUT/bench.log"
 grep -cE "PASSED" "$OUT/pytest.log" | sed 's/^/passed lines: /'

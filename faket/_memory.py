@@ -24,9 +24,9 @@ def _batch_part(x: Any, part: slice) -> Any:
 
 def stylize_batch_fitting(
     transfer: Any,
-    content: np.ndarray,
-    styles: Sequence[np.ndarray] | None,
-    init: np.ndarray | None,
+    content: np.ndarray | torch.Tensor,
+    styles: Sequence[np.ndarray | torch.Tensor] | None,
+    init: np.ndarray | torch.Tensor | None,
     style_image_weights: Sequence[float] | None = None,
     **kw: Any,
 ) -> Any:

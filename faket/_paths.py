@@ -36,18 +36,25 @@ def refuse_input_overwrite(path: Path, role: str, inputs: Mapping[str, Any]) -> 
 
 
 def check_output_path(
-    path: str | os.PathLike, *, role: str = "output", inputs: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    *,
+    role: str = "output",
+    inputs: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Make sure an output file can be written there, before any work starts.
 
     Creates missing parent folders. Raises FaketInputError when the folder
-    cannot be created or written, the path is a directory, or the output (or
-    its provenance ``.json``) is one of ``inputs`` (see :func:`refuse_input_overwrite`).
+    cannot be created or written, the path is a directory, the output (or
+    its provenance ``.json``) is one of ``inputs`` (see :func:`refuse_input_overwrite`),
+    or it exists and ``overwrite`` is False (the CLI's default: ``--overwrite`` replaces).
     """
     p = Path(path)
     refuse_input_overwrite(p, role, inputs or {})
     if p.is_dir():
         raise FaketInputError(f"{role} path {p} is a directory: give a file name")
+    if not overwrite and p.exists():
+        raise FaketInputError(f"{role} {p} exists: give --overwrite to replace it, or choose another path")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

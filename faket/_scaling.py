@@ -6,7 +6,14 @@ range is an argument so that a worker can scale one tilt of a large stack alone.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import torch
+
+from ._tensors import as_tensor
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float32]:
@@ -18,34 +25,43 @@ def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float
     return np.float32(lo), np.float32(hi)
 
 
-def to_unit(images: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
+def to_unit(images: ArrayOrTensor, lo: float | np.floating, hi: float | np.floating) -> ArrayOrTensor:
     """Scale images to [0, 1] with a stack's range: ``(x - lo) / (hi - lo)`` in float32.
 
-    Same float32 arithmetic as the published ``x -= x.min(); x /= x.max()``.
+    images: an array (returns a new float32 array) or a tensor (returns a float32 tensor on
+    its device: the NST scales on the GPU). Same float32 arithmetic as the published
+    ``x -= x.min(); x /= x.max()`` (a true division, by a tensor, never by a reciprocal).
     A constant stack (hi == lo) maps to zeros.
     """
-    x = np.array(images, dtype=np.float32, copy=True)
-    x -= np.float32(lo)
+    if not torch.is_tensor(images):
+        return to_unit(as_tensor(images, "cpu"), lo, hi).numpy()
+    x = images.to(torch.float32, copy=True)
+    x -= torch.tensor(np.float32(lo), device=x.device)
     span = np.float32(np.float32(hi) - np.float32(lo))
     if span > 0:
-        x /= span
+        x /= torch.tensor(span, device=x.device)
     return x
 
 
-def match_tilt_stats(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def match_tilt_stats(images: ArrayOrTensor, reference: ArrayOrTensor) -> ArrayOrTensor:
     """Give each tilt the std and then the mean of the same reference tilt.
 
-    images, reference: ``(n, H, W)`` (sizes may differ; stats are per tilt).
-    Returns float32 ``(n, H, W)``. A constant tilt keeps its shape and gets the mean.
+    images, reference: ``(n, H, W)`` arrays or tensors on one device (sizes may differ;
+    stats are per tilt, population std). Returns float32 of the images' kind.
+    A constant tilt keeps its shape and gets the mean.
     """
-    x = np.array(images, dtype=np.float32, copy=True)
+    if not torch.is_tensor(images):
+        return match_tilt_stats(as_tensor(images, "cpu"), as_tensor(reference, "cpu")).numpy()
+    x = images.to(torch.float32, copy=True)
+    ref = torch.as_tensor(reference).to(x.device, torch.float32)
     n = x.shape[0]
-    ref = np.asarray(reference, dtype=np.float32)
-    s1 = x.reshape(n, -1).std(-1).reshape(-1, 1, 1)
-    s2 = ref.reshape(n, -1).std(-1).reshape(-1, 1, 1)
-    safe = np.where(s1 > 0, s1, np.float32(1))
-    x = np.where(s1 > 0, x / safe * s2, x).astype(np.float32)
-    m1 = x.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
-    m2 = ref.reshape(n, -1).mean(-1).reshape(-1, 1, 1)
-    x -= m1 - m2
+
+    def stat(t: torch.Tensor, what: str) -> torch.Tensor:  # float64 sums, then float32: batch-independent
+        flat = t.reshape(n, -1).double()
+        v = flat.std(-1, correction=0) if what == "std" else flat.mean(-1)
+        return v.float().reshape(-1, 1, 1)
+
+    s1, s2 = stat(x, "std"), stat(ref, "std")
+    x = torch.where(s1 > 0, x / torch.where(s1 > 0, s1, 1.0) * s2, x)
+    x -= stat(x, "mean") - stat(ref, "mean")
     return x

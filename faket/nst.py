@@ -25,6 +25,7 @@ from ._memory import stylize_batch_fitting
 from ._optim import _EMA, Adam
 from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
+from ._tensors import as_tensor
 from ._tiling import TiledSteps, check_memory_budget, tile_cuts
 from .errors import FaketInputError
 from .losses import SCALED_ERROR_EPS, gram, normalised_weights, scaled_error, tv_loss
@@ -347,19 +348,22 @@ def stylize_tilts(
     :meth:`StyleTransfer.style_targets`. Returns ``(images (b, H, W) float32,
     last loss of each tilt (b,))``.
     """
+    dev = transfer.device  # scaling and statistics run where the NST runs: no host round trips
     unit_styles = None
     if style_targets is None:
-        unit_styles = [to_unit(st, *ranges[f"style{k}"]) for k, st in enumerate(styles or [reference])]
+        raw_styles = styles or [reference]
+        unit_styles = [to_unit(as_tensor(st, dev), *ranges[f"style{k}"]) for k, st in enumerate(raw_styles)]
     res = stylize_batch_fitting(
         transfer,
-        to_unit(content, *ranges["content"]),
+        to_unit(as_tensor(content, dev), *ranges["content"]),
         unit_styles,
-        None if init is None else to_unit(init, *ranges["init"]),
+        None if init is None else to_unit(as_tensor(init, dev), *ranges["init"]),
         style_image_weights,
         generator=generator,
         style_targets=style_targets,
     )
-    return match_tilt_stats(res.images.cpu().numpy(), reference), res.losses.cpu().numpy()
+    images = match_tilt_stats(res.images.to(dev, torch.float32), as_tensor(reference, dev))
+    return images.cpu().numpy(), res.losses.cpu().numpy()
 
 
 def iter_stylize(

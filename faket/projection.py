@@ -27,24 +27,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ._tensors import as_tensor
 from .errors import FaketInputError
 from .settings import ProjectionSettings
 
 #: Upper bound on stored matrix entries per group of angles (about 12 bytes each).
 MAX_ENTRIES = 1 << 25
-
-
-def as_tensor(a: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """A float32 tensor on ``device`` from a numpy array (or tensor), no copy when possible.
-
-    A read-only array (a memory-mapped input file) is copied: torch cannot share it.
-    """
-    if torch.is_tensor(a):
-        return a.to(device=device, dtype=torch.float32)
-    arr = np.ascontiguousarray(a, dtype=np.float32)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr).to(device=device)
 
 
 def csr_from_rows(cols: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor, n_cols: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 from baseline import BaselineNST, TorchvisionVGG19  # noqa: E402
 
+from conftest import assert_golden  # noqa: E402
 from test_nst import GOLDEN_CASES  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def test_baseline_reproduces_golden(golden, test_weights, name, iterations, step
     c, s, i = (read_mrc(golden[k]) for k in ("content", "style", "init"))
     st = NSTSettings(iterations=iterations, initial_iterations=iterations, step_size=step)
     out = BaselineNST(test_weights, st).stylize_stack(c, s, i)
-    assert np.abs(out - read_mrc(golden[name])).max() <= 1e-4
+    assert_golden(out, read_mrc(golden[name]), step, iterations)
 
 
 def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, tmp_path):
@@ -38,7 +39,7 @@ def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, t
     out = tmp_path / "out.mrc"
     subprocess.run([sys.executable, str(BENCH / "baseline.py"), golden["content"], golden["style"],
                     golden["init"], out, path], check=True, capture_output=True)
-    assert np.abs(read_mrc(out) - read_mrc(golden["expected_iter1_step0.15"])).max() <= 1e-4
+    assert_golden(read_mrc(out), read_mrc(golden["expected_iter1_step0.15"]), 0.15, 1)
 
 
 def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path):

@@ -8,7 +8,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import HAS_CUDA, call_main, run_faket
+from conftest import HAS_CUDA, assert_golden, call_main, run_faket
 from faket.io import read_mrc, write_mrc
 
 GOLDEN = [("expected_iter1_step0.15", 1, 0.15), ("expected_iter3_step0.05", 3, 0.05)]
@@ -22,8 +22,7 @@ def test_stylize_golden_through_the_console_script(tmp_path, golden, weights_fil
                     "--output", out, "--vgg-weights", weights_file, "--iterations", iterations,
                     "--step-size", step, "--device", "cpu")
     assert res.returncode == 0, res.stderr
-    diff = np.abs(read_mrc(out) - read_mrc(golden[name])).max()
-    assert diff <= 1e-4
+    assert_golden(read_mrc(out), read_mrc(golden[name]), step, iterations)
     prov = json.loads((tmp_path / "out.mrc.json").read_text())
     assert prov["parameters"]["step_size"] == step
     assert prov["parameters"]["initial_iterations"] == iterations

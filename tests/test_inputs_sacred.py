@@ -52,3 +52,35 @@ def test_no_command_writes_over_its_input(case, files, monkeypatch, capsys):
     assert code == 2 and len(lines) == 1 and "never writes over its inputs" in lines[0], err
     assert "Traceback" not in err
     assert {p.name: p.read_bytes() for p in files.iterdir()} == before    # byte-identical, nothing new
+
+
+OUTPUT_CASES = {
+    "project": lambda d, o: ["project", d / "volume.mrc", "--angles", d / "angles.tlt", "-o", o / "out.mrc",
+                             "--device", "cpu"],
+    "reconstruct": lambda d, o: ["reconstruct", d / "content.mrc", "--angles", d / "angles.tlt",
+                                 "-o", o / "out.mrc", "--device", "cpu"],
+    "noise estimate": lambda d, o: ["noise", "estimate", "-r", d / "style.mrc", "-n", d / "content.mrc",
+                                    "-o", o / "out.mrc"],
+    "noise apply": lambda d, o: ["noise", "apply", d / "content.mrc", "--reference", d / "style.mrc",
+                                 "--snr", 0.1, "-o", o, "--modalities", "noisy"],
+    "stylize": lambda d, o: ["stylize", d / "content.mrc", d / "style.mrc", "--init", d / "init.mrc",
+                             "-o", o / "out.mrc", "--vgg-weights", "random", "--device", "cpu"],
+    "phantom": lambda d, o: ["phantom", o, "--size", 16, "--n-particles", 2, "--angles", "-30,30,30"],
+}
+#: The existing file each command would replace.
+EXISTING = {"noise apply": "noisy.mrc", "phantom": "volume.mrc"}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_an_existing_output_is_replaced_only_with_overwrite(case, files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / EXISTING.get(case, "out.mrc")
+    target.write_bytes(b"precious")
+    code, _, err = call_main(monkeypatch, capsys, *OUTPUT_CASES[case](files, out))
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("WARNING")]
+    assert code == 2 and len(lines) == 1 and "exists: give --overwrite" in lines[0], err
+    assert target.read_bytes() == b"precious" and sorted(p.name for p in out.iterdir()) == [target.name]
+    code, _, err = call_main(monkeypatch, capsys, *OUTPUT_CASES[case](files, out), "--overwrite")
+    assert code == 0, err
+    assert target.read_bytes() != b"precious"

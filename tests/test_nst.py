@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
+from conftest import DEVICES, assert_golden
 from faket.errors import FaketInputError
 from faket.io import read_mrc
 from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
@@ -80,7 +80,7 @@ def test_golden_fidelity(inputs, test_weights, golden, name, iterations, step):
                         StyleTransfer(test_weights, st, device="cpu"))
     expected = read_mrc(golden[name])
     assert out.dtype == np.float32 and out.shape == expected.shape
-    assert np.abs(out - expected).max() <= 1e-4
+    assert_golden(out, expected, step, iterations)
 
 
 @pytest.mark.parametrize("device", DEVICES)

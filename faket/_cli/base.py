@@ -33,6 +33,10 @@ def _reproducible_option() -> bool:
     return typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP)
 
 
+def _overwrite_option() -> bool:
+    return typer.Option(False, "--overwrite", help="Replace outputs that exist (never the command's inputs).")
+
+
 def _switch(on: bool) -> None:
     """Apply ``--reproducible`` before anything imports torch."""
     if on:

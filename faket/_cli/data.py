@@ -21,6 +21,7 @@ from .base import (
     _PH,
     _device,
     _floats,
+    _overwrite_option,
     _reproducible_option,
     _settings,
     _switch,
@@ -66,6 +67,10 @@ def info() -> None:
 
 
 # --------------------------------------------------------------------------- phantom
+#: What `faket phantom` writes into its folder.
+PHANTOM_FILES = ("volume.mrc", "labels.mrc", "reference.mrc", "angles.tlt", "particles.csv", "phantom.json")
+
+
 @app.command()
 def phantom(
     out_dir: Path = typer.Argument(
@@ -80,10 +85,14 @@ def phantom(
     defocus: float = typer.Option(_PH.defocus_um, help="Defocus in micrometres (underfocus)."),
     dose: float = typer.Option(_PH.dose_per_tilt, help="Electrons per square Angstrom per tilt."),
     seed: int = typer.Option(_PH.seed, help="Random seed."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """A labelled synthetic specimen and a physics-lite reference tilt-series of it."""
-    from ..io import angles_range, provenance, write_mrc, write_provenance, write_tlt
+    from ..io import angles_range, check_output_path, provenance, write_mrc, write_provenance, write_tlt
     from ..phantom import make_phantom, reference_tilt_series, write_particles_csv
+
+    for name in PHANTOM_FILES:
+        check_output_path(out_dir / name, overwrite=overwrite)
 
     a = _floats(angles, "--angles")
     if len(a) != 3 or a[2] <= 0 or a[1] < a[0]:
@@ -124,12 +133,13 @@ def project(
         None, help="Detector width in pixels [default: the volume's X width]."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Noiseless projections (content) of a volume, tilt axis Y."""
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
     from ..projection import project as run_projection
 
-    check_output_path(output, inputs={"volume": volume, "angles": angles})
+    check_output_path(output, inputs={"volume": volume, "angles": angles}, overwrite=overwrite)
     dev = _device(device)
     with open_mrc(volume, role="volume") as vol:
         theta = read_tlt(angles)
@@ -158,6 +168,7 @@ def noise_estimate(
     order: int = typer.Option(
         _NOISE.order, help="Polynomial order over the tilt index (-1 raw, 0 constant; paper 2)."
     ),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Per-tilt r, sigma, mean, std from (reference, noiseless) pairs."""
     from ..io import check_output_path, open_mrc, provenance
@@ -167,7 +178,7 @@ def noise_estimate(
         raise FaketInputError(
             f"{len(reference)} --reference but {len(noiseless)} --noiseless: give them in pairs"
         )
-    check_output_path(output, inputs={"reference": reference, "noiseless": noiseless})
+    check_output_path(output, inputs={"reference": reference, "noiseless": noiseless}, overwrite=overwrite)
     pairs, stacks = [], []
     for r, n in zip(reference, noiseless):
         a, b = open_mrc(r, role="reference"), open_mrc(n, role="noiseless")
@@ -243,6 +254,7 @@ def noise_apply(
     ),
     seed: int = typer.Option(0, help="Seed of the noise draws (one per tomogram)."),
     modalities: str = typer.Option("noisy,content,baseline", help="Which stacks to write."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """NOISY, CONTENT (sigma x 0.25) and BASELINE (order 0) tilt-series."""
     from ..io import MrcWriter, check_output_path, open_mrc, provenance, write_provenance
@@ -255,7 +267,9 @@ def noise_apply(
         raise FaketInputError(f"unknown modality {bad[0] if bad else ''!r}: use {', '.join(MODALITIES)}")
     for m in mods:
         check_output_path(
-            out_dir / f"{m}.mrc", inputs={"noiseless": noiseless, "model": model, "reference": reference}
+            out_dir / f"{m}.mrc",
+            inputs={"noiseless": noiseless, "model": model, "reference": reference},
+            overwrite=overwrite,
         )
     with open_mrc(noiseless, role="noiseless") as clean:
         nm = _noise_model_for(clean.shape[0], noiseless, model, reference, snr, r, sigma, order)

@@ -21,6 +21,7 @@ from .base import (
     _device,
     _floats,
     _ints,
+    _overwrite_option,
     _reproducible_option,
     _settings,
     _switch,
@@ -90,6 +91,7 @@ def stylize(
     seed: int = typer.Option(_NST.seed, help="Seed of the gray/uniform start."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     reproducible: bool = _reproducible_option(),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Give CONTENT tilts the look of the style tilt-series (FakET NST, per tilt).
 
@@ -137,6 +139,7 @@ def stylize(
             "init": None if init in INITS else init,
             "weights": None if vgg_weights in ("imagenet", "random") else vgg_weights,
         },
+        overwrite=overwrite,
     )
     dev = _device(device)
     c = open_mrc(content, role="content")
@@ -216,6 +219,7 @@ def reconstruct(
         False, "--paper", help="The paper's settings: approxShrec, bin 2 (cubic), Z 0.32226..0.67382."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Weighted back-projection into a float32 volume."""
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
@@ -237,7 +241,7 @@ def reconstruct(
             z_range=zr,
         )
     )
-    check_output_path(output, inputs={"tilts": tilts, "angles": angles})
+    check_output_path(output, inputs={"tilts": tilts, "angles": angles}, overwrite=overwrite)
     dev = _device(device)
     with open_mrc(tilts, role="tilt-series") as ts:
         theta = read_tlt(angles, expected=ts.shape[0])
