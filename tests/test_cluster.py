@@ -284,10 +284,15 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
+    # Every port the head would take by default on its own (agent 52365, client 10001, ...) is a
+    # free one: a Ray left on this machine (another user's, or a killed run's) must not break the test.
+    own_ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
+        "runtime-env-agent-port", "metrics-export-port")]
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"],
+         "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", *own_ports],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
