@@ -21,8 +21,10 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    """Lay the figure out, write it as PNG (atomically) and close it."""
     from .io import atomic_path
 
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     _plt().close(fig)
@@ -56,7 +58,6 @@ def montage(
             axes[r, c].set_yticks([])
     for s in opened.values():
         s.close()
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -72,7 +73,6 @@ def spectra_figure(report: Report, path: Path) -> Path:
     ax.set_ylabel("normalised power")
     ax.set_title("rotationally averaged power spectra")
     ax.legend()
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -88,7 +88,6 @@ def histogram_figure(report: Report, path: Path) -> Path:
         ax.set_xlabel("intensity")
         ax.set_ylabel("density")
         ax.legend()
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -105,7 +104,6 @@ def tilt_stats_figure(report: Report, path: Path) -> Path:
         ax.set_xlabel("tilt angle (deg)")
         ax.set_ylabel(f"per-tilt {k}")
         ax.legend()
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -120,7 +118,6 @@ def metrics_figure(report: Report, path: Path) -> Path:
         ax.set_title(f"{k.upper()} vs noiseless")
         ax.set_xlabel("tilt angle (deg)")
     axes[0].legend()
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -141,7 +138,6 @@ def reconstruction_figure(inputs: ReportInputs, path: Path) -> Path | None:
             axes[r, c].set_title(f"{m} {name}", fontsize=9)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
-    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -56,12 +56,12 @@ def match_tilt_stats(images: ArrayOrTensor, reference: ArrayOrTensor) -> ArrayOr
     ref = torch.as_tensor(reference).to(x.device, torch.float32)
     n = x.shape[0]
 
-    def stat(t: torch.Tensor, what: str) -> torch.Tensor:  # float64 sums, then float32: batch-independent
-        flat = t.reshape(n, -1).double()
-        v = flat.std(-1, correction=0) if what == "std" else flat.mean(-1)
-        return v.float().reshape(-1, 1, 1)
+    def std_mean(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # float64 sums: batch-independent
+        std, mean = torch.std_mean(t.reshape(n, -1).double(), dim=-1, correction=0)
+        return std.float().reshape(-1, 1, 1), mean.float().reshape(-1, 1, 1)
 
-    s1, s2 = stat(x, "std"), stat(ref, "std")
+    s1, _ = std_mean(x)
+    s2, m2 = std_mean(ref)
     x = torch.where(s1 > 0, x / torch.where(s1 > 0, s1, 1.0) * s2, x)
-    x -= stat(x, "mean") - stat(ref, "mean")
+    x -= x.reshape(n, -1).double().mean(-1).float().reshape(-1, 1, 1) - m2
     return x

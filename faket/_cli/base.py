@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import typer
 
@@ -31,6 +32,10 @@ _NST = NSTSettings()
 
 def _reproducible_option() -> bool:
     return typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP)
+
+
+def _angles_option() -> Path:
+    return typer.Option(..., "--angles", help="Tilt angles, IMOD .tlt (degrees).")
 
 
 def _overwrite_option() -> bool:

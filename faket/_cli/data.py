@@ -19,6 +19,7 @@ from ..settings import (
 from .base import (
     _NOISE,
     _PH,
+    _angles_option,
     _device,
     _floats,
     _overwrite_option,
@@ -126,7 +127,7 @@ def phantom(
 @app.command()
 def project(
     volume: Path = typer.Argument(..., help="Density volume (MRC, Z,Y,X)."),
-    angles: Path = typer.Option(..., "--angles", help="Tilt angles, IMOD .tlt (degrees)."),
+    angles: Path = _angles_option(),
     output: Path = typer.Option(..., "--output", "-o", help="Noiseless tilt-series (MRC)."),
     dose: float = typer.Option(ProjectionSettings().dose, help="Projections are DOSE - ray sum."),
     detector_width: Optional[int] = typer.Option(

@@ -18,6 +18,7 @@ from ..settings import (
 from .base import (
     _NST,
     _REC,
+    _angles_option,
     _device,
     _floats,
     _ints,
@@ -208,7 +209,7 @@ def stylize(
 @app.command()
 def reconstruct(
     tilts: Path = typer.Argument(..., help="Tilt-series (MRC, n,Y,X)."),
-    angles: Path = typer.Option(..., "--angles", help="Tilt angles, IMOD .tlt (degrees)."),
+    angles: Path = _angles_option(),
     output: Path = typer.Option(..., "--output", "-o", help="Volume (MRC, Z,Y,X)."),
     filter: str = typer.Option(_REC.filter, help="ramp, shepp-logan, cosine, hann, approxShrec, none."),
     binning: int = typer.Option(_REC.binning, help="Bin projections by this factor first."),
