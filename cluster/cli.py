@@ -16,6 +16,8 @@ from typing import Optional
 
 import typer
 
+from faket.console import interrupt_exit_code
+from faket.errors import Interrupted
 from faket.reproducible import HELP as REPRODUCIBLE_HELP
 
 app = typer.Typer(
@@ -45,6 +47,22 @@ def _run(
         say=lambda m: console.print(m, highlight=False),
         progress=lambda total, done: progress_bar(total, "stylize (all tilts)", completed=done),
     )
+
+
+def _interrupted_line(spec_path: Path) -> str:
+    """How far an interrupted run got (read from its store), and how to go on."""
+    from faket.store import done_mask, open_store
+
+    from .spec import load_spec
+
+    try:
+        spec = load_spec(spec_path)
+        root = open_store(spec.store, mode="r")
+        masks = [done_mask(root[t.name], "faket") for t in spec.tomograms if t.name in root]
+        done, total = sum(int(m.sum()) for m in masks), sum(t.shape[0] for t in spec.tomograms)
+    except Exception:  # the store may not exist yet: interrupted while laying it out
+        return "interrupted before any tilt was done; rerun the same command to resume"
+    return f"interrupted: {done} of {total} tilts done; rerun the same command to resume"
 
 
 def _stage(name: Optional[str]):
@@ -86,10 +104,14 @@ def run_cmd(
     # Ray's own messages (e.g. "(raylet) A worker died ...") go to stderr: stdout carries
     # only the JSON summary, so `faket run SPEC > summary.json` stays valid JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        summary = _run(spec, address, actors, restart_stage)
-        import ray
+        try:
+            summary = _run(spec, address, actors, restart_stage)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupt_exit_code(), _interrupted_line(spec)) from None
+        finally:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()  # the local Ray a driver started ends with it
     text = json.dumps(summary, indent=1)
     if summary_file is not None:
         from faket.io import atomic_path

@@ -36,3 +36,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
             object_store_memory=256 * 2**20,
             _node_ip_address="127.0.0.1",
         )
+    # ray.init makes SIGTERM exit quietly (sys.exit(15)): give it back to the console's handler,
+    # so that the driver prints how far the run got and exits 143
+    from faket.console import install_interrupt_handlers
+
+    install_interrupt_handlers()

@@ -170,34 +170,91 @@ def test_actor_killed_by_pid_equals_an_uninterrupted_run(inputs, tmp_path, local
         assert np.array_equal(np.asarray(a[name]["faket"][:]), np.asarray(b[name]["faket"][:]))
 
 
-def test_driver_killed_then_rerun_finishes_the_rest(inputs, tmp_path, test_weights):
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc's parent links)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [c for c, p in parents.items() if p in frontier]
+        tree += frontier
+    return tree
+
+
+def _listening(pids: list[int]) -> list[tuple[str, int, bool]]:
+    """The addresses (ip, port, is loopback) on which these processes listen (TCP) or are bound (UDP)."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] not in inodes or (table.startswith("tcp") and f[3] != "0A"):   # 0A: LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))   # host-order words
+            ip = ipaddress.ip_address(raw)
+            ip = getattr(ip, "ipv4_mapped", None) or ip                     # ::ffff:127.0.0.1
+            found.append((str(ip), int(port, 16), ip.is_loopback))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_driver_stopped_then_rerun_finishes_the_rest(inputs, tmp_path, test_weights, sig):
+    """The driver killed (SIGKILL), terminated or interrupted mid-run; a rerun finishes the rest.
+    SIGTERM and Ctrl-C end the run cleanly: one line saying how far it got, exit 143 / 130,
+    and the local Ray it started ends with it. While it runs, every socket it and its
+    Ray opened is on loopback."""
     spec_path = _spec_copy(inputs, tmp_path, **{"actors = 2": "actors = 1",
                                                  'export = "': '# export = "'})
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "faket_cluster", "run", str(spec_path)]
-    # the actor holds after its first task (never released): the kill lands mid-run on any machine
+    # the actor holds after its first task (never released): the stop lands mid-run on any machine
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, HOLD_ENV: str(tmp_path / "never")},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     store = tmp_path / "run.zarr"
-    deadline = time.time() + 240
-    done = 0
+    deadline, done, tree, sockets = time.time() + 240, 0, [], []
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if store.exists():
-                try:
-                    root = open_store(store, mode="r")
-                    done = sum(int(done_mask(root[n], "faket").sum()) for n in ("tomo_000", "tomo_001")
-                               if n in root and "faket" in root[n])
-                except Exception:
-                    done = 0
-                if done >= 2:
-                    break
+        while time.time() < deadline and proc.poll() is None and done < 2:
+            done = _done(store)
             time.sleep(0.2)
+        tree, sockets = _tree(proc.pid), _listening(_tree(proc.pid))
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+        gone = time.time() + 30
+        while time.time() < gone and any(Path(f"/proc/{p}").exists() for p in tree):
+            time.sleep(0.2)
+        left = [p for p in tree if Path(f"/proc/{p}").exists()]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)                # the driver and the Ray it started
+        if sig == signal.SIGKILL or proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)            # the driver and the Ray it started
         proc.wait()
     assert 2 <= done < 14, done
+    assert sockets and all(loopback for _, _, loopback in sockets), sockets
+    if sig != signal.SIGKILL:
+        lines = err.strip().splitlines()
+        assert proc.returncode == 128 + sig, err
+        assert lines[-1] == f"faket-cluster: interrupted: {_done(store)} of 14 tilts done; rerun the " \
+                            "same command to resume", err
+        assert "Traceback" not in err and out == ""
+        assert left == [], f"processes left running after the driver ended: {left}"
     res = subprocess.run([*cmd, "--summary", str(tmp_path / "summary.json")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
