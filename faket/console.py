@@ -117,7 +117,7 @@ def _usage_line(prog: str, err) -> str:
     return f"{prog}: error: {err.format_message()} (see '{where} --help')"
 
 
-def _click_exceptions(name: str) -> tuple[type, ...]:
+def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
     """Click's exception ``name`` from click and from typer's own copy of it (typer >= 0.28)."""
     import importlib
 
