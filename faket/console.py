@@ -140,6 +140,7 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     """
     failures = failures or {}
     no_args, usage, abort = (_click_exceptions(n) for n in ("NoArgsIsHelpError", "UsageError", "Abort"))
+    stops = (Interrupted, KeyboardInterrupt, *abort)
     install_interrupt_handlers()
     try:
         from .reproducible import requested
@@ -147,7 +148,7 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
         requested()  # a bad FAKET_REPRODUCIBLE ends here, before any work
         code = typer_app(standalone_mode=False)
     except no_args as err:
-        err.show()
+        err.show()  # type: ignore[attr-defined]
         sys.exit(2)
     except usage as err:
         print(_usage_line(prog, err), file=sys.stderr)
@@ -155,7 +156,7 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     except FaketInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (Interrupted, KeyboardInterrupt, *abort) as err:
+    except stops as err:
         message = err.message if isinstance(err, Interrupted) else "interrupted"
         print(f"{prog}: {message}", file=sys.stderr)
         sys.exit(err.exit_code if isinstance(err, Interrupted) else interrupt_exit_code())
