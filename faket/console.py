@@ -140,7 +140,7 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     """
     failures = failures or {}
     no_args, usage, abort = (_click_exceptions(n) for n in ("NoArgsIsHelpError", "UsageError", "Abort"))
-    stops = (Interrupted, KeyboardInterrupt, *abort)
+    stops: tuple[type[BaseException], ...] = (Interrupted, KeyboardInterrupt, *abort)
     install_interrupt_handlers()
     try:
         from .reproducible import requested
