@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faket.store import create_stack, export_stack, open_store, write_tilt
+from faket.export import export_stack
+from faket.store import create_stack, open_store, write_tilt
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from faket._json import dumps
 from faket.console import interrupt_exit_code
 from faket.errors import Interrupted
 from faket.reproducible import HELP as REPRODUCIBLE_HELP
@@ -82,7 +83,7 @@ def run_cmd(
     address: Optional[str] = typer.Option(
         None, help="Ray cluster address [default: RAY_ADDRESS or a local Ray]."
     ),
-    actors: Optional[int] = typer.Option(None, help="Override resources.actors."),
+    actors: Optional[int] = typer.Option(None, min=1, help="Override resources.actors (>= 1)."),
     reproducible: bool = typer.Option(False, "--reproducible", help=REPRODUCIBLE_HELP),
     summary_file: Optional[Path] = typer.Option(
         None, "--summary", help="Write the JSON summary to this file instead of stdout."
@@ -112,7 +113,7 @@ def run_cmd(
             import ray
 
             ray.shutdown()  # the local Ray a driver started ends with it
-    text = json.dumps(summary, indent=1)
+    text = dumps(summary)
     if summary_file is not None:
         from faket.io import atomic_path
 
@@ -125,9 +126,9 @@ def run_cmd(
 
 def demo(
     out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", "-o", help="Output folder."),
-    tomograms: int = typer.Option(2, help="Tomograms to simulate."),
-    size: int = typer.Option(64, help="Volume edge in voxels."),
-    actors: int = typer.Option(2, help="CPU actors."),
+    tomograms: int = typer.Option(2, min=1, help="Tomograms to simulate."),
+    size: int = typer.Option(64, min=16, help="Volume edge in voxels (>= 16)."),
+    actors: int = typer.Option(2, min=1, help="CPU actors."),
     vgg_weights: str = typer.Option(
         "imagenet", help="imagenet (random when missing, loudly), random or a file."
     ),

@@ -19,6 +19,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, TypeVar
 
 import ray
@@ -220,6 +221,20 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
     return [recs[n] for n in complete if n in recs], exported, failed
 
 
+def _distrust_damaged(root, spec: RunSpec, say) -> None:
+    """On resume, done tilts whose data is missing or does not decode are done again."""
+    from faket.store_check import clear_problems, verify_store
+
+    problems = verify_store(root, [t.name for t in spec.tomograms])
+    if problems:
+        say(
+            f"{len(problems)} done tilt(s) or volume(s) missing or corrupt in the store, recomputing them: "
+            + "; ".join(map(str, problems[:3]))
+            + (" ..." if len(problems) > 3 else "")
+        )
+        clear_problems(root, problems)
+
+
 def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
     """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet."""
     from faket.store import open_store
@@ -236,9 +251,14 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
+    resumed = spec.store.exists()
     root = open_store(str(spec.store))
     lay_out(root, spec, weights.identity, restart)
-    root.attrs.update({"spec": spec.raw, "spec_path": str(spec.path), "weights": weights.identity})
+    if resumed:
+        _distrust_damaged(root, spec, say)
+    root.attrs.update(
+        {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
+    )
     return weights, plan, root
 
 

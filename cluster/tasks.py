@@ -35,18 +35,20 @@ def remote_functions():
     def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
         from faket.reconstruction import reconstruct
         from faket.store import open_store, write_volume
+        from faket.store_check import read_tilts
 
         g = open_store(store)[name]
-        vol = reconstruct(np.asarray(g["faket"][:]), np.asarray(angles), settings).numpy()
+        vol = reconstruct(read_tilts(g, "faket"), np.asarray(angles), settings).numpy()
         g["reconstruction"].attrs["voxel_size"] = float(g.attrs.get("voxel_size", 1.0)) * settings.binning
         write_volume(g, "reconstruction", vol)
         return list(vol.shape)
 
     @ray.remote(num_cpus=1, max_retries=0)
     def export_task(store: str, out: str, names: list) -> list:
-        from faket.store import export_store
+        from faket.export import export_store
 
-        return [str(p) for p in export_store(store, out, names)]
+        # the export folder is the run's own output: each run replaces it whole
+        return [str(p) for p in export_store(store, out, names, overwrite=True)]
 
     return prepare, estimate, reconstruct_task, export_task
 

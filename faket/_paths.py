@@ -44,8 +44,8 @@ def check_output_path(
 ) -> Path:
     """Make sure an output file can be written there, before any work starts.
 
-    Creates missing parent folders. Raises FaketInputError when the folder
-    cannot be created or written, the path is a directory, the output (or
+    Writes nothing (the writer creates missing folders). Raises FaketInputError when
+    the folder cannot be created or written, the path is a directory, the output (or
     its provenance ``.json``) is one of ``inputs`` (see :func:`refuse_input_overwrite`),
     or it exists and ``overwrite`` is False (the CLI's default: ``--overwrite`` replaces).
     """
@@ -55,13 +55,10 @@ def check_output_path(
         raise FaketInputError(f"{role} path {p} is a directory: give a file name")
     if not overwrite and p.exists():
         raise FaketInputError(f"{role} {p} exists: give --overwrite to replace it, or choose another path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FaketInputError(
-            f"{role} folder {p.parent} cannot be created ({err.strerror}): choose a writable location"
-        ) from None
-    if not os.access(p.parent, os.W_OK | os.X_OK):
+    existing = next(q for q in (p.parent, *p.parent.parents) if q.exists())  # "/" always exists
+    if not existing.is_dir():
+        raise FaketInputError(f"{role} folder {p.parent} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise FaketInputError(f"{role} path {p} is not writable: choose a writable location")
     if p.exists() and not os.access(p, os.W_OK):
         raise FaketInputError(f"{role} file {p} exists and is read-only: choose another path")
@@ -76,6 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     p = Path(path)
     tmp = _tmp_name(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         os.replace(tmp, p)
@@ -86,3 +84,69 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def check_output_dir(
+    path: str | os.PathLike,
+    *,
+    role: str = "output folder",
+    inputs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Make sure a folder of outputs can be made there, before any work; writes nothing.
+
+    Refused: a file at that path; a folder that is, holds or lies inside one of ``inputs``;
+    a folder with anything in it unless ``overwrite`` (it is then replaced whole); an
+    unwritable location.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FaketInputError(f"{role} {p} is a file: give a folder path")
+    for name, value in (inputs or {}).items():
+        for q in value if isinstance(value, (list, tuple)) else [value]:
+            if q is None:
+                continue
+            a, b = p.resolve(), Path(q).resolve()
+            if a == b or a in b.parents or b in a.parents:
+                raise FaketInputError(
+                    f"{role} {p} overlaps the {name} input {q}: faket never writes over its inputs; "
+                    f"choose another {role}"
+                )
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise FaketInputError(
+            f"{role} {p} is not empty: give --overwrite to replace it whole, or choose a new folder"
+        )
+    check_output_path(p / "probe", role=role)  # the nearest existing folder is writable
+    return p
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    On any exception the temporary folder is removed and ``path`` is untouched: a folder
+    of outputs appears whole or not at all.
+    """
+    import shutil
+
+    p = Path(path)
+    tmp, old = _tmp_name(p), p.with_name(f".{p.name}.old-{os.getpid()}")
+    for q in (tmp, old):
+        if q.exists():
+            shutil.rmtree(q)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        moved = p.exists()
+        if moved:
+            os.replace(p, old)
+        try:
+            os.replace(tmp, p)
+        except BaseException:
+            if moved:  # put the earlier folder back
+                os.replace(old, p)
+            raise
+    finally:
+        for q in (tmp, old):
+            if q.exists():
+                shutil.rmtree(q)

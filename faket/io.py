@@ -26,9 +26,12 @@ import mrcfile
 import numpy as np
 
 from . import __version__
+from ._json import dumps
 from ._paths import (  # noqa: F401  (faket.io is the I/O API: output paths re-exported)
     _tmp_name,
+    atomic_dir,
     atomic_path,
+    check_output_dir,
     check_output_path,
     refuse_input_overwrite,
 )
@@ -158,6 +161,7 @@ class MrcWriter:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self._tmp = _tmp_name(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._mrc = mrcfile.new_mmap(self._tmp, shape=self.shape, mrc_mode=2, overwrite=True)
         if volume:
             self._mrc.set_volume()
@@ -380,15 +384,5 @@ def write_provenance(output: str | os.PathLike, record: dict) -> Path:
     """Write ``record`` as JSON next to ``output``, atomically."""
     target = provenance_path(output)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+        tmp.write_text(dumps(record, indent=2) + "\n")
     return target
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._json import dumps
 from .errors import FaketInputError
 
 CURVE_NAMES = ("r", "sigma", "mean", "std")
@@ -163,7 +164,7 @@ class NoiseModel:
         from .io import atomic_path
 
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+            tmp.write_text(dumps(self.to_json()) + "\n")
         return Path(path)
 
     @classmethod

@@ -15,7 +15,6 @@ tilt-series needs memory for a few tilts only.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._json import dumps
 from .errors import FaketInputError
 from .metrics import mae, mse, psnr, radial_power_spectrum, spectrum_distance, ssim
 
@@ -372,7 +372,7 @@ def write_report(
     data = report.to_json()
     data["figures"] = sorted(figures)
     with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.write_text(dumps(data) + "\n")
     with atomic_path(out_dir / "index.html") as tmp:
         tmp.write_text(render_html(data, figures))
     return out_dir / "index.html"

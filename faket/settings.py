@@ -87,7 +87,7 @@ class ProjectionSettings(Settings):
     detector_width: detector pixels along X; ``None`` = the volume's X width.
     """
 
-    dose: Float = 0.0
+    dose: Annotated[Float, Field(ge=0)] = 0.0
     detector_width: Optional[Annotated[Int, Field(ge=1)]] = None
 
 
@@ -101,6 +101,18 @@ class NoiseSettings(Settings):
 
     order: Annotated[Int, Field(ge=-1, le=5)] = 2
     content_sigma_factor: Annotated[Float, Field(ge=0)] = 0.25
+
+
+class GivenNoise(Settings):
+    """Noise given by hand instead of estimated (``faket noise apply --snr | --r --sigma``).
+
+    r: Pearson correlation of a noisy tilt with its noiseless projection, in (0, 1].
+    sigma: residual standard deviation (>= 0). snr: signal over noise power (> 0).
+    """
+
+    r: Optional[Annotated[Float, Field(gt=0, le=1)]] = None
+    sigma: Optional[Annotated[Float, Field(ge=0)]] = None
+    snr: Optional[Annotated[Float, Field(gt=0)]] = None
 
 
 class NSTSettings(Settings):

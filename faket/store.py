@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -43,10 +43,12 @@ VOLUMES = ("labels", "reconstruction")
 
 
 def tilt_codec():
-    """The tilt stacks' codec, chosen by ``benchmarks/bench_codec.py``: on noisy float32 tilts
-    Blosc LZ4 with byte shuffle writes as fast as no codec and keeps 0.75 of the bytes (zstd
-    level 1: 0.82 at 1.7x the write and 3x the read time)."""
-    return _zarr().codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
+    """The tilt stacks' codecs: the compressor chosen by ``benchmarks/bench_codec.py`` (on noisy
+    float32 tilts Blosc LZ4 with byte shuffle writes as fast as no codec and keeps 0.75 of the
+    bytes; zstd level 1: 0.82 at 1.7x the write and 3x the read time), then a CRC32C checksum
+    of each tile, so that damaged bytes fail to decode instead of reading as data."""
+    codecs = _zarr().codecs
+    return (codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"), codecs.Crc32cCodec())
 
 
 def _zarr():
@@ -143,7 +145,13 @@ def create_volume(group, name: str, shape: tuple[int, int, int]):
     else:
         chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
         arr = group.create_array(
-            name, shape=shape, dtype="float32", chunks=chunks, fill_value=0.0, dimension_names=("z", "y", "x")
+            name,
+            shape=shape,
+            dtype="float32",
+            chunks=chunks,
+            fill_value=0.0,
+            compressors=(_zarr().codecs.ZstdCodec(level=1), _zarr().codecs.Crc32cCodec()),
+            dimension_names=("z", "y", "x"),
         )
     _flags(group, name, 1)
     return arr
@@ -211,80 +219,3 @@ def reset_done(group, name: str) -> None:
 def changed_settings(recorded: dict, now: dict) -> list[str]:
     """Keys whose values differ between a stage's recorded settings and the current ones."""
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
-
-
-def export_stack(array, path: str | os.PathLike, voxel_size: float = 1.0, volume: bool = False) -> Path:
-    """Stream a (n, Y, X) Zarr array to MRC one slice at a time (bounded memory)."""
-    from .io import MrcWriter
-
-    with MrcWriter(path, tuple(array.shape), voxel_size=voxel_size, volume=volume) as w:
-        for i in range(array.shape[0]):
-            w.write(i, np.asarray(array[i]))
-    return Path(path)
-
-
-def _export_provenance(root, g, store: str | os.PathLike, name: str, array: str, out: Path) -> None:
-    """``<out>.json``: where an exported file came from and how the store made it."""
-    from .io import provenance, write_provenance
-
-    write_provenance(
-        out,
-        provenance(
-            {"tomogram": name, "array": array, "settings": g.attrs.get("settings")},
-            inputs={"store": Path(store).resolve()},
-            weights=root.attrs.get("weights"),
-            seeds={"noise": g.attrs.get("seed")},
-            extra={"store_compute": root.attrs.get("compute"), "spec": root.attrs.get("spec")},
-        ),
-    )
-
-
-def export_store(
-    path: str | os.PathLike, out_dir: str | os.PathLike, only: Iterable[str] | None = None, progress=None
-) -> list[Path]:
-    """Export every tomogram (or ``only`` these) of a store to MRC files and .tlt angles.
-
-    Writes ``out_dir/<tomogram>/<array>.mrc`` for each complete array, each with
-    its provenance ``<array>.mrc.json``, and ``angles.tlt``; a stage with tilts
-    not done is refused.
-    """
-    from .io import write_tlt
-
-    root = open_store(path, mode="r")
-    names = tomograms(root)
-    if only:
-        missing = sorted(set(only) - set(names))
-        if missing:
-            raise FaketInputError(f"store {path} has no tomogram {missing[0]!r} (it has: {', '.join(names)})")
-        names = [n for n in names if n in set(only)]
-    written = []
-    out_dir = Path(out_dir)
-    for name in names:
-        g = root[name]
-        vs = float(g.attrs.get("voxel_size", 1.0))
-        target = out_dir / name
-        target.mkdir(parents=True, exist_ok=True)
-        for stage in STAGES:
-            if stage not in g:
-                continue
-            mask = done_mask(g, stage)
-            if not mask.all():
-                raise FaketInputError(
-                    f"{name}/{stage} in {path} has {int((~mask).sum())} tilts not "
-                    "done: finish the run first (rerun the same spec)"
-                )
-            written.append(export_stack(g[stage], target / f"{stage}.mrc", vs))
-            _export_provenance(root, g, path, name, stage, written[-1])
-            if progress is not None:
-                progress(1)
-        for vol in VOLUMES:
-            if vol in g and done_mask(g, vol).all():
-                written.append(
-                    export_stack(
-                        g[vol], target / f"{vol}.mrc", float(g[vol].attrs.get("voxel_size", vs)), volume=True
-                    )
-                )
-                _export_provenance(root, g, path, name, vol, written[-1])
-        if "angles" in g.attrs:
-            written.append(write_tlt(target / "angles.tlt", np.asarray(g.attrs["angles"])))
-    return written

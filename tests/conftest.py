@@ -107,14 +107,20 @@ FAKET = console_script("faket")
 
 def call_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run faket.cli.main in-process with argv; returns (exit code, stdout, stderr)."""
+    import signal
+
     from faket.cli import main
 
     monkeypatch.setattr(sys, "argv", ["faket", *map(str, args)])
     code = 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:  # main() installs its Ctrl-C / SIGTERM handlers: give pytest its own back
+        for s, h in handlers.items():
+            signal.signal(s, h)
     out, err = capsys.readouterr()
     return code, out, err
 

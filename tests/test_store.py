@@ -12,8 +12,9 @@ import pytest
 from conftest import call_main
 from faket.errors import FaketInputError
 from faket.io import read_mrc, read_tlt
+from faket.export import export_store
 from faket.store import (FORMAT_VERSION, changed_settings, create_stack, create_volume, done_mask,
-                         export_store, open_store, reset_done, tilt_chunks, write_tilt, write_volume)
+                         open_store, reset_done, tilt_chunks, write_tilt, write_volume)
 
 
 def test_chunks_fit_detector_images():
@@ -64,7 +65,7 @@ def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
 
 def test_export_refuses_incomplete_and_unknown(tmp_path, monkeypatch, capsys):
     _store(tmp_path, complete=False)
-    with pytest.raises(FaketInputError, match="1 tilts not done"):
+    with pytest.raises(FaketInputError, match=r"1 tilt\(s\) not done"):
         export_store(tmp_path / "run.zarr", tmp_path / "out")
     code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "run.zarr", "-o",
                              tmp_path / "out", "--tomogram", "nope")

@@ -71,7 +71,12 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 
 #: Settings keys whose CLI option has another name.
-_OPTIONS = {"memory_budget_gb": "--memory-budget", "defocus_um": "--defocus", "dose_per_tilt": "--dose"}
+_OPTIONS = {
+    "memory_budget_gb": "--memory-budget",
+    "defocus_um": "--defocus",
+    "dose_per_tilt": "--dose",
+    "content_sigma_factor": "--content-sigma",
+}
 
 
 def _settings(cls, **values):

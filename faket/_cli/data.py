@@ -12,6 +12,8 @@ from .. import __version__
 from ..console import progress_bar, say, warn
 from ..errors import FaketInputError
 from ..settings import (
+    GivenNoise,
+    NoiseSettings,
     NSTSettings,
     PhantomSettings,
     ProjectionSettings,
@@ -139,12 +141,14 @@ def project(
     """Noiseless projections (content) of a volume, tilt axis Y."""
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
     from ..projection import project as run_projection
+    from ..reconstruction import check_angle_spread
 
+    st = _settings(ProjectionSettings, dose=dose, detector_width=detector_width)
     check_output_path(output, inputs={"volume": volume, "angles": angles}, overwrite=overwrite)
     dev = _device(device)
     with open_mrc(volume, role="volume") as vol:
         theta = read_tlt(angles)
-        st = _settings(ProjectionSettings, dose=dose, detector_width=detector_width)
+        check_angle_spread(theta, f"angles {angles}")
         with progress_bar(len(theta), "project") as advance:
             tilts = run_projection(vol.data, theta, st, device=dev, progress=advance)
         vs = vol.voxel_size[0] or 1.0
@@ -175,6 +179,7 @@ def noise_estimate(
     from ..io import check_output_path, open_mrc, provenance
     from ..noise import NoiseModel
 
+    _settings(NoiseSettings, order=order)
     if len(reference) != len(noiseless):
         raise FaketInputError(
             f"{len(reference)} --reference but {len(noiseless)} --noiseless: give them in pairs"
@@ -262,6 +267,8 @@ def noise_apply(
     from ..noise import MODALITIES
     from ..pipeline import WriterSink, prepare_noise
 
+    _settings(NoiseSettings, order=order, content_sigma_factor=content_sigma)
+    _settings(GivenNoise, r=r, sigma=sigma, snr=snr)
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
@@ -327,7 +334,7 @@ def weights_check(path: Path = typer.Argument(..., help="A VGG-19 state dict fil
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", "-o", help="Output folder."),
-    size: int = typer.Option(96, help="Volume edge in voxels."),
+    size: int = typer.Option(96, min=16, help="Volume edge in voxels (>= 16)."),
     angles: str = typer.Option("-60,60,3", help="START,STOP,STEP in degrees."),
     vgg_weights: str = typer.Option(
         "imagenet", help="imagenet (falls back to random when missing, loudly), random or a file."

@@ -12,6 +12,7 @@ from ..console import err_console, progress_bar, say, warn
 from ..errors import FaketInputError
 from .base import (
     _device,
+    _overwrite_option,
     app,
 )
 
@@ -44,7 +45,7 @@ def report(
         "(random when missing, with a warning), "
         "random, a file, or none.",
     ),
-    style_tilts: int = typer.Option(9, help="Tilts (evenly spaced) used for the style distance."),
+    style_tilts: int = typer.Option(9, min=1, help="Tilts (evenly spaced) used for the style distance."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Realism metrics and pictures: index.html, metrics.json and PNG figures."""
@@ -119,11 +120,54 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 @app.command()
 def export(
     store: Path = typer.Argument(..., help="A faket run store (Zarr)."),
-    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Folder for <tomogram>/<stage>.mrc."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Folder to write (replaced whole)."),
+    format: str = typer.Option(
+        "mrc", "--format", "-f", help="mrc, imod, relion, deepfinder, copick or portal (see README)."
+    ),
     tomogram: Optional[List[str]] = typer.Option(None, help="Only these tomograms (repeat)."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
-    """Stream a run store to MRC files (+ angles.tlt) per tomogram, one tilt at a time."""
-    from ..store import export_store
+    """Export a run store for a tool: MRC, IMOD, RELION, DeepFinder, copick or the Data Portal."""
+    from ..export import export_store
 
-    written = export_store(store, out_dir, tomogram or None)
+    written = export_store(store, out_dir, tomogram or None, fmt=format, overwrite=overwrite)
     say(f"{len(written)} files -> {out_dir}")
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Run stores: check what they hold.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("verify")
+def store_verify(
+    store: Path = typer.Argument(..., help="A faket run store (Zarr)."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Mark the damaged tilts not done and recompute them (reruns the spec)."
+    ),
+) -> None:
+    """List every done tilt, volume or flag whose data is missing or corrupt (exit 1 if any)."""
+    import subprocess
+    import sys
+
+    from ..store import open_store
+    from ..store_check import clear_problems, verify_store
+
+    root = open_store(store, mode="r" if not repair else "a")
+    problems = verify_store(root)
+    for p in problems:
+        print(p)
+    if not problems:
+        say(f"{store}: every done tilt and volume is present and decodes")
+        return
+    if not repair:
+        say(f"{len(problems)} problem(s); `faket store verify {store} --repair` recomputes them")
+        raise typer.Exit(1)
+    spec = Path(str(root.attrs.get("spec_path", "")))
+    if not spec.is_file():
+        raise FaketInputError(
+            f"the spec that made {store} ({spec}) is gone: the damaged tilts cannot be recomputed"
+        )
+    clear_problems(root, problems)
+    say(f"{len(problems)} problem(s) marked not done; recomputing them with `faket run {spec}`")
+    done = subprocess.run([sys.executable, "-m", "faket.cli", "run", str(spec)], check=False)
+    raise typer.Exit(done.returncode)

@@ -224,7 +224,7 @@ def reconstruct(
 ) -> None:
     """Weighted back-projection into a float32 volume."""
     from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
-    from ..reconstruction import check_angle_spread, z_slices
+    from ..reconstruction import check_angle_spread, output_shape
     from ..reconstruction import reconstruct as run_reconstruction
 
     zr = _floats(z_range, "--z-range")
@@ -248,7 +248,9 @@ def reconstruct(
         theta = read_tlt(angles, expected=ts.shape[0])
         check_angle_spread(theta, f"angles {angles}")  # before the progress bar starts
         vs = (ts.voxel_size[0] or 1.0) * st.binning
-        z_total = len(z_slices(st.thickness or ts.shape[2] // st.binning, st.z_range))
+        z_total = output_shape((ts.shape[0], ts.shape[1], ts.shape[2]), st)[
+            0
+        ]  # refuses a binning that leaves no pixels
         with progress_bar(z_total, "reconstruct") as advance:
             vol = run_reconstruction(ts.data, theta, st, device=dev, progress=advance)
     write_mrc(output, vol.cpu().numpy(), voxel_size=vs, volume=True)

@@ -1,0 +1,130 @@
+"""The run store verifies what it trusts: a done flag counts only if its data exists and decodes.
+
+Tilt stacks keep one shard per tilt with CRC32C checksums (of the shard index and of each
+tile), so a deleted tilt is a missing object and a truncated or altered one fails to decode.
+:func:`verify_group` finds both; :func:`clear_problems` resets their done flags (and those
+of the volumes made from them), so that the next run of the spec recomputes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FaketInputError
+from .store import STAGES, VOLUMES, done_mask, reset_done
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing the store says is done but cannot deliver."""
+
+    tomogram: str
+    array: str
+    index: int | None  # the tilt; None for a volume or a whole flag array
+    why: str
+
+    def __str__(self) -> str:
+        where = f"{self.tomogram}/{self.array}" + ("" if self.index is None else f" tilt {self.index}")
+        return f"{where}: {self.why}"
+
+
+def _exists(arr, coords: tuple[int, ...]) -> bool:
+    from zarr.core.sync import sync
+
+    key = f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+    return bool(sync(arr.store_path.store.exists(key)))
+
+
+def _decode_error(read) -> str | None:
+    try:
+        read()
+    except Exception as err:  # zarr and its codecs raise many types for damaged bytes
+        text = "checksum mismatch" if "checksum" in str(err) else f"{type(err).__name__}: {str(err)[:60]}"
+        return f"corrupt ({text})"
+    return None
+
+
+def _tilt_problem(arr, i: int, decode: bool = True) -> str | None:
+    if not _exists(arr, (i, 0, 0)):
+        return "missing (its data was deleted)"
+    return _decode_error(lambda: arr[i]) if decode else None
+
+
+def _volume_problem(arr) -> str | None:
+    grid = [range(math.ceil(s / c)) for s, c in zip(arr.shape, arr.chunks)]
+    if not all(_exists(arr, c) for c in itertools.product(*grid)):
+        return "missing (part of its data was deleted)"
+    return _decode_error(lambda: arr[:])
+
+
+def _flags(group, name: str) -> tuple[np.ndarray, Problem | None]:
+    try:
+        return done_mask(group, name), None
+    except Exception as err:
+        n = group[name].shape[0] if name in group and name not in VOLUMES else 1
+        return np.zeros(n, bool), Problem(group.basename, f"done_{name}", None, f"flags corrupt ({err})")
+
+
+def verify_group(group, decode: bool = True, workers: int = 8) -> list[Problem]:
+    """Every done tilt and volume of one tomogram that is missing or does not decode.
+
+    decode: also read every done tilt (its checksums); else only check that it exists.
+    """
+    problems: list[Problem] = []
+    name = group.basename
+    for stage in (*STAGES, *VOLUMES):
+        if stage not in group:
+            continue
+        mask, flag_problem = _flags(group, stage)
+        if flag_problem is not None:
+            problems.append(flag_problem)
+        arr = group[stage]
+        if stage in VOLUMES:
+            why = _volume_problem(arr) if mask.all() else None
+            problems += [Problem(name, stage, None, why)] if why else []
+            continue
+        done = [int(i) for i in np.flatnonzero(mask)]
+        with ThreadPoolExecutor(workers) as pool:  # decoding releases the GIL
+            whys = list(pool.map(functools.partial(_tilt_problem, arr, decode=decode), done))
+        problems += [Problem(name, stage, i, why) for i, why in zip(done, whys) if why]
+    return problems
+
+
+def verify_store(root, names: list[str] | None = None, decode: bool = True) -> list[Problem]:
+    """:func:`verify_group` over the tomograms of a store (or ``names``)."""
+    from .store import tomograms
+
+    return [p for n in names or tomograms(root) for p in verify_group(root[n], decode)]
+
+
+def clear_problems(root, problems: list[Problem]) -> None:
+    """Reset the done flags of damaged tilts and volumes, and of the volumes made from them."""
+    for p in problems:
+        g = root[p.tomogram]
+        stage = p.array.removeprefix("done_")
+        if p.index is None or p.array.startswith("done_"):
+            reset_done(g, stage)
+        else:
+            g[f"done_{stage}"][p.index] = 0
+        if stage == "faket" and "done_reconstruction" in g:
+            reset_done(g, "reconstruction")
+
+
+def read_tilts(group, stage: str) -> np.ndarray:
+    """A whole tilt stack, tilt by tilt; a damaged tilt is one line naming it (exit 2)."""
+    arr = group[stage]
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    for i in range(arr.shape[0]):
+        why = _tilt_problem(arr, i)
+        if why is not None:
+            raise FaketInputError(
+                f"{Problem(group.basename, stage, i, why)}: run `faket store verify --repair`"
+            )
+        out[i] = arr[i]
+    return out
