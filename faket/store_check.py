@@ -103,15 +103,32 @@ def verify_store(root, names: list[str] | None = None, decode: bool = True) -> l
     return [p for n in names or tomograms(root) for p in verify_group(root[n], decode)]
 
 
+def _delete(arr, coords: tuple[int, ...] | None) -> None:
+    """Delete a damaged tilt's shard (or, ``None``, all of a volume's chunks): zarr reads what
+    it overwrites, so a damaged object must go before it can be written again."""
+    from zarr.core.sync import sync
+
+    store = arr.store_path.store
+    if coords is None:
+        sync(store.delete_dir(f"{arr.path}/c"))
+    else:
+        sync(store.delete(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"))
+
+
 def clear_problems(root, problems: list[Problem]) -> None:
-    """Reset the done flags of damaged tilts and volumes, and of the volumes made from them."""
+    """Reset the done flags of damaged tilts and volumes (deleting their data), and the
+    flags of the volumes made from them, so that the next run of the spec redoes them."""
     for p in problems:
         g = root[p.tomogram]
         stage = p.array.removeprefix("done_")
-        if p.index is None or p.array.startswith("done_"):
+        if p.array.startswith("done_"):
+            _delete(g[p.array], None)  # flags that do not decode: all "not done"
+        elif p.index is None:
             reset_done(g, stage)
+            _delete(g[stage], None)
         else:
             g[f"done_{stage}"][p.index] = 0
+            _delete(g[stage], (p.index, 0, 0))
         if stage == "faket" and "done_reconstruction" in g:
             reset_done(g, "reconstruction")
 

@@ -92,6 +92,20 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
         assert (tmp_path / "mrc" / name / "faket.mrc").exists()
     again = run(spec, say=lambda m: None)
     assert again["done_now"] == 0 and again["done_before"] == 14
+    # A deleted and a truncated tilt, their done flags still set: the resume finds and redoes them
+    clean = {(n, a): np.asarray(root[n][a][:]) for n in ("tomo_000", "tomo_001")
+             for a in ("noisy", "faket", "reconstruction")}
+    shard = spec.store / "tomo_000" / "faket" / "c" / "3" / "0" / "0"
+    shard.unlink()
+    noisy = spec.store / "tomo_001" / "noisy" / "c" / "2" / "0" / "0"
+    noisy.write_bytes(noisy.read_bytes()[:100])
+    said: list[str] = []
+    repaired = run(spec, say=said.append)
+    assert repaired["done_now"] == 1 and repaired["done_before"] == 13, (repaired, said)
+    assert any("2 done tilt(s) or volume(s) missing or corrupt" in m for m in said), said
+    root = open_store(spec.store, mode="r")
+    for (n, a), want in clean.items():
+        assert np.array_equal(np.asarray(root[n][a][:]), want), (n, a)
 
 
 def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
