@@ -342,7 +342,10 @@ def write_report(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Compute the report and write ``out_dir/index.html``, ``metrics.json`` and the PNGs."""
+    """Compute the report and write ``out_dir/index.html``, ``metrics.json`` and the PNGs.
+
+    The folder is written under a temporary name and then replaces ``out_dir`` whole.
+    """
     from ._report_render import (
         histogram_figure,
         metrics_figure,
@@ -352,27 +355,27 @@ def write_report(
         spectra_figure,
         tilt_stats_figure,
     )
-    from .io import atomic_path
+    from .io import atomic_dir, atomic_path
 
     report = compute_report(
         inputs, weights=weights, style_tilts=style_tilts, device=device, progress=progress
     )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "montage.png": montage(inputs, report.angles, out_dir / "montage.png"),
-        "spectra.png": spectra_figure(report, out_dir / "spectra.png"),
-        "histograms.png": histogram_figure(report, out_dir / "histograms.png"),
-        "tilt_stats.png": tilt_stats_figure(report, out_dir / "tilt_stats.png"),
-        "metrics_per_tilt.png": metrics_figure(report, out_dir / "metrics_per_tilt.png"),
-    }
-    rec = reconstruction_figure(inputs, out_dir / "reconstruction.png")
-    if rec is not None:
-        figures["reconstruction.png"] = rec
-    data = report.to_json()
-    data["figures"] = sorted(figures)
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(dumps(data) + "\n")
-    with atomic_path(out_dir / "index.html") as tmp:
-        tmp.write_text(render_html(data, figures))
+    with atomic_dir(out_dir) as tmp:  # the report appears whole or not at all
+        figures = {
+            "montage.png": montage(inputs, report.angles, tmp / "montage.png"),
+            "spectra.png": spectra_figure(report, tmp / "spectra.png"),
+            "histograms.png": histogram_figure(report, tmp / "histograms.png"),
+            "tilt_stats.png": tilt_stats_figure(report, tmp / "tilt_stats.png"),
+            "metrics_per_tilt.png": metrics_figure(report, tmp / "metrics_per_tilt.png"),
+        }
+        rec = reconstruction_figure(inputs, tmp / "reconstruction.png")
+        if rec is not None:
+            figures["reconstruction.png"] = rec
+        data = report.to_json()
+        data["figures"] = sorted(figures)
+        with atomic_path(tmp / "metrics.json") as f:
+            f.write_text(dumps(data) + "\n")
+        with atomic_path(tmp / "index.html") as f:
+            f.write_text(render_html(data, figures))
     return out_dir / "index.html"

@@ -93,6 +93,15 @@ def test_report_cli_on_plain_files(monkeypatch, capsys, demo_run, tmp_path):
     data = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert set(data["per_tilt"]) == {"faket"} and not data["style_distance"]["computed"]
     assert "reconstruction.png" in data["figures"]
+    # a report folder that exists is replaced whole, only with --overwrite
+    (tmp_path / "r" / "mine.txt").write_text("kept")
+    again = ["report", "--noiseless", t / "noiseless.mrc", "--faket", t / "faket.mrc", "--reference",
+             demo_run / "reference" / "reference.mrc", "-o", tmp_path / "r", "--vgg-weights", "none"]
+    code, _, err = call_main(monkeypatch, capsys, *again)
+    assert code == 2 and "give --overwrite" in err and (tmp_path / "r" / "mine.txt").exists()
+    code, _, err = call_main(monkeypatch, capsys, *again, "--overwrite")
+    assert code == 0 and not (tmp_path / "r" / "mine.txt").exists() and (tmp_path / "r" / "index.html").exists()
+    assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []
     # identical stacks: MAE 0, SSIM 1, PSNR infinite written as "inf"
     code, _, err = call_main(monkeypatch, capsys, "report", "--noiseless", t / "noiseless.mrc",
                              "--faket", t / "noiseless.mrc", "--reference", t / "noisy.mrc",
@@ -114,3 +123,13 @@ def test_report_bad_inputs(monkeypatch, capsys, demo_run, tmp_path):
     assert code == 2 and "missing modality reference" in err
     code, _, err = call_main(monkeypatch, capsys, "report", tmp_path / "nothing")
     assert code == 2 and "not a folder" in err
+
+
+def test_json_never_holds_nan():
+    from faket._json import dumps
+
+    text = dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": np.float32("nan")}, "e": 2})
+    data = json.loads(text)                                   # strict JSON: no NaN / Infinity tokens
+    assert "NaN" not in text and "Infinity" not in text
+    assert data["a"] is None and data["b"] == [1.0, None] and data["c"]["d"] is None and data["e"] == 2
+    assert set(data["null_reasons"]) == {"a", "b[1]", "c.d"}

@@ -47,9 +47,11 @@ def report(
     ),
     style_tilts: int = typer.Option(9, min=1, help="Tilts (evenly spaced) used for the style distance."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Realism metrics and pictures: index.html, metrics.json and PNG figures."""
     from .._report_render import TABLE_HEADER, metrics_table
+    from ..io import check_output_dir
     from ..report import ReportInputs, check_inputs, find_run, find_store_tomogram, write_report
 
     if run is not None and (run / "zarr.json").is_file():
@@ -72,9 +74,13 @@ def report(
         if run is None:
             raise FaketInputError("give --out-dir when no run folder is given")
         out_dir = (run.parent / f"{run.stem}_report") if (run / "zarr.json").is_file() else run / "report"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FaketInputError(f"report folder {out_dir} is a file: give a folder")
     n = check_inputs(inputs)
+    sources = [
+        p
+        for p in (*inputs.stacks.values(), *inputs.reconstructions.values(), inputs.angles, run)
+        if isinstance(p, (str, Path)) and Path(p).is_file()  # files; a store's arrays are not
+    ]
+    check_output_dir(out_dir, role="report folder", inputs={"report": sources}, overwrite=overwrite)
     weights = _report_weights(vgg_weights)
     with progress_bar(n, "report") as advance:
         index = write_report(
