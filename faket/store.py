@@ -74,6 +74,10 @@ def open_store(path: str | os.PathLike, mode: str = "a"):
     p = Path(path)
     if mode == "r" and not p.exists():
         raise FaketInputError(f"store {p} does not exist: give the path of a faket run store")
+    if mode != "r" and not p.exists():
+        from ._paths import check_output_path
+
+        check_output_path(p / "zarr.json", role="store")  # its folder can be made and written
     try:
         root = zarr.open_group(str(p), mode=mode, zarr_format=3)
     except Exception as err:  # zarr raises several types for a foreign folder

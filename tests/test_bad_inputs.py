@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,52 @@ def test_bad_spec_value_is_one_line_and_exit_2(case, d, monkeypatch, capsys):
 
 def test_the_suite_is_large_enough():
     assert len(CASES) + len(SPEC_EDITS) >= 60
+
+
+def test_an_internal_error_is_one_line_with_its_log(d, monkeypatch, capsys, tmp_path):
+    """A bug (an exception that is not bad input) prints one line naming a log with the traceback."""
+    import faket.reconstruction
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setenv("FAKET_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(faket.reconstruction, "reconstruct", broken)
+    code, _, err = call_main(monkeypatch, capsys, *_reconstruct()(d))
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err
+    assert lines[-1].startswith("faket: internal error (ZeroDivisionError: a bug)")
+    log = Path(lines[-1].rsplit(" ", 1)[1])
+    assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text()
+    assert "ZeroDivisionError" in log.read_text()
+
+
+def test_a_store_that_cannot_be_made_is_named(tmp_path):
+    from faket.errors import FaketInputError
+    from faket.store import open_store
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FaketInputError, match="store folder .* cannot be created: .* is a file"):
+        open_store(tmp_path / "afile" / "run.zarr", mode="a")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_says_so(tmp_path, sig):
+    """Ctrl-C or SIGTERM during a long command: one line, exit 130 / 143, no output left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "faket.cli", "demo", "-o", str(tmp_path / "demo"),
+                             "--size", "48", "--vgg-weights", "random", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "demo").exists():   # work has started
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert err.strip().splitlines()[-1] == "faket: interrupted" and "Traceback" not in err
+    assert not [p for p in (tmp_path / "demo").rglob("*tmp-*")]              # no half-written file
