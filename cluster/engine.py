@@ -25,6 +25,7 @@ from typing import Any, Callable, Hashable, Iterable, TypeVar
 import ray
 
 from faket.errors import FaketInputError
+from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV, NSTWorker
@@ -322,6 +323,9 @@ def run(
     weights, plan, root = _start(spec, address, actors, restart, say)
     policy = policy_of(spec)
     prep_failed = _prepare_stage(spec, policy, say)
+    for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
+        if t.name not in prep_failed:
+            describe_tomogram(root[t.name], class_names(root[t.name].attrs.get("particles_csv")))
     stats, n_actors, nst_seconds, total, done_before = _nst_stage(
         spec, root, plan, weights.state_dict, policy, progress, set(prep_failed), say
     )

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .errors import FaketInputError
-from .store import STAGES, VOLUMES, done_mask, open_store, tomograms
+from .store import STAGES, VOLUMES, done_mask, has_volume, open_store, tomograms, volume
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Export:
     root: Any  # the store's zarr group
     names: list[str]
     folder: Path  # temporary; renamed onto the output folder when complete
+    target: Path  # the output folder
     written: list[Path] = field(default_factory=list)
 
     def provenance(self, out: Path, what: dict) -> Path:
@@ -66,7 +67,7 @@ def voxel_size(g) -> float:
 
 def volume_voxel_size(g, name: str) -> float:
     """A volume's voxel size (the reconstruction's includes its binning), in Angstrom."""
-    return float(g[name].attrs.get("voxel_size", voxel_size(g)))
+    return float(volume(g, name).attrs.get("voxel_size", voxel_size(g)))
 
 
 def export_stack(array, path: str | os.PathLike, voxel: float = 1.0, volume: bool = False) -> Path:
@@ -95,8 +96,10 @@ def _write_mrc(ex: Export) -> None:
             ex.provenance(out, {"tomogram": name, "array": stage})
             ex.written.append(out)
         for vol in VOLUMES:
-            if vol in g and done_mask(g, vol).all():
-                out = export_stack(g[vol], target / f"{vol}.mrc", volume_voxel_size(g, vol), volume=True)
+            if has_volume(g, vol) and done_mask(g, vol).all():
+                out = export_stack(
+                    volume(g, vol), target / f"{vol}.mrc", volume_voxel_size(g, vol), volume=True
+                )
                 ex.provenance(out, {"tomogram": name, "array": vol})
                 ex.written.append(out)
         if "angles" in g.attrs:
@@ -111,9 +114,9 @@ FORMATS: dict[str, Format] = {
 
 
 def _formats() -> dict[str, Format]:
-    from . import _formats as more
+    from ._formats import _formats as more
 
-    return {**FORMATS, **more.FORMATS}
+    return {**FORMATS, **more()}
 
 
 def _select(root, store: Path, only: Iterable[str] | None) -> list[str]:
@@ -132,8 +135,9 @@ def check_ready(root, store: Path, names: list[str], needs: Callable[[Any], list
     for name in names:
         g = root[name]
         for array in needs(g):
-            if array not in g or not done_mask(g, array).all():
-                left = "absent" if array not in g else f"{int((~done_mask(g, array)).sum())} tilt(s) not done"
+            present = has_volume(g, array) if array in VOLUMES else array in g
+            if not present or not done_mask(g, array).all():
+                left = "absent" if not present else f"{int((~done_mask(g, array)).sum())} tilt(s) not done"
                 raise FaketInputError(
                     f"{name}/{array} in {store} is {left}: finish the run first (rerun the same spec)"
                 )
@@ -166,7 +170,7 @@ def export_store(
     check_output_dir(out_dir, inputs={"store": store}, overwrite=overwrite)
     check_ready(root, store, names, formats[fmt].needs)
     with atomic_dir(out_dir) as tmp:
-        ex = Export(store, root, names, tmp)
+        ex = Export(store, root, names, tmp, Path(out_dir))
         formats[fmt].write(ex)
     final = Path(out_dir)
     return sorted({final / p.relative_to(tmp) for p in ex.written})

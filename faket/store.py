@@ -4,11 +4,15 @@ Layout of a store (one per run)::
 
     run.zarr/                  attrs: format, version, spec, compute, last_run
       <tomogram>/              attrs: angles, voxel_size, seeds, sources, particles,
-                                      settings (per stage), failures
+                                      settings (per stage), failures, ome (NGFF 0.5)
         noiseless, noisy, content, style, faket    (n, Y, X) float32
         done_<stage>                                (n,) uint8, one chunk per tilt
-        reconstruction, labels                      (Z, Y, X) float32
+        reconstruction                              (Z, Y, X) float32
+        reconstruction_2x, reconstruction_4x        its binned levels (NGFF multiscale)
+        labels/classes/0                            (Z, Y, X) float32, an NGFF image-label
         done_reconstruction, done_labels            (1,) uint8
+
+Each tomogram group is an OME-Zarr image (:mod:`faket.ngff`).
 
 The driver creates every array and done flag before any worker runs
 (:func:`create_stack`, :func:`create_volume`); workers only write
@@ -36,10 +40,33 @@ from .settings import TILE_GRID
 FORMAT = "faket-run-store"
 #: Version 2: every array and done flag is created up front by the driver, labels and
 #: reconstructions have done flags, each stage records the settings it ran with.
-FORMAT_VERSION = 2
+#: Version 3: OME-Zarr (NGFF 0.5) metadata, labels as an NGFF image-label, reconstruction
+#: pyramids, CRC32C checksums of every tile.
+FORMAT_VERSION = 3
 TILT_TILE = TILE_GRID
 STAGES = ("noiseless", "noisy", "content", "style", "faket")
 VOLUMES = ("labels", "reconstruction")
+#: Where each volume lives in its tomogram group: the labels as an NGFF image-label.
+VOLUME_PATHS = {"labels": "labels/classes/0", "reconstruction": "reconstruction"}
+#: Each volume's data type: labels are integers (NGFF image-labels must be).
+VOLUME_DTYPES = {"labels": "uint16", "reconstruction": "float32"}
+#: The reconstruction's binned levels (NGFF multiscale), beside it as reconstruction_<f>x.
+PYRAMID = (2, 4)
+
+
+def level_name(factor: int) -> str:
+    """The array of the reconstruction binned by ``factor``."""
+    return f"reconstruction_{factor}x"
+
+
+def volume(group, name: str):
+    """A volume's array (``labels`` or ``reconstruction``) in a tomogram group."""
+    return group[VOLUME_PATHS[name]]
+
+
+def has_volume(group, name: str) -> bool:
+    """Whether a tomogram group holds the volume ``name``."""
+    return VOLUME_PATHS[name] in group
 
 
 def tilt_codec():
@@ -142,21 +169,28 @@ def create_stack(group, name: str, shape: tuple[int, int, int]):
     return arr
 
 
+def _volume_array(group, path: str, shape: tuple[int, ...], dtype: str = "float32"):
+    if path in group:
+        return _check_shape(group, path, shape)
+    chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
+    return group.create_array(
+        path,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        fill_value=0,
+        compressors=(_zarr().codecs.ZstdCodec(level=1), _zarr().codecs.Crc32cCodec()),
+        dimension_names=("z", "y", "x"),
+    )
+
+
 def create_volume(group, name: str, shape: tuple[int, int, int]):
-    """Create a (Z, Y, X) float32 volume and its done flag; same rules as :func:`create_stack`."""
-    if name in group:
-        arr = _check_shape(group, name, shape)
-    else:
-        chunks = tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)))
-        arr = group.create_array(
-            name,
-            shape=shape,
-            dtype="float32",
-            chunks=chunks,
-            fill_value=0.0,
-            compressors=(_zarr().codecs.ZstdCodec(level=1), _zarr().codecs.Crc32cCodec()),
-            dimension_names=("z", "y", "x"),
-        )
+    """Create a (Z, Y, X) volume (a float32 reconstruction with its binned levels) and its done
+    flag; same rules as :func:`create_stack`."""
+    arr = _volume_array(group, VOLUME_PATHS[name], shape, VOLUME_DTYPES[name])
+    if name == "reconstruction":
+        for f in PYRAMID:
+            _volume_array(group, level_name(f), tuple(max(1, s // f) for s in shape))
     _flags(group, name, 1)
     return arr
 
@@ -169,7 +203,7 @@ def done_mask(group, stage: str, tilts: Sequence[int] | None = None) -> np.ndarr
     """
     name = f"done_{stage}"
     if name not in group:
-        n = group[stage].shape[0] if stage in group and stage not in VOLUMES else 1
+        n = group[stage].shape[0] if stage not in VOLUMES and stage in group else 1
         return np.zeros(n if tilts is None else len(tilts), dtype=bool)
     flags = group[name]
     return np.asarray(flags[:] if tilts is None else flags.oindex[list(tilts)]).astype(bool)
@@ -206,10 +240,19 @@ class StoreSink:
         write_tilt(self.group, name, index, image)
 
 
-def write_volume(group, name: str, volume: np.ndarray) -> None:
-    """Write a whole volume, then mark it done (idempotent; creates nothing)."""
+def write_volume(group, name: str, data: np.ndarray) -> None:
+    """Write a whole volume (a reconstruction with its binned levels), then mark it done
+    (idempotent; creates nothing)."""
     flags = _flag_array(group, name)
-    group[name][:] = np.asarray(volume, dtype=np.float32)
+    arr = volume(group, name)
+    values = np.asarray(data)
+    if arr.dtype.kind in "iu" and values.dtype.kind == "f":
+        values = np.rint(values)  # labels read from a float MRC
+    arr[:] = values.astype(arr.dtype)
+    if name == "reconstruction":
+        from .ngff import write_pyramid
+
+        write_pyramid(group)
     flags[0] = 1
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FaketInputError
-from .store import STAGES, VOLUMES, done_mask, reset_done
+from .store import STAGES, VOLUMES, done_mask, has_volume, reset_done, volume
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _flags(group, name: str) -> tuple[np.ndarray, Problem | None]:
     try:
         return done_mask(group, name), None
     except Exception as err:
-        n = group[name].shape[0] if name in group and name not in VOLUMES else 1
+        n = group[name].shape[0] if name not in VOLUMES and name in group else 1
         return np.zeros(n, bool), Problem(group.basename, f"done_{name}", None, f"flags corrupt ({err})")
 
 
@@ -79,12 +79,12 @@ def verify_group(group, decode: bool = True, workers: int = 8) -> list[Problem]:
     problems: list[Problem] = []
     name = group.basename
     for stage in (*STAGES, *VOLUMES):
-        if stage not in group:
+        if not (has_volume(group, stage) if stage in VOLUMES else stage in group):
             continue
         mask, flag_problem = _flags(group, stage)
         if flag_problem is not None:
             problems.append(flag_problem)
-        arr = group[stage]
+        arr = volume(group, stage) if stage in VOLUMES else group[stage]
         if stage in VOLUMES:
             why = _volume_problem(arr) if mask.all() else None
             problems += [Problem(name, stage, None, why)] if why else []
@@ -125,7 +125,7 @@ def clear_problems(root, problems: list[Problem]) -> None:
             _delete(g[p.array], None)  # flags that do not decode: all "not done"
         elif p.index is None:
             reset_done(g, stage)
-            _delete(g[stage], None)
+            _delete(volume(g, stage), None)
         else:
             g[f"done_{stage}"][p.index] = 0
             _delete(g[stage], (p.index, 0, 0))
