@@ -44,6 +44,7 @@ volume = "inputs/{name}_volume.mrc"
 labels = "inputs/{name}_labels.mrc"
 particles = "inputs/{name}_particles.csv"
 angles = "inputs/angles.tlt"
+dose_per_tilt = {PhantomSettings().dose_per_tilt}
 seed = {k + 1}
 ''')
     spec = out / "demo.toml"

@@ -100,6 +100,7 @@ class TomogramSpec:
     labels: Path | None = None
     particles: Path | None = None
     seed: int = 0
+    dose_per_tilt: float | None = None  # e/A^2 per tilt, when known
     style: Path | None = None  # resolved from [style]
     # Filled in when the spec is checked, so that the driver lays out the store up front:
     shape: tuple[int, int, int] = (0, 0, 0)  # (n, Y, W) of the tilt-series
@@ -286,6 +287,7 @@ def _tomograms(spec: Path, raw: dict, pool: list[Path], seed: int) -> list[Tomog
                 if "particles" in e
                 else None,
                 seed=int(e.get("seed", k)),
+                dose_per_tilt=e.get("dose_per_tilt"),
                 style=(
                     _file(spec, e["_style"], f"tomogram {name} style")
                     if e.get("_style")

@@ -76,6 +76,8 @@ class _Sources(Settings):
     angles: Optional[Str] = None
     labels: Optional[Str] = None
     particles: Optional[Str] = None
+    #: electrons per square Angstrom per tilt, for exports that record it (IMOD's .mdoc)
+    dose_per_tilt: Optional[Annotated[Float, Field(ge=0)]] = None
 
 
 class TomogramEntry(_Sources):

@@ -88,6 +88,7 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
         "angles": [float(a) for a in angles],
         "voxel_size": float(voxel),
         "seed": tomo.seed,
+        "dose_per_tilt": tomo.dose_per_tilt,
         "sources": {
             k: str(v)
             for k, v in (
