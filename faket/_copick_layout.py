@@ -80,7 +80,8 @@ def _objects(ex) -> list[dict]:
 def write_copick(ex) -> None:
     """A copick project: ``copick_config.json``, and per tomogram (a run) the tomogram under
     ``VoxelSpacing<v>/faket.zarr``, picks in Angstrom with 4x4 transforms, and the label map as
-    a multilabel segmentation."""
+    a multilabel segmentation. Provenance: ``<file>.json`` beside the config, tomograms and
+    segmentations; the picks' is the config's (copick reads every ``.json`` under ``Picks/``)."""
     objects = _objects(ex)
     config = {
         "config_type": "filesystem",
@@ -102,6 +103,7 @@ def write_copick(ex) -> None:
         spacing = run / f"VoxelSpacing{frame.voxel:.3f}"
         write_ngff_v2(spacing / "faket.zarr", np.asarray(volume(g, "reconstruction")[:]), frame.voxel)
         ex.written.append(spacing / "faket.zarr")
+        ex.provenance(spacing / "faket.zarr", {"tomogram": name, "array": "reconstruction"})
         items = particles(g)
         for cid, cname in class_table(items).items():
             points = []
@@ -136,3 +138,4 @@ def write_copick(ex) -> None:
             seg = run / "Segmentations" / f"{frame.voxel:.3f}_{USER}_{SESSION}_classes-multilabel.zarr"
             write_ngff_v2(seg, target, frame.voxel, levels=(1,))
             ex.written.append(seg)
+            ex.provenance(seg, {"tomogram": name, "array": "labels"})

@@ -218,6 +218,9 @@ def _write_portal(ex) -> None:
         rec = np.asarray(volume(g, "reconstruction")[:])
         write_ngff_v2(base / "Tomograms" / "100" / f"{name}.zarr", rec, frame.voxel)
         ex.written.append(base / "Tomograms" / "100" / f"{name}.zarr")
+        ex.provenance(
+            base / "Tomograms" / "100" / f"{name}.zarr", {"tomogram": name, "array": "reconstruction"}
+        )
         _volume_mrc(ex, name, rec, frame.voxel, base / "Tomograms" / "100" / f"{name}.mrc", "reconstruction")
         items = particles(g)
         for cid, cname in class_table(items).items():

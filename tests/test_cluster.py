@@ -106,6 +106,17 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     root = open_store(spec.store, mode="r")
     for (n, a), want in clean.items():
         assert np.array_equal(np.asarray(root[n][a][:]), want), (n, a)
+    # `faket store verify` names the damage; --repair reruns the spec that made the store
+    ray.shutdown()
+    shard.unlink()
+    res = subprocess.run([FAKET, "store", "verify", str(spec.store)], capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout.startswith("tomo_000/faket tilt 3: missing"), res
+    res = subprocess.run([FAKET, "store", "verify", str(spec.store), "--repair"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.split("\n", 1)[1])["done_now"] == 1   # the rerun's summary
+    root = open_store(spec.store, mode="r")
+    assert np.array_equal(np.asarray(root["tomo_000"]["faket"][:]), clean[("tomo_000", "faket")])
 
 
 def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
