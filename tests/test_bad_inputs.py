@@ -9,7 +9,7 @@ input fails. The engine's commands (``faket run``, ``faket spec``) are among the
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ def d(stacks, weights_file):
     (stacks / "words.tlt").write_text("minus sixty\nzero\n")
     (stacks / "text.mrc").write_text("not an MRC file\n")
     (stacks / "model.json").write_text("{ not json")
-    shutil.copy(weights_file, stacks / "vgg.pth")
+    (stacks / "vgg.pth").symlink_to(weights_file)          # 80 MB: linked, not copied and hashed
     (stacks / "bad.pth").write_bytes(b"\x80\x04not a state dict")
     (stacks / "out").mkdir()
     (stacks / "out" / "keep.txt").write_text("an earlier result\n")
@@ -228,8 +228,12 @@ SPEC_EDITS = {
 
 
 def _snapshot(root) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    def digest(p):
+        if p.is_symlink():
+            return f"link to {os.readlink(p)}"
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*"))}
 
 
 def _check(code: int, err: str, fragment: str, before: dict, after: dict) -> None:

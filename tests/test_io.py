@@ -111,7 +111,8 @@ def test_tlt_roundtrip_and_errors(tmp_path):
 
 
 def test_output_path_checks(tmp_path):
-    assert check_output_path(tmp_path / "new" / "x.mrc").parent.is_dir()
+    assert check_output_path(tmp_path / "new" / "x.mrc") == tmp_path / "new" / "x.mrc"
+    assert not (tmp_path / "new").exists()                  # a check writes nothing
     with pytest.raises(FaketInputError, match="directory"):
         check_output_path(tmp_path)
     (tmp_path / "afile").write_text("x")
