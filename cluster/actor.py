@@ -18,7 +18,8 @@ CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
 #: Test hook: "tomogram:tilt" of a tilt whose task always raises.
 FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
 #: Benchmark hook: "identity" replaces the NST by the identity (benchmarks/engine_feed.py measures
-#: the engine's data path alone).
+#: the engine's data path alone); "sleep:S" by the identity after S seconds per tilt, a stand-in
+#: for a GPU's compute that holds no CPU (benchmarks/engine_scaling.py: k actors on k GPUs).
 KERNEL_ENV = "FAKET_ENGINE_KERNEL"
 #: Test hook: a file path; after its first task an actor holds each next task until the file exists.
 HOLD_ENV = "FAKET_TEST_HOLD"
@@ -85,6 +86,11 @@ class NSTWorker:
                 "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts]),
             }
         return data
+
+    @ray.method(concurrency_group="io")
+    def ready(self) -> int:
+        """Answers once the actor is constructed (torch imported): the driver times the NST from here."""
+        return self.pid
 
     @ray.method(concurrency_group="io")
     def prefetch(self, store: str, names: list[str], tilts: list[int]) -> None:
@@ -162,7 +168,8 @@ class NSTWorker:
         data, waited, read = self._inputs(store, names, idx)
         root = open_store(store)
         style = data["style"]
-        identity = os.environ.get(KERNEL_ENV) == "identity"
+        kernel = os.environ.get(KERNEL_ENV, "")
+        identity = kernel == "identity" or kernel.startswith("sleep:")
         transfer = None if identity else self._model(weights)
         targets = (
             None
@@ -200,6 +207,7 @@ class NSTWorker:
                     "init": tuple(map(np.float32, m["ranges"]["noisy"])),
                 }
                 if transfer is None:  # the identity kernel (KERNEL_ENV)
+                    time.sleep(float(kernel.partition(":")[2] or 0) * len(idx))
                     result, losses = np.asarray(m["noisy"], np.float32), np.zeros(len(idx))
                 else:
                     result, losses = stylize_tilts(

@@ -285,6 +285,9 @@ def _nst_stage(
     pending, total, done_before = nst_jobs(root, spec, skip)
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
     workers, weights_ref = start_actors(spec, plan, state_dict, min(plan.count, len(pending)))
+    # The NST's clock starts when the actors are up (importing torch takes seconds); a failed
+    # start is not waited on here: its tasks meet the retry policy like any fault.
+    ray.wait([w.ready.remote() for w in workers], num_returns=len(workers), timeout=300)
     t_nst = time.perf_counter()
     bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
     with bar as advance:
