@@ -96,3 +96,14 @@ def machine_info(device: str) -> dict:
     except OSError:
         pass
     return info
+
+
+def emit(result: dict, path: Path | None) -> None:
+    """Print a benchmark's JSON result and, given a path, write it there (folders made)."""
+    import json
+
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

@@ -18,7 +18,6 @@ plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU);
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -83,7 +82,7 @@ def main() -> None:
         os.environ["FAKET_ENGINE_KERNEL"] = "identity"  # the local Ray's workers inherit it
     import ray
     import torch
-    from bench_core import machine_info
+    from bench_core import emit, machine_info
 
     from faket.nst import StyleTransfer, stylize_stack
     from faket.store import open_store
@@ -120,10 +119,7 @@ def main() -> None:
             result["engine_over_in_process"] = summary["tilts_per_second"] / result["in_process_tilts_per_second"]
     result["machine"] = machine_info("cpu")
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print(json.dumps(result, indent=1))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

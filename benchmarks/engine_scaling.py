@@ -14,7 +14,6 @@ NST stage's throughput with k actors over one actor's (target >= 0.9 k).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def measure(k: int, size: int, tilts: int, seconds: float) -> dict:
+def measure(k: int, size: int, tilts: int) -> dict:
     import ray
 
     from engine_feed import write_inputs
@@ -55,9 +54,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["FAKET_ENGINE_KERNEL"] = f"sleep:{args.kernel_seconds}"  # the local Ray's workers inherit it
-    from bench_core import machine_info
+    from bench_core import emit, machine_info
 
-    rows = [measure(int(k), args.size, args.tilts, args.kernel_seconds) for k in args.actors.split(",")]
+    rows = [measure(int(k), args.size, args.tilts) for k in args.actors.split(",")]
     one = rows[0]["tilts_per_second"]
     result = {
         "size": args.size,
@@ -70,10 +69,7 @@ def main() -> None:
         "machine": machine_info("cpu"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    print(json.dumps(result, indent=1))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._particles import class_table, labels_in_frame, particles, rotation_matrix, tomogram_frame
-from .ngff import _colour
+from .ngff import _colour, binned
 from .store import volume
 
 #: copick's user and session of the picks and segmentations faket writes.
@@ -23,13 +23,10 @@ def write_ngff_v2(path: Path, data: np.ndarray, voxel: float, levels: tuple[int,
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     datasets = []
     for k, f in enumerate(levels):
-        z, y, x = (max(1, s // f) for s in data.shape)
-        level = data[: z * f, : y * f, : x * f].reshape(z, f, y, f, x, f).mean(axis=(1, 3, 5))
-        if data.dtype.kind in "iu":
-            level = data[: z * f : f, : y * f : f, : x * f : f]  # labels: nearest, not means
+        level = binned(data, f).compute()  # labels (integers) are sampled, not averaged
         group.create_array(
             str(k),
-            data=level.astype(data.dtype),
+            data=level,
             chunks=tuple(min(s, 256) for s in level.shape),
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
@@ -64,7 +61,8 @@ def _objects(ex) -> list[dict]:
             counts.setdefault(cid, []).append((3 * size / (4 * math.pi)) ** (1 / 3) * voxel)
         if labels is not None:
             for v in np.unique(labels).astype(int):
-                names.setdefault(int(v), f"label-{int(v)}") if v else None
+                if v:  # 0 is background
+                    names.setdefault(int(v), f"label-{int(v)}")
     return [
         {
             "name": _name(names[k]),
@@ -94,16 +92,14 @@ def write_copick(ex) -> None:
     }
     out = ex.folder / "copick_config.json"
     out.write_text(json.dumps(config, indent=1) + "\n")
-    ex.written.append(out)
-    ex.provenance(out, {"array": "copick config", "tomograms": ex.names})
+    ex.add(out, {"array": "copick config", "tomograms": ex.names})
     for name in ex.names:
         g = ex.root[name]
         frame = tomogram_frame(g)
         run = ex.folder / "ExperimentRuns" / name
         spacing = run / f"VoxelSpacing{frame.voxel:.3f}"
         write_ngff_v2(spacing / "faket.zarr", np.asarray(volume(g, "reconstruction")[:]), frame.voxel)
-        ex.written.append(spacing / "faket.zarr")
-        ex.provenance(spacing / "faket.zarr", {"tomogram": name, "array": "reconstruction"})
+        ex.add(spacing / "faket.zarr", {"tomogram": name, "array": "reconstruction"})
         items = particles(g)
         for cid, cname in class_table(items).items():
             points = []
@@ -137,5 +133,4 @@ def write_copick(ex) -> None:
             target = labels_in_frame(np.asarray(volume(g, "labels")[:]), frame).astype(np.uint8)
             seg = run / "Segmentations" / f"{frame.voxel:.3f}_{USER}_{SESSION}_classes-multilabel.zarr"
             write_ngff_v2(seg, target, frame.voxel, levels=(1,))
-            ex.written.append(seg)
-            ex.provenance(seg, {"tomogram": name, "array": "labels"})
+            ex.add(seg, {"tomogram": name, "array": "labels"})

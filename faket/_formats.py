@@ -32,8 +32,7 @@ def _write(ex, path: Path, text: str, what: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-    ex.written.append(path)
-    return ex.provenance(path, what)
+    return ex.add(path, what)
 
 
 def _stack(ex, g, name: str, array: str, out: Path) -> Path:
@@ -41,8 +40,7 @@ def _stack(ex, g, name: str, array: str, out: Path) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     export_stack(g[array], out, voxel_size(g))
-    ex.written.append(out)
-    return ex.provenance(out, {"tomogram": name, "array": array})
+    return ex.add(out, {"tomogram": name, "array": array})
 
 
 def _volume_mrc(ex, name: str, data: np.ndarray, voxel: float, out: Path, what: str) -> Path:
@@ -50,8 +48,7 @@ def _volume_mrc(ex, name: str, data: np.ndarray, voxel: float, out: Path, what: 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mrc(out, np.asarray(data, np.float32), voxel_size=voxel, volume=True)
-    ex.written.append(out)
-    return ex.provenance(out, {"tomogram": name, "array": what})
+    return ex.add(out, {"tomogram": name, "array": what})
 
 
 # --------------------------------------------------------------------------- IMOD
@@ -67,9 +64,8 @@ def _write_imod(ex) -> None:
         stack = ex.folder / name / f"{name}.mrc"
         _stack(ex, g, name, "faket", stack)
         angles = [float(a) for a in g.attrs["angles"]]
-        text = "".join(f"{a!r}\n" for a in angles)  # full precision
         for ext in ("tlt", "rawtlt"):
-            _write(ex, ex.folder / name / f"{name}.{ext}", text, {"tomogram": name, "array": "angles"})
+            ex.angles(name, ex.folder / name / f"{name}.{ext}")
         n, ny, nx = g["faket"].shape
         dose = g.attrs.get("dose_per_tilt")
         rows = {
@@ -85,8 +81,7 @@ def _write_imod(ex) -> None:
             rows["ExposureDose"] = [float(dose)] * n
         mdoc = ex.folder / name / f"{name}.mrc.mdoc"
         mdocfile.write(pd.DataFrame(rows), mdoc)
-        ex.written.append(mdoc)
-        ex.provenance(mdoc, {"tomogram": name, "array": "mdoc", "dose_per_tilt": dose})
+        ex.add(mdoc, {"tomogram": name, "array": "mdoc", "dose_per_tilt": dose})
 
 
 # --------------------------------------------------------------------------- RELION
@@ -103,12 +98,7 @@ def _write_relion(ex) -> None:
         g = ex.root[name]
         vs = voxel_size(g)
         _stack(ex, g, name, "faket", ex.folder / "tilt_series" / f"{name}.mrc")
-        _write(
-            ex,
-            ex.folder / "tilt_series" / f"{name}.tlt",
-            "".join(f"{float(a)!r}\n" for a in g.attrs["angles"]),
-            {"tomogram": name, "array": "angles"},
-        )
+        ex.angles(name, ex.folder / "tilt_series" / f"{name}.tlt")
         n, ny, nx = g["faket"].shape
         tomos.append(
             {
@@ -159,8 +149,7 @@ def _write_relion(ex) -> None:
     ):
         out = ex.folder / file
         starfile.write(blocks, out)
-        ex.written.append(out)
-        ex.provenance(out, {"array": file, "tomograms": ex.names})
+        ex.add(out, {"array": file, "tomograms": ex.names})
 
 
 # --------------------------------------------------------------------------- DeepFinder
@@ -217,10 +206,7 @@ def _write_portal(ex) -> None:
         base = ex.folder / name / "Reconstructions" / f"VoxelSpacing{frame.voxel:.3f}"
         rec = np.asarray(volume(g, "reconstruction")[:])
         write_ngff_v2(base / "Tomograms" / "100" / f"{name}.zarr", rec, frame.voxel)
-        ex.written.append(base / "Tomograms" / "100" / f"{name}.zarr")
-        ex.provenance(
-            base / "Tomograms" / "100" / f"{name}.zarr", {"tomogram": name, "array": "reconstruction"}
-        )
+        ex.add(base / "Tomograms" / "100" / f"{name}.zarr", {"tomogram": name, "array": "reconstruction"})
         _volume_mrc(ex, name, rec, frame.voxel, base / "Tomograms" / "100" / f"{name}.mrc", "reconstruction")
         items = particles(g)
         for cid, cname in class_table(items).items():

@@ -18,21 +18,35 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _input_paths(inputs: Mapping[str, Any]) -> Iterator[tuple[str, Path]]:
+    """(name, path) of every input given: ``{name: path, list of paths, or None}``."""
+    for name, value in inputs.items():
+        for q in value if isinstance(value, (list, tuple)) else [value]:
+            if q is not None:
+                yield name, Path(q)
+
+
+def _check_writable(folder: Path, role: str, shown: Path) -> None:
+    """The nearest existing folder of ``folder`` is a folder and writable (nothing is made)."""
+    existing = next(q for q in (folder, *folder.parents) if q.exists())  # "/" always exists
+    if not existing.is_dir():
+        raise FaketInputError(f"{role} folder {folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FaketInputError(f"{role} path {shown} is not writable: choose a writable location")
+
+
 def refuse_input_overwrite(path: Path, role: str, inputs: Mapping[str, Any]) -> None:
     """Refuse an output (or its ``.json`` provenance) that is one of the command's inputs.
 
     inputs: ``{name: path, list of paths, or None}``.
     """
-    for name, value in inputs.items():
-        for q in value if isinstance(value, (list, tuple)) else [value]:
-            if q is None:
-                continue
-            for target in (path, Path(f"{path}.json")):
-                if _same_file(target, Path(q)):
-                    raise FaketInputError(
-                        f"{role} {target} is the {name} input {q}: faket never writes over its "
-                        f"inputs; choose another {role} path"
-                    )
+    for name, q in _input_paths(inputs):
+        for target in (path, Path(f"{path}.json")):
+            if _same_file(target, Path(q)):
+                raise FaketInputError(
+                    f"{role} {target} is the {name} input {q}: faket never writes over its "
+                    f"inputs; choose another {role} path"
+                )
 
 
 def check_output_path(
@@ -55,11 +69,7 @@ def check_output_path(
         raise FaketInputError(f"{role} path {p} is a directory: give a file name")
     if not overwrite and p.exists():
         raise FaketInputError(f"{role} {p} exists: give --overwrite to replace it, or choose another path")
-    existing = next(q for q in (p.parent, *p.parent.parents) if q.exists())  # "/" always exists
-    if not existing.is_dir():
-        raise FaketInputError(f"{role} folder {p.parent} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise FaketInputError(f"{role} path {p} is not writable: choose a writable location")
+    _check_writable(p.parent, role, p)
     if p.exists() and not os.access(p, os.W_OK):
         raise FaketInputError(f"{role} file {p} exists and is read-only: choose another path")
     return p
@@ -102,21 +112,18 @@ def check_output_dir(
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise FaketInputError(f"{role} {p} is a file: give a folder path")
-    for name, value in (inputs or {}).items():
-        for q in value if isinstance(value, (list, tuple)) else [value]:
-            if q is None:
-                continue
-            a, b = p.resolve(), Path(q).resolve()
-            if a == b or a in b.parents or b in a.parents:
-                raise FaketInputError(
-                    f"{role} {p} overlaps the {name} input {q}: faket never writes over its inputs; "
-                    f"choose another {role}"
-                )
+    for name, q in _input_paths(inputs or {}):
+        a, b = p.resolve(), q.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise FaketInputError(
+                f"{role} {p} overlaps the {name} input {q}: faket never writes over its inputs; "
+                f"choose another {role}"
+            )
     if p.is_dir() and any(p.iterdir()) and not overwrite:
         raise FaketInputError(
             f"{role} {p} is not empty: give --overwrite to replace it whole, or choose a new folder"
         )
-    check_output_path(p / "probe", role=role)  # the nearest existing folder is writable
+    _check_writable(p.parent, role, p)  # the folder is written beside it and renamed
     return p
 
 

@@ -31,8 +31,9 @@ class Export:
     target: Path  # the output folder
     written: list[Path] = field(default_factory=list)
 
-    def provenance(self, out: Path, what: dict) -> Path:
-        """``<out>.json``: where an exported file came from and how the store made it."""
+    def add(self, out: Path, what: dict) -> Path:
+        """Record a written file and write ``<out>.json`` beside it: where it came from and how
+        the store made it."""
         from .io import provenance, write_provenance
 
         root = self.root
@@ -47,8 +48,15 @@ class Export:
                 extra={"store_compute": root.attrs.get("compute"), "spec": root.attrs.get("spec")},
             ),
         )
-        self.written.append(record)
+        self.written += [out, record]
         return out
+
+    def angles(self, name: str, out: Path) -> Path:
+        """A tomogram's tilt angles as an IMOD ``.tlt`` (full precision), with its provenance."""
+        from .io import write_tlt
+
+        write_tlt(out, np.asarray(self.root[name].attrs["angles"]))
+        return self.add(out, {"tomogram": name, "array": "angles"})
 
 
 @dataclass(frozen=True)
@@ -85,27 +93,21 @@ def _mrc_needs(g) -> list[str]:
 
 
 def _write_mrc(ex: Export) -> None:
-    from .io import write_tlt
-
     for name in ex.names:
         g = ex.root[name]
         target = ex.folder / name
         target.mkdir(parents=True, exist_ok=True)
         for stage in _mrc_needs(g):
             out = export_stack(g[stage], target / f"{stage}.mrc", voxel_size(g))
-            ex.provenance(out, {"tomogram": name, "array": stage})
-            ex.written.append(out)
+            ex.add(out, {"tomogram": name, "array": stage})
         for vol in VOLUMES:
             if has_volume(g, vol) and done_mask(g, vol).all():
                 out = export_stack(
                     volume(g, vol), target / f"{vol}.mrc", volume_voxel_size(g, vol), volume=True
                 )
-                ex.provenance(out, {"tomogram": name, "array": vol})
-                ex.written.append(out)
+                ex.add(out, {"tomogram": name, "array": vol})
         if "angles" in g.attrs:
-            out = write_tlt(target / "angles.tlt", np.asarray(g.attrs["angles"]))
-            ex.provenance(out, {"tomogram": name, "array": "angles"})
-            ex.written.append(out)
+            ex.angles(name, target / "angles.tlt")
 
 
 FORMATS: dict[str, Format] = {
@@ -134,14 +136,16 @@ def check_ready(root, store: Path, names: list[str], needs: Callable[[Any], list
 
     for name in names:
         g = root[name]
-        for array in needs(g):
+        needed = needs(g)
+        for array in needed:
             present = has_volume(g, array) if array in VOLUMES else array in g
-            if not present or not done_mask(g, array).all():
-                left = "absent" if not present else f"{int((~done_mask(g, array)).sum())} tilt(s) not done"
+            left = int((~done_mask(g, array)).sum()) if present else 0
+            if not present or left:
+                why = "absent" if not present else f"{left} tilt(s) not done"
                 raise FaketInputError(
-                    f"{name}/{array} in {store} is {left}: finish the run first (rerun the same spec)"
+                    f"{name}/{array} in {store} is {why}: finish the run first (rerun the same spec)"
                 )
-        problems = [p for p in verify_group(g, decode=False) if p.array in needs(g)]
+        problems = verify_group(g, decode=False, arrays=tuple(needed))
         if problems:
             raise FaketInputError(f"{problems[0]} in {store}: run `faket store verify {store} --repair`")
 

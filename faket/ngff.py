@@ -86,22 +86,31 @@ def class_names(particles_csv: str | None) -> dict[int, str]:
 def describe_tomogram(g, class_names: dict[int, str] | None = None) -> None:
     """Write the NGFF metadata of one tomogram group (the driver, after its data is prepared)."""
     g.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": tomogram_multiscales(g)}
-    if VOLUME_PATHS["labels"] in g and done_mask(g, "labels").all():
+    labels = g["labels"] if VOLUME_PATHS["labels"] in g else None
+    if labels is not None and "ome" not in labels.attrs and done_mask(g, "labels").all():
+        # once per store: the label values are read from the whole volume
         values = [int(v) for v in np.unique(np.asarray(volume(g, "labels")[:]))]
-        labels = g["labels"]
         labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["classes"]}
         labels["classes"].attrs["ome"] = label_metadata(
             float(g.attrs.get("voxel_size", 1.0)), values, class_names or {}
         )
 
 
-def write_pyramid(g) -> None:
-    """The reconstruction's 2x and 4x mean-binned levels, computed with dask from level 0."""
+def binned(data, factor: int):
+    """``data`` (z, y, x) binned by ``factor`` as a dask array: block means, or for integer labels
+    the first voxel of each block (a label is never averaged); the remainder is dropped."""
     import dask.array as da
 
-    base = da.from_zarr(g["reconstruction"])
+    z, y, x = (max(1, s // factor) for s in data.shape)
+    base = da.from_array(data)[: z * factor, : y * factor, : x * factor]
+    if factor == 1:
+        return base
+    if np.dtype(data.dtype).kind in "iu":
+        return base[::factor, ::factor, ::factor]
+    return da.coarsen(np.mean, base, {0: factor, 1: factor, 2: factor}).astype(data.dtype)
+
+
+def write_pyramid(g, data: np.ndarray) -> None:
+    """The reconstruction's 2x and 4x mean-binned levels (dask), from level 0 ``data`` in memory."""
     for f in PYRAMID:
-        target = g[level_name(f)]
-        z, y, x = target.shape
-        level = da.coarsen(np.mean, base[: z * f, : y * f, : x * f], {0: f, 1: f, 2: f})
-        target[:] = level.astype(np.float32).compute()
+        g[level_name(f)][:] = binned(np.asarray(data, np.float32), f).compute()

@@ -252,7 +252,7 @@ def write_volume(group, name: str, data: np.ndarray) -> None:
     if name == "reconstruction":
         from .ngff import write_pyramid
 
-        write_pyramid(group)
+        write_pyramid(group, values)
     flags[0] = 1
 
 

@@ -71,14 +71,16 @@ def _flags(group, name: str) -> tuple[np.ndarray, Problem | None]:
         return np.zeros(n, bool), Problem(group.basename, f"done_{name}", None, f"flags corrupt ({err})")
 
 
-def verify_group(group, decode: bool = True, workers: int = 8) -> list[Problem]:
-    """Every done tilt and volume of one tomogram that is missing or does not decode.
+def verify_group(
+    group, decode: bool = True, workers: int = 8, arrays: tuple[str, ...] = (*STAGES, *VOLUMES)
+) -> list[Problem]:
+    """Every done tilt and volume of one tomogram (of ``arrays``) that is missing or does not decode.
 
     decode: also read every done tilt (its checksums); else only check that it exists.
     """
     problems: list[Problem] = []
     name = group.basename
-    for stage in (*STAGES, *VOLUMES):
+    for stage in arrays:
         if not (has_volume(group, stage) if stage in VOLUMES else stage in group):
             continue
         mask, flag_problem = _flags(group, stage)
@@ -133,15 +135,18 @@ def clear_problems(root, problems: list[Problem]) -> None:
             reset_done(g, "reconstruction")
 
 
+def _copy_tilt(arr, out: np.ndarray, i: int) -> None:
+    out[i] = arr[i]
+
+
 def read_tilts(group, stage: str) -> np.ndarray:
     """A whole tilt stack, tilt by tilt; a damaged tilt is one line naming it (exit 2)."""
     arr = group[stage]
     out = np.empty(arr.shape, dtype=arr.dtype)
     for i in range(arr.shape[0]):
-        why = _tilt_problem(arr, i)
+        # each tilt is read once: the read is the decode check
+        why = _tilt_problem(arr, i, decode=False) or _decode_error(functools.partial(_copy_tilt, arr, out, i))
         if why is not None:
-            raise FaketInputError(
-                f"{Problem(group.basename, stage, i, why)}: run `faket store verify --repair`"
-            )
-        out[i] = arr[i]
+            problem = Problem(group.basename, stage, i, why)
+            raise FaketInputError(f"{problem}: run `faket store verify --repair` on the store")
     return out
