@@ -197,6 +197,9 @@ CASES = {
                                  "'x'"),
     "export: a tilt not done": (lambda d: ["export", d / "run.zarr", "-o", d / "exp"], "not done"),
     "export: non-empty folder": (lambda d: ["export", d / "run.zarr", "-o", d / "out"], "--overwrite"),
+    "export: into its own store": (lambda d: ["export", d / "run.zarr", "-o", d / "run.zarr" / "exp"],
+                                   "overlaps the store input"),
+    "store verify: not a store": (lambda d: ["store", "verify", d / "plain.zarr"], "plain.zarr"),
     # the engine
     "run: spec missing": (_run(spec="none.toml"), "none.toml"),
     "run: spec not TOML": (_run(spec="broken.toml"), "broken.toml"),
