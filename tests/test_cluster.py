@@ -459,7 +459,10 @@ def test_node_removed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeyp
             time.sleep(0.2)
         thread.join(timeout=240)
         assert removed and result.get("done_now") == 14, result.get("failed")
-        assert worker.node_id not in result["nodes"] or len(result["workers"]) >= 3
+        # Work went on on a node that stayed. (A third worker PID, from Ray restarting the lost
+        # actor elsewhere, was asserted before; under load the surviving actor can finish every
+        # remaining tilt before the restart is up, so that clause failed once in CI-like runs.)
+        assert set(result["nodes"]) - {worker.node_id}, result["nodes"]
         root = open_store(spec.store, mode="r")
         for name in ("tomo_000", "tomo_001"):
             got = np.asarray(root[name]["faket"][:])
