@@ -1,6 +1,6 @@
 """The GPU benchmark (`make bench-gpu`): per-tilt time, memory, precision and where the time goes.
 
-usage: python benchmarks/bench_gpu.py [--quick] [--out-dir DIR] [--skip engine,profile]
+usage: python benchmarks/bench_gpu.py [--quick] [--out-dir DIR] [--skip engine,profile] [--sizes 1024,4092x5760]
 
 On one CUDA device, published settings, random VGG-19 weights:
 - per tilt, in one process (`stylize_stack`, host arrays in and out), each
@@ -10,9 +10,11 @@ On one CUDA device, published settings, random VGG-19 weights:
 - each mode's deviation from strict float32 at 1024^2 (max, mean, 99.9th pct);
 - NCHW against channels-last activations (time, difference) at 2048^2 and 4096^2;
 - the fraction of GPU time in network kernels (convolution, ReLU, pooling,
-  forward and backward) from torch.profiler, 2 tilts of 2048^2 in the default mode;
-- the engine (Ray, one GPU actor) against the same NST in one process, on the
-  demo's tilt-series.
+  forward and backward) from torch.profiler, 2 tilts of 2048^2 and 4096^2 in the
+  default mode, with and without the host<->device copies (they run beside the compute);
+- the default mode against TF32 Gram matmuls and cuDNN autotuning (time, difference);
+- the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
+  NST in one process, at 1024^2 x 41 and 4096^2 x 21 tilts (``--engine``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
 """
 
@@ -91,10 +93,11 @@ def layouts(device: str, sizes: list[int]) -> list[dict]:
 def deviations(device: str, size: int = 1024) -> list[dict]:
     c, s, i = _stack(size, size, 2, 7)
     sd = random_state_dict(0)
+    modes = ["float32"] + [m for m in MODES if m != "float32"]
     out = {m: stylize_stack(c, [s], i, StyleTransfer(sd, NSTSettings(precision=m), device=device))
-           for m in MODES}
+           for m in modes}
     rows = []
-    for m in MODES:
+    for m in modes:
         d = np.abs(out[m] - out["float32"])
         rows.append({"precision": m, "size": size, "max_abs_vs_float32": float(d.max()),
                      "mean_abs_vs_float32": float(d.mean()), "p999_abs_vs_float32": float(np.quantile(d, 0.999))})
@@ -109,54 +112,72 @@ def network_fraction(device: str, size: int = 2048) -> dict:
     t = StyleTransfer(random_state_dict(0), NSTSettings(), device=device)
     stylize_stack(c[:1], [s[:1]], i[:1], t)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         stylize_stack(c, [s], i, t)
         if device == "cuda":
             torch.cuda.synchronize()
-    ops = [(e.key, e.self_device_time_total) for e in prof.key_averages()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    ops = [(e.key, e.self_device_time_total) for e in events
            if e.key.startswith("aten::") and e.self_device_time_total > 0]
     total = sum(v for _, v in ops)
     net = sum(v for k, v in ops if NETWORK_OPS.search(k))
+    # host<->device copies run on the copy engines (a side stream): beside the compute, not in it
+    transfers = sum(e.self_device_time_total for e in events if e.key.startswith("Memcpy") and "DtoD" not in e.key)
     top = sorted(ops, key=lambda kv: -kv[1])[:15]
+    compute = total - transfers
     row = {"size": size, "tilts": 2, "precision": t.precision, "gpu_ms": total / 1e3,
            "network_ms": net / 1e3, "network_fraction": net / total if total else None,
-           "top_ops_ms": {k: v / 1e3 for k, v in top}}
-    print(f"profile {size}^2: network {net / 1e3:.0f} of {total / 1e3:.0f} ms GPU time", flush=True)
+           "transfer_ms": transfers / 1e3, "network_fraction_of_compute": net / compute if compute > 0 else None,
+           "wall_ms": wall * 1e3, "top_ops_ms": {k: v / 1e3 for k, v in top}}
+    print(f"profile {size}^2: network {net / 1e3:.0f} of {total / 1e3:.0f} ms GPU time "
+          f"({transfers / 1e3:.0f} ms host<->device copies; wall {wall * 1e3:.0f} ms)", flush=True)
     return row
 
 
-def engine_vs_in_process(device: str, size: int = 256, tomograms: int = 2) -> dict:
-    import os
+def experiments(device: str, size: int) -> list[dict]:
+    """The default mode against two switches at ``size``^2: TF32 matmuls (the Gram matrices) and
+    cuDNN autotuning (``cudnn.benchmark``); time per tilt and the largest difference from the default."""
+    c, s, i = _stack(size, size, 2, size + 3)
+    sd, rows, base = random_state_dict(0), [], None
+    for name in ("default", "gram_tf32", "cudnn_benchmark"):
+        t = StyleTransfer(sd, NSTSettings(), device=device)  # sets the default mode's flags
+        torch.backends.cuda.matmul.allow_tf32 = name == "gram_tf32"
+        torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
+        out: dict = {}
+        try:
+            stylize_stack(c[:1], [s[:1]], i[:1], t)
+            secs = time_call(lambda t=t: out.__setitem__("x", stylize_stack(c, [s], i, t)), device, 2) / 2
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
+        base = out["x"] if base is None else base
+        rows.append({"size": size, "variant": name, "seconds_per_tilt": secs,
+                     "max_abs_vs_default": float(np.abs(out["x"] - base).max())})
+        print(f"experiment {name} {size}^2: {secs:.3f} s/tilt, max abs vs default "
+              f"{rows[-1]['max_abs_vs_default']:.3g}", flush=True)
+    return rows
+
+
+def engine_vs_in_process(device: str, runs: list[tuple[int, int]]) -> list[dict]:
+    """``engine_feed.py --real-nst`` per (size, tilts): one GPU actor against the same NST in one process."""
+    import subprocess
     import tempfile
 
-    import ray
-
-    from faket.store import open_store
-    from faket_cluster.demo import write_inputs
-    from faket_cluster.engine import run
-    from faket_cluster.spec import load_spec
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = write_inputs(Path(tmp), tomograms, size)
-        text = spec_path.read_text().replace('vgg = "imagenet"', 'vgg = "random"')
-        text = text.replace('export = "mrc"\n', "").replace("[reconstruction]", "[unused]")
-        spec_path.write_text(text.replace('[unused]\nfilter = "ramp"\nz_range = [0.25, 0.75]\n', ""))
-        summary = run(load_spec(spec_path), say=lambda m: None)
-        ray.shutdown()
-        root = open_store(Path(tmp) / "run.zarr", mode="r")
-        t = StyleTransfer(random_state_dict(0), device=device)
-        names = sorted(n for n, _ in root.groups())
-        stacks = [[np.asarray(root[n][k][:]) for k in ("content", "noisy", "style")] for n in names]
-        stylize_stack(stacks[0][0][:1], [stacks[0][2][:1]], stacks[0][1][:1], t)
-        loop = time_call(lambda: [stylize_stack(c, [s], i, t) for c, i, s in stacks], device, 1)
-    n = summary["tilts"]
-    row = {"size": size, "tilts": n, "engine_seconds": summary["seconds"],
-           "engine_nst_seconds": summary["nst_seconds"], "engine_tilts_per_second": summary["tilts_per_second"],
-           "in_process_seconds": loop, "in_process_tilts_per_second": n / loop,
-           "engine_over_in_process": summary["tilts_per_second"] / (n / loop), "devices": summary.get("devices")}
-    print(f"engine {n} x {size}^2: {row['engine_tilts_per_second']:.2f} tilts/s against "
-          f"{row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%})", flush=True)
-    return row
+    rows = []
+    for size, tilts in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "feed.json"
+            cmd = [sys.executable, str(HERE / "engine_feed.py"), "--size", str(size), "--tilts", str(tilts),
+                   "--real-nst", "--device", device, "--json", str(out)]
+            subprocess.run(cmd, check=True)
+            row = json.loads(out.read_text())
+        row.pop("machine", None)
+        rows.append(row)
+        print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s against "
+              f"{row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
+              f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; "
+              f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s", flush=True)
+    return rows
 
 
 def markdown(result: dict) -> str:
@@ -174,15 +195,23 @@ def markdown(result: dict) -> str:
         lines += ["", "| precision | max abs vs float32 | mean | 99.9th pct |", "|---|---|---|---|"]
         lines += [f"| {r['precision']} | {r['max_abs_vs_float32']:.3g} | {r['mean_abs_vs_float32']:.3g} | "
                   f"{r['p999_abs_vs_float32']:.3g} |" for r in result["deviation"]]
-    if result.get("profile"):
-        p = result["profile"]
+    for p in result.get("profile") or []:
         frac = "n/a" if p["network_fraction"] is None else f"{p['network_fraction']:.1%}"
-        lines += ["", f"Network kernels: {frac} of {p['gpu_ms']:.0f} ms GPU time "
-                  f"({p['tilts']} tilts of {p['size']}^2, {p['precision']})."]
+        comp = p.get("network_fraction_of_compute")
+        lines += ["", f"Network kernels ({p['tilts']} tilts of {p['size']}^2, {p['precision']}): {frac} of "
+                  f"{p['gpu_ms']:.0f} ms GPU time; {comp:.1%} of the {p['gpu_ms'] - p['transfer_ms']:.0f} ms "
+                  f"without host<->device copies; wall {p['wall_ms']:.0f} ms."]
+    if result.get("experiments"):
+        lines += ["", "| size | variant | s/tilt | max abs vs default |", "|---|---|---|---|"]
+        lines += [f"| {r['size']} | {r['variant']} | {r['seconds_per_tilt']:.3f} | {r['max_abs_vs_default']:.3g} |"
+                  for r in result["experiments"]]
     if result.get("engine"):
-        e = result["engine"]
-        lines += ["", f"Engine, {e['tilts']} tilts of {e['size']}^2: {e['engine_tilts_per_second']:.2f} tilts/s, "
-                  f"in process {e['in_process_tilts_per_second']:.2f} ({e['engine_over_in_process']:.0%})."]
+        lines += ["", "| engine | tilts/s | in process | engine / in process | actor NST / in process | "
+                  "NST stage s | run s |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {e['tilts']} x {e['size']}^2 | {e['tilts_per_second']:.2f} | "
+                  f"{e['in_process_tilts_per_second']:.2f} | {e['engine_over_in_process']:.0%} | "
+                  f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
+                  for e in result["engine"]]
     lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
     return "\n".join(lines) + "\n"
 
@@ -194,23 +223,26 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
+    ap.add_argument("--engine", default="1024x41,4096x21", help="engine runs, SIZExTILTS comma list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
     device, skip = "cuda", set(args.skip.split(","))
     if args.smoke_cpu:
-        device, SIZES[:] = "cpu", [(64, 64), (96, 80)]
+        device, SIZES[:], args.engine = "cpu", [(64, 64), (96, 80)], "32x3"
     elif not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device here; `python benchmarks/run.py` measures the CPU")
-    if args.sizes:
-        SIZES[:] = [(int(n), int(n)) for n in args.sizes.split(",")]
+    if args.sizes:  # 2048 or 4092x5760
+        SIZES[:] = [(int(n.partition("x")[0]), int(n.partition("x")[2] or n)) for n in args.sizes.split(",")]
     if args.modes:
         MODES[:] = args.modes.split(",")
     result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
              ("deviation", lambda: deviations(device, SIZES[0][0])),
              ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
-             ("profile", lambda: network_fraction(device, SIZES[1][0])),
-             ("engine", lambda: engine_vs_in_process(device, 256 if device == "cuda" else 32))]
+             ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
+             ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
+             ("engine", lambda: engine_vs_in_process(
+                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))]))]
     gpu = result["machine"].get("gpu", "cpu-smoke")
     name = re.sub(r"[^a-z0-9]+", "", gpu.lower().replace("nvidia", ""))
     out = args.out_dir / f"gpu-{name}-{time.strftime('%Y%m%d')}"

@@ -1,7 +1,7 @@
 """The engine's data path alone: tilts per second with the NST replaced by the identity.
 
 usage: python benchmarks/engine_feed.py --size N --tilts T [--actors 1] [--json OUT]
-       python benchmarks/engine_feed.py --size 256 --tilts 12 --real-nst [--json OUT]
+       python benchmarks/engine_feed.py --size 256 --tilts 12 --real-nst [--device cuda] [--json OUT]
 
 A ready noiseless tilt-series of T random N x N tilts goes through a local Ray
 engine with one actor: prepare (noise), then the NST stage with the identity
@@ -11,8 +11,10 @@ the figure is what reading, scheduling and writing allow. ``tilts_per_second``
 is the NST stage's (done tilts over its seconds, from the run summary).
 
 With ``--real-nst`` the NST is real and the same stacks are also stylised by a
-plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU);
-``engine_over_in_process`` is the engine's throughput over the loop's.
+plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU,
+or the same GPU with ``--device cuda``); ``engine_over_in_process`` is the
+engine's throughput over the loop's, ``actor_nst_over_in_process`` the actor's
+mean NST seconds per tilt over the loop's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def write_inputs(folder: Path, size: int, tilts: int, batch: int = 1) -> Path:
+def write_inputs(folder: Path, size: int, tilts: int, batch: int = 1, device: str = "cpu") -> Path:
     """Random noiseless tilts, a reference pair and a spec with one tomogram; returns the spec."""
     from faket.io import angles_range, write_mrc, write_tlt
 
@@ -48,7 +50,7 @@ store = "run.zarr"
 
 [resources]
 actors = 1
-device = "cpu"
+device = "{device}"
 batch = {batch}
 
 [weights]
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--tilts", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1, help="tilts per task (resources.batch)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -91,7 +94,7 @@ def main() -> None:
     from faket_cluster.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch)
+        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device)
         summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
         ray.shutdown()
         result = {
@@ -110,14 +113,21 @@ def main() -> None:
             c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as the actor (1 CPU)
-            t = StyleTransfer(random_state_dict(0), device="cpu")
+            t = StyleTransfer(random_state_dict(0), device=args.device)
+            if args.device == "cuda":  # warm-up, as the actor's first task was (cuDNN handles, allocator)
+                stylize_stack(c[:1], [s[:1]], i[:1], t)
             start = time.perf_counter()
             stylize_stack(c, [s], i, t)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             loop = time.perf_counter() - start
             torch.set_num_threads(threads)
             result["in_process_tilts_per_second"] = args.tilts / loop
             result["engine_over_in_process"] = summary["tilts_per_second"] / result["in_process_tilts_per_second"]
-    result["machine"] = machine_info("cpu")
+            result["actor_compute_seconds"] = summary["compute_seconds"]
+            result["actor_nst_over_in_process"] = summary["compute_seconds"] / loop
+    result["device"] = args.device
+    result["machine"] = machine_info(args.device)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     emit(result, args.json)
 

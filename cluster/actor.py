@@ -109,7 +109,7 @@ class NSTWorker:
             entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
         t0 = time.perf_counter()
         try:
-            entry["data"] = self._read(store, names, tilts)
+            entry["data"] = self._upload(self._read(store, names, tilts))
             entry["seconds"] = time.perf_counter() - t0
         except Exception:
             pass
@@ -135,9 +135,15 @@ class NSTWorker:
             data, read = entry["data"], entry["seconds"]
         if data is None:
             t1 = time.perf_counter()
-            data = self._read(store, names, tilts)
+            data = self._upload(self._read(store, names, tilts))
             read = time.perf_counter() - t1
-        return data, time.perf_counter() - t0, read
+        return data.ready(), time.perf_counter() - t0, read
+
+    def _upload(self, data: dict):
+        """On a GPU the inputs go to the device as they are read (a side stream, pinned memory)."""
+        from faket.nst import upload
+
+        return upload(data, "cpu" if os.environ.get(KERNEL_ENV) else self.device)
 
     def _model(self, weights: list):
         """The VGG-19 of this actor, loaded once from ``[ObjectRef of the state dict]``."""
@@ -156,7 +162,8 @@ class NSTWorker:
         reported in ``failed`` while the others go on. weights: ``[ObjectRef of the
         state dict]`` (nested, so Ray passes the reference; read on the first task).
         Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
-        "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "prefetched": bool}``.
+        "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "compute_seconds": s,
+        "prefetched": bool}``.
         """
         import torch
 
@@ -171,6 +178,7 @@ class NSTWorker:
         kernel = os.environ.get(KERNEL_ENV, "")
         identity = kernel == "identity" or kernel.startswith("sleep:")
         transfer = None if identity else self._model(weights)
+        t_compute = time.perf_counter()
         targets = (
             None
             if transfer is None
@@ -243,6 +251,7 @@ class NSTWorker:
                 }
                 for k, i in enumerate(idx)
             ]
+        out["compute_seconds"] = time.perf_counter() - t_compute  # Gram targets, NST, results to host
         for name, fut in writes.items():  # the task returns once its results are stored
             try:
                 fut.result()

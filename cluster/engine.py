@@ -370,6 +370,7 @@ def _stats_summary(stats) -> dict:
         "style_gram_tilts": stats.style_tilts,
         "input_wait_seconds": stats.input_wait,
         "input_read_seconds": stats.input_read,
+        "compute_seconds": stats.compute,
         "prefetched_tasks": stats.prefetched,
         "workers": sorted({m["pid"] for m in meta}),
         "nodes": sorted({m["node"] for m in meta}),

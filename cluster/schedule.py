@@ -33,6 +33,7 @@ class NSTStats:
     style_tilts: int = 0
     input_wait: float = 0.0
     input_read: float = 0.0
+    compute: float = 0.0
     prefetched: int = 0
     failures: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = field(default_factory=dict)
 
@@ -41,6 +42,7 @@ class NSTStats:
         self.style_tilts += out.get("style_tilts", 0)
         self.input_wait += out.get("input_wait_seconds", 0.0)
         self.input_read += out.get("input_read_seconds", 0.0)
+        self.compute += out.get("compute_seconds", 0.0)
         self.prefetched += bool(out.get("prefetched"))
 
 

@@ -27,6 +27,7 @@ from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
 from ._tensors import as_tensor
 from ._tiling import TiledSteps, check_memory_budget, tile_cuts
+from ._transfer import Uploaded, read_ahead, to_host, upload
 from .errors import FaketInputError
 from .losses import SCALED_ERROR_EPS, gram, normalised_weights, scaled_error, tv_loss
 from .reproducible import check_precision, configure_device
@@ -53,6 +54,7 @@ __all__ = [
     "tile_cuts",
     "to_unit",
     "tv_loss",
+    "upload",
     "validate_settings",
 ]
 
@@ -363,7 +365,7 @@ def stylize_tilts(
         style_targets=style_targets,
     )
     images = match_tilt_stats(res.images.to(dev, torch.float32), as_tensor(reference, dev))
-    return images.cpu().numpy(), res.losses.cpu().numpy()
+    return to_host(images), res.losses.cpu().numpy()
 
 
 def iter_stylize(
@@ -394,18 +396,26 @@ def iter_stylize(
     bs = transfer.settings.batch_size
     gen = torch.Generator().manual_seed(transfer.settings.seed)
     rngs: dict[str, Any] = {"content": c_rng, "init": i_rng, **{f"style{k}": r for k, r in enumerate(s_rngs)}}
-    for start in range(0, n, bs):
-        sl = slice(start, min(start + bs, n))
+
+    def load(k: int) -> Uploaded:  # on CUDA the next batch is read and uploaded while this one computes
+        sl = slice(k * bs, min((k + 1) * bs, n))
+        batch: dict[str, Any] = {"content": content[sl], "init": None if init is None else init[sl]}
+        batch["styles"] = [st[sl] for st in styles]
+        return upload(batch, transfer.device)
+
+    for k, uploaded in enumerate(read_ahead(load, -(-n // bs), transfer.device.type == "cuda")):
+        batch = uploaded.ready()
         images, losses = stylize_tilts(
             transfer,
-            content[sl],
-            None if init is None else init[sl],
-            styles[0][sl],
+            batch["content"],
+            batch["init"],
+            batch["styles"][0],
             rngs,
-            styles=[st[sl] for st in styles],
+            styles=batch["styles"],
             style_image_weights=style_image_weights,
             generator=gen,
         )
+        start = k * bs
         yield start, images, losses
 
 

@@ -159,9 +159,11 @@ def configure_device(device: Any, precision: str) -> str:
     """Set torch's global arithmetic flags for ``device`` and a precision mode.
 
     ``tf32`` lets cuDNN convolutions use TF32 (matmuls, e.g. the Gram matrices,
-    stay float32), as PyTorch's defaults do; ``float32`` and ``bf16`` turn TF32
-    off. With the switch on: strict float32, deterministic algorithms, no cuDNN
-    autotuning. Returns the resolved mode (see :func:`resolve_precision`).
+    stay float32), as PyTorch's defaults do; ``float32`` turns TF32 off;
+    ``bf16`` (the network under bfloat16 autocast) computes the Gram matrices
+    with TF32 matmuls, the fast mode throughout. With the switch on: strict
+    float32, deterministic algorithms, no cuDNN autotuning. Returns the
+    resolved mode (see :func:`resolve_precision`).
     Raises :class:`FaketInputError` for a mode other than auto/float32 under the switch.
     """
     import torch
@@ -173,7 +175,7 @@ def configure_device(device: Any, precision: str) -> str:
         if _is_x86_64():
             torch.set_num_threads(PIN_THREADS)
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = mode == "bf16"
         torch.backends.cudnn.allow_tf32 = mode == "tf32"
         if on:
             torch.backends.cudnn.deterministic = True
