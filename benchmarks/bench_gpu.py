@@ -14,7 +14,7 @@ On one CUDA device, published settings, random VGG-19 weights:
   default mode, with and without the host<->device copies (they run beside the compute);
 - the default mode against TF32 Gram matmuls and cuDNN autotuning (time, difference);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
-  NST in one process, at 1024^2 x 41 and 4096^2 x 21 tilts (``--engine``).
+  NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
 """
 
@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
-    ap.add_argument("--engine", default="1024x41,4096x21", help="engine runs, SIZExTILTS comma list")
+    ap.add_argument("--engine", default="1024x41,4096x11", help="engine runs, SIZExTILTS comma list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
     device, skip = "cuda", set(args.skip.split(","))
@@ -237,12 +237,12 @@ def main() -> None:
         MODES[:] = args.modes.split(",")
     result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
-             ("deviation", lambda: deviations(device, SIZES[0][0])),
-             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
+             ("engine", lambda: engine_vs_in_process(
+                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))])),
              ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
              ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
-             ("engine", lambda: engine_vs_in_process(
-                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))]))]
+             ("deviation", lambda: deviations(device, SIZES[0][0])),
+             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]]))]
     gpu = result["machine"].get("gpu", "cpu-smoke")
     name = re.sub(r"[^a-z0-9]+", "", gpu.lower().replace("nvidia", ""))
     out = args.out_dir / f"gpu-{name}-{time.strftime('%Y%m%d')}"
