@@ -9,6 +9,10 @@ mkdir -p "$OUT"
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 FAKET_TEST_FAILLOG="$OUT/failures.log"
 unset RAY_ADDRESS
 bash .gpu/env.sh > "$OUT/env.log" 2>&1 || { tail -20 "$OUT/env.log"; exit 1; }
+# the bundle's Ray comes from a zip, without its console script: `ray job submit` in the tests needs one
+BIN=$(dirname "$(command -v python3)")
+[ -x "$BIN/ray" ] || printf '#!%s\nfrom ray.scripts.scripts import main\nmain()\n' "$(command -v python3)" > "$BIN/ray"
+chmod +x "$BIN/ray"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.log" 2>&1
 # BENCH_ARGS: e.g. "--sizes 2048,4096 --modes tf32 --skip deviation,layout,profile,engine"
 # shellcheck disable=SC2086

@@ -30,7 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            num_gpus=num_gpus,
+            num_gpus=num_gpus if num_gpus is not None else _visible_gpus(),
             include_dashboard=False,
             log_to_driver=False,
             object_store_memory=256 * 2**20,
@@ -41,3 +41,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     from faket.console import install_interrupt_handlers
 
     install_interrupt_handlers()
+
+
+def _visible_gpus() -> int | None:
+    """The CUDA devices torch sees, or None to leave the count to Ray.
+
+    Ray counts GPUs through NVML, which some containers do not expose while
+    CUDA works (seen on an H100 machine: Ray found none, torch one).
+    """
+    try:
+        import torch
+
+        return torch.cuda.device_count() or None
+    except Exception:  # a broken CUDA set-up: let Ray decide
+        return None

@@ -6,6 +6,8 @@ range is an argument so that a worker can scale one tilt of a large stack alone.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -17,11 +19,33 @@ ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float32]:
-    """Min and max of a whole stack ``(n, H, W)``, read ``chunk`` tilts at a time."""
+    """Min and max of a whole stack ``(n, H, W)``, read ``chunk`` tilts at a time.
+
+    Large stacks are read in row blocks of about 2 M pixels by several threads
+    (numpy's reductions run without the GIL; a memory-mapped file is read in
+    parallel too). The blocks are combined in order: the same result as one pass.
+    """
+    n = int(stack.shape[0])
+    h, w = (int(d) for d in stack.shape[1:3]) if stack.ndim >= 3 else (1, 1)
+    rows = max(1, min(h, (1 << 21) // max(1, w)))
+    step = chunk if h * w * chunk <= 1 << 21 else 1
+    parts = [(s, r) for s in range(0, n, step) for r in range(0, h, rows)]
+
+    def extremes(part: tuple[int, int]) -> tuple[np.float32, np.float32]:
+        s, r = part
+        part_view = stack[s : s + step, r : r + rows] if stack.ndim >= 3 else stack[s : s + step]
+        block = np.asarray(part_view, dtype=np.float32)
+        return block.min(), block.max()
+
+    workers = min(8, os.cpu_count() or 1, len(parts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="faket-range") as pool:
+            found = list(pool.map(extremes, parts))
+    else:
+        found = [extremes(p) for p in parts]
     lo, hi = np.float32(np.inf), np.float32(-np.inf)
-    for s in range(0, stack.shape[0], chunk):
-        part = np.asarray(stack[s : s + chunk], dtype=np.float32)
-        lo, hi = min(lo, part.min()), max(hi, part.max())
+    for a, b in found:
+        lo, hi = min(lo, a), max(hi, b)
     return np.float32(lo), np.float32(hi)
 
 

@@ -114,7 +114,8 @@ class StyleTransfer(TiledSteps):
             self.net = self.net.to(memory_format=torch.channels_last)
         self._net = torch.compile(self.net, dynamic=False) if compile else self.net
         # Process-wide switches: "auto" keeps PyTorch's CUDA default (TF32 cuDNN
-        # convolutions, the published arithmetic); float32 means float32 here.
+        # convolutions, the published arithmetic) and adds TF32 Gram matmuls;
+        # float32 means float32 here.
         # FAKET_REPRODUCIBLE gives strict float32 and deterministic algorithms.
         self.precision = configure_device(self.device, settings.precision)
         #: What :func:`stylize_batch_fitting` did after running out of device memory.

@@ -130,7 +130,7 @@ class NSTSettings(Settings):
     precision: ``auto`` (default: the published code's arithmetic, which is
         ``tf32`` on CUDA and ``float32`` on the CPU or under the reproducible
         switch), ``float32`` (strict), ``tf32`` (cuDNN convolutions in TF32,
-        PyTorch's default on CUDA) or ``bf16`` (network passes under bfloat16
+        PyTorch's default on CUDA, and TF32 Gram matmuls) or ``bf16`` (network passes under bfloat16
         autocast; losses in float32).
     """
 

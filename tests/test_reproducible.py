@@ -196,8 +196,8 @@ def test_auto_precision_is_the_published_arithmetic(monkeypatch, switch, device,
         assert configure_device(device, asked) == expected
         if device == "cuda":
             assert torch.backends.cudnn.allow_tf32 == (expected == "tf32")
-            # Gram matrices stay float32 except in the fast bf16 mode
-            assert torch.backends.cuda.matmul.allow_tf32 == (expected == "bf16")
+            # the Gram matmuls follow: TF32 in tf32 and bf16, float32 in float32
+            assert torch.backends.cuda.matmul.allow_tf32 == (expected in ("tf32", "bf16"))
         assert compute_record(device, asked)["precision"] == expected
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags[:2]
