@@ -81,12 +81,13 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
     """How many actors with which resources; impossible requests end here, before any work."""
     res = spec.resources
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = res.gpus_per_actor > 0 or (res.actors is None and n_gpus > 0)
+    # device = "cuda" makes GPU actors even with an actor count given (one GPU each by default)
+    use_gpu = res.gpus_per_actor > 0 or res.device == "cuda" or (res.actors is None and n_gpus > 0)
     gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
     if actors is not None and actors < 1:
         raise FaketInputError(f"--actors must be >= 1, got {actors}")
     count = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
-    if res.device == "cuda" and not use_gpu:
+    if res.device == "cuda" and n_gpus == 0:
         raise FaketInputError(
             f'spec {spec.path}: resources.device = "cuda" but the cluster has no '
             'GPUs: use device = "cpu" or "auto"'
@@ -95,6 +96,11 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
         raise FaketInputError(
             f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
             f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors"
+        )
+    if use_gpu and count * gpus > n_gpus:  # Ray would wait for GPUs that never come
+        raise FaketInputError(
+            f"spec {spec.path}: {count} GPU actors x {gpus:g} GPU need {count * gpus:g} GPUs but the "
+            f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors or --actors)"
         )
     total_cpus = ray.cluster_resources().get("CPU", 0)
     if res.cpus_per_actor > total_cpus:
