@@ -100,7 +100,7 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
     if use_gpu and count * gpus > n_gpus:  # Ray would wait for GPUs that never come
         raise FaketInputError(
             f"spec {spec.path}: {count} GPU actors x {gpus:g} GPU need {count * gpus:g} GPUs but the "
-            f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors or --actors)"
+            f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors, --actors)"
         )
     total_cpus = ray.cluster_resources().get("CPU", 0)
     if res.cpus_per_actor > total_cpus:
