@@ -276,8 +276,11 @@ def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
     store = str(spec.store)
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     by_name = {t.name: t for t in spec.tomograms}
+    # the free CPUs shared among the tomograms: one alone gets up to 16 threads for its tilts
+    cpus = max(1, min(16, int(ray.available_resources().get("CPU", 1)) // max(1, len(by_name))))
+    task = prepare.options(num_cpus=cpus)
     _, prep_failed = run_tasks(
-        lambda n: prepare.remote(store, by_name[n], model_json, spec.content_sigma), list(by_name), policy
+        lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus), list(by_name), policy
     )
     return prep_failed
 

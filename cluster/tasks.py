@@ -15,8 +15,8 @@ def remote_functions():
     """The engine's Ray tasks; Ray retries none of them (the driver's one policy does)."""
 
     @ray.remote(num_cpus=1, max_retries=0)
-    def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
-        return prepare_tomogram(store, tomo, model_json, content_sigma)
+    def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int) -> dict:
+        return prepare_tomogram(store, tomo, model_json, content_sigma, workers)
 
     @ray.remote(num_cpus=1, max_retries=0)
     def estimate(pairs: list, order: int) -> dict:
@@ -53,11 +53,17 @@ def remote_functions():
     return prepare, estimate, reconstruct_task, export_task
 
 
-def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float) -> dict:
+def prepare_tomogram(
+    store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int = 1
+) -> dict:
     """Write noiseless, NOISY, CONTENT, style tilts and labels of one tomogram (idempotent).
 
     Only what is not done yet is written, into arrays the driver created.
+    workers: the CPUs Ray gave the task; tilts are made on that many threads
+    (each tilt is its own shard), a projection uses that many torch threads.
     """
+    import torch
+
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
     from faket.nst import stack_range
@@ -72,15 +78,22 @@ def prepare_tomogram(store: str, tomo: TomogramSpec, model_json: dict, content_s
     with open_mrc(source, role="volume" if tomo.volume else "tilts") as src:
         voxel = src.voxel_size[0] or 1.0
         if tomo.volume is not None:
-            prepare_noiseless(sink, angles, volume=src.data)
+            torch.set_num_threads(max(1, workers))
+            prepare_noiseless(sink, angles, volume=src.data, workers=workers)
         else:
-            prepare_noiseless(sink, angles, tilts=src.tilt)
+            prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
     model = NoiseModel.from_json(model_json)
     prepare_noise(
-        sink, lambda i: np.asarray(g["noiseless"][i]), model, tomo.seed, ("noisy", "content"), content_sigma
+        sink,
+        lambda i: np.asarray(g["noiseless"][i]),
+        model,
+        tomo.seed,
+        ("noisy", "content"),
+        content_sigma,
+        workers=workers,
     )
     with open_mrc(tomo.style, role="style") as st:
-        copy_tilts(sink, "style", st.tilt)
+        copy_tilts(sink, "style", st.tilt, workers)
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:
             write_volume(g, "labels", lab.read())

@@ -13,8 +13,9 @@ reconstruction ``faket.reconstruction.reconstruct``.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class TiltSink(Protocol):
 
     ``todo(name)`` lists the tilt indices of stack ``name`` still to make (a
     resumed run store skips done ones); ``put`` stores one ``(H, W)`` float32 tilt.
+    A sink that takes puts from several threads at once (``workers > 1`` below)
+    must store each tilt apart, as the run store does (one shard per tilt).
     """
 
     def todo(self, name: str) -> Sequence[int]: ...
@@ -89,10 +92,35 @@ class WriterSink:
 
 
 # --------------------------------------------------------------------------- prepare
-def copy_tilts(sink: TiltSink, name: str, read: Callable[[int], np.ndarray]) -> None:
+T = TypeVar("T")
+
+
+def for_each(
+    work: Callable[[T], None], items: Sequence[T], workers: int = 1, advance: Callable[[], None] | None = None
+) -> None:
+    """``work(item)`` for every item, on up to ``workers`` threads; ``advance()`` after each, in this thread.
+
+    The per-tilt work of the prepare stage (reading, FFTs, random draws,
+    compression) runs in numpy and codecs without Python's lock, so threads
+    scale with cores. The first error is raised once the running items end.
+    """
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            work(item)
+            if advance is not None:
+                advance()
+        return
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="faket-prepare") as pool:
+        for done in as_completed([pool.submit(work, item) for item in items]):
+            done.result()
+            if advance is not None:
+                advance()
+
+
+def copy_tilts(sink: TiltSink, name: str, read: Callable[[int], np.ndarray], workers: int = 1) -> None:
     """Put tilts of stack ``name`` that ``sink`` still needs, read one by one with ``read(i)``."""
-    for i in sink.todo(name):
-        sink.put(name, int(i), np.asarray(read(int(i)), np.float32))
+    todo = [int(i) for i in sink.todo(name)]
+    for_each(lambda i: sink.put(name, i, np.asarray(read(i), np.float32)), todo, workers)
 
 
 def prepare_noiseless(
@@ -102,20 +130,22 @@ def prepare_noiseless(
     volume: np.ndarray | None = None,
     tilts: Callable[[int], np.ndarray] | None = None,
     device: Any = "cpu",
+    workers: int = 1,
 ) -> None:
     """The ``noiseless`` stack: projections of ``volume`` (Z, Y, X) at ``angles`` (degrees),
-    or the given noiseless tilts ``tilts(i)`` (H, W); only the tilts ``sink`` still needs."""
+    or the given noiseless tilts ``tilts(i)`` (H, W); only the tilts ``sink`` still needs.
+    workers: threads that put tilts (see :func:`for_each`)."""
     from .projection import project
 
     if volume is None:
         if tilts is None:
             raise ValueError("prepare_noiseless needs a volume or tilts")
-        copy_tilts(sink, "noiseless", tilts)
+        copy_tilts(sink, "noiseless", tilts, workers)
         return
     todo = list(sink.todo("noiseless"))
     if todo:
         series = project(volume, angles, device=device).cpu().numpy()
-        copy_tilts(sink, "noiseless", lambda i: series[i])
+        copy_tilts(sink, "noiseless", lambda i: series[i], workers)
 
 
 def prepare_noise(
@@ -126,15 +156,18 @@ def prepare_noise(
     modalities: Sequence[str] = ("noisy", "content", "baseline"),
     content_sigma: float = 0.25,
     advance: Callable[[], None] | None = None,
+    workers: int = 1,
 ) -> None:
     """NOISY, CONTENT (sigma x ``content_sigma``) and BASELINE (order-0 curves) tilts of one
     tomogram from its noiseless tilts ``noiseless(i)`` (H, W) and a ``faket.noise.NoiseModel``;
-    the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order."""
+    the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order,
+    also on ``workers`` threads at once (see :func:`for_each`)."""
     from .noise import apply_tilt
 
     base = model.baseline()
-    for m in modalities:
-        for i in sink.todo(m):
-            sink.put(m, int(i), apply_tilt(noiseless(int(i)), int(i), model, seed, m, content_sigma, base))
-            if advance is not None:
-                advance()
+
+    def one(job: tuple[str, int]) -> None:
+        m, i = job
+        sink.put(m, i, apply_tilt(noiseless(i), i, model, seed, m, content_sigma, base))
+
+    for_each(one, [(m, int(i)) for m in modalities for i in sink.todo(m)], workers, advance)
