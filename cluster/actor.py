@@ -62,6 +62,7 @@ class NSTWorker:
         self._lock = threading.Lock()
         self._prefetched: dict = {}  # task key -> {"done": Event, "data": inputs or None}
         self._taken: set = set()  # keys the compute thread read itself
+        self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
         self._keep = keep
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
 
@@ -153,7 +154,47 @@ class NSTWorker:
             self._transfer = StyleTransfer(ray.get(weights[0]), self.settings, device=self.device)
         return self._transfer
 
-    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list) -> dict:
+    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list, ticket=None) -> dict:
+        """Stylise ``tilts`` of every tomogram in ``names`` (see :meth:`_stylize`).
+
+        Without a ticket the task returns once its results are stored. With a
+        ticket it returns as soon as the results are off the GPU, their writes
+        still running: the driver asks :meth:`flush` with the same ticket for
+        the report, and the next task computes meanwhile (writes stay off the
+        GPU's critical path; a tilt counts as done only once flush answers).
+        """
+        entry = self._ticket(ticket) if ticket is not None else None
+        try:
+            out, writes = self._stylize(store, names, tilts, weights)
+        except BaseException as err:
+            if entry is not None:
+                entry["error"] = err
+                entry["done"].set()
+            raise
+        if entry is None:
+            return _finish(out, writes)
+        entry["out"], entry["writes"] = out, writes
+        entry["done"].set()
+        return {"ticket": ticket}
+
+    @ray.method(concurrency_group="flush")
+    def flush(self, ticket) -> dict:
+        """The report of the :meth:`stylize` task with this ticket, once its results are stored."""
+        entry = self._ticket(ticket)
+        entry["done"].wait()
+        with self._lock:
+            self._tickets.pop(ticket, None)
+        if "error" in entry:
+            raise entry["error"]
+        return _finish(entry["out"], entry["writes"])
+
+    def _ticket(self, ticket) -> dict:
+        import threading
+
+        with self._lock:
+            return self._tickets.setdefault(ticket, {"done": threading.Event()})
+
+    def _stylize(self, store: str, names: list[str], tilts: list[int], weights: list) -> tuple[dict, dict]:
         """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
 
         The style tilts' Gram targets are computed once and serve every
@@ -161,9 +202,9 @@ class NSTWorker:
         tilts are all done already (a retry) is skipped; one that fails is
         reported in ``failed`` while the others go on. weights: ``[ObjectRef of the
         state dict]`` (nested, so Ray passes the reference; read on the first task).
-        Returns ``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
+        Returns (``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
         "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "compute_seconds": s,
-        "prefetched": bool}``.
+        "prefetched": bool}``, ``{name: the future of its write}``).
         """
         import torch
 
@@ -252,13 +293,18 @@ class NSTWorker:
                 for k, i in enumerate(idx)
             ]
         out["compute_seconds"] = time.perf_counter() - t_compute  # Gram targets, NST, results to host
-        for name, fut in writes.items():  # the task returns once its results are stored
-            try:
-                fut.result()
-            except Exception as err:
-                out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
-                out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
-        return out
+        return out, writes
+
+
+def _finish(out: dict, writes: dict) -> dict:
+    """A task's report once its writes are done: a tomogram whose write failed is failed."""
+    for name, fut in writes.items():
+        try:
+            fut.result()
+        except Exception as err:
+            out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
+            out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
+    return out
 
 
 def _maybe_hold(worker: NSTWorker) -> None:

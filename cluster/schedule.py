@@ -11,6 +11,7 @@ last attempt, after which they are recorded as failed and the run goes on.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,8 @@ class NSTScheduler:
         self.attempts = Attempts(policy)
         self.progress = progress
         self.stats = NSTStats()
-        self.queued: dict = {}  # ref -> (actor index, job)
+        self.queued: dict = {}  # flush ref -> (actor index, job, stylize ref)
+        self.tickets = itertools.count()
         self.load = [0] * len(workers)
         self.delayed: list[tuple[float, Job]] = []
 
@@ -120,15 +122,18 @@ class NSTScheduler:
         for w, worker in enumerate(self.workers):
             while pending and self.load[w] < self.in_flight:
                 names, tilts = pending.popleft()
-                ref = worker.stylize.remote(self.store, list(names), list(tilts), self.weights)
+                ticket = next(self.tickets)
+                task = worker.stylize.remote(self.store, list(names), list(tilts), self.weights, ticket)
                 worker.prefetch.remote(self.store, list(names), list(tilts))  # read while it waits
-                self.queued[ref] = (w, (names, tilts))
+                # the report comes once the results are stored; the next task computes meanwhile
+                self.queued[worker.flush.remote(ticket)] = (w, (names, tilts), task)
                 self.load[w] += 1
 
     def _collect(self, ref) -> None:
-        w, (names, tilts) = self.queued.pop(ref)
+        w, (names, tilts), task = self.queued.pop(ref)
         self.load[w] -= 1
         out = _result(ref, names)
+        _result(task, names)  # retrieved, so that Ray reports no unhandled error of a lost task
         self.stats.add(out)
         if self.progress is not None:
             self.progress(len(out["rows"]) + len(out["skipped"]) * len(tilts))
