@@ -294,9 +294,15 @@ def _nst_stage(
     pending, total, done_before = nst_jobs(root, spec, skip)
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
     workers, weights_ref = start_actors(spec, plan, state_dict, min(plan.count, len(pending)))
-    # The NST's clock starts when the actors are up (importing torch takes seconds); a failed
-    # start is not waited on here: its tasks meet the retry policy like any fault.
-    ray.wait([w.ready.remote() for w in workers], num_returns=len(workers), timeout=300)
+    # The NST's clock starts when the actors are up and warm (torch imported, VGG-19 loaded, on a
+    # GPU one small NST run); a failed start is not waited on here: its tasks meet the retry
+    # policy like any fault.
+    warm = [w.warm_up.remote(weights_ref) for w in workers]
+    for ref in ray.wait(warm, num_returns=len(workers), timeout=300)[0]:
+        try:  # retrieved, so that Ray reports nothing unhandled; a broken actor fails its tasks
+            ray.get(ref)
+        except Exception:
+            pass
     t_nst = time.perf_counter()
     bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
     with bar as advance:

@@ -78,8 +78,12 @@ def prepare_tomogram(
     with open_mrc(source, role="volume" if tomo.volume else "tilts") as src:
         voxel = src.voxel_size[0] or 1.0
         if tomo.volume is not None:
+            threads = torch.get_num_threads()  # Ray reuses this process for other tasks: restore it
             torch.set_num_threads(max(1, workers))
-            prepare_noiseless(sink, angles, volume=src.data, workers=workers)
+            try:
+                prepare_noiseless(sink, angles, volume=src.data, workers=workers)
+            finally:
+                torch.set_num_threads(threads)
         else:
             prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
     model = NoiseModel.from_json(model_json)

@@ -377,7 +377,7 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
         [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
          "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", *own_ports],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=(tmp_path / "head.log").open("w"))
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -385,7 +385,8 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
                 urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
                 break
             except OSError:
-                assert head.poll() is None, "ray head exited"
+                if head.poll() is not None:  # say why: e.g. a Ray without its dashboard's packages
+                    pytest.fail("ray head exited: " + (tmp_path / "head.log").read_text()[-1500:])
                 time.sleep(1)
         spec = _spec_copy(inputs, tmp_path)
         for _ in range(30):  # the dashboard answers before its job agent is up: Ray says "try again later"
@@ -399,7 +400,10 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        try:  # the head's whole process group: what it started too
+            os.killpg(head.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
