@@ -180,7 +180,9 @@ def _noise_model(spec: RunSpec, estimate, policy: RetryPolicy) -> dict:
     if spec.noise_model is not None:
         return NoiseModel.load(spec.noise_model).to_json()
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
-    results, failures = run_tasks(lambda _: estimate.remote(pairs, spec.noise_order), ["noise"], policy)
+    cpus = _free_cpus(1)
+    task = estimate.options(num_cpus=cpus)
+    results, failures = run_tasks(lambda _: task.remote(pairs, spec.noise_order, cpus), ["noise"], policy)
     if failures:
         raise RunFailed(
             f"the noise model could not be estimated ({failures['noise']}): "
@@ -269,6 +271,11 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     return weights, plan, root
 
 
+def _free_cpus(tasks: int) -> int:
+    """CPUs for each of ``tasks`` CPU tasks: the free ones shared, 1 to 16 each (threads over tilts)."""
+    return max(1, min(16, int(ray.available_resources().get("CPU", 1)) // max(1, tasks)))
+
+
 def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
     """The noise model, then each tomogram's prepare task; returns the tomograms that failed."""
     prepare, estimate, _, _ = remote_functions()
@@ -276,8 +283,7 @@ def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
     store = str(spec.store)
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     by_name = {t.name: t for t in spec.tomograms}
-    # the free CPUs shared among the tomograms: one alone gets up to 16 threads for its tilts
-    cpus = max(1, min(16, int(ray.available_resources().get("CPU", 1)) // max(1, len(by_name))))
+    cpus = _free_cpus(len(by_name))
     task = prepare.options(num_cpus=cpus)
     _, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus), list(by_name), policy

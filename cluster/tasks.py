@@ -19,7 +19,7 @@ def remote_functions():
         return prepare_tomogram(store, tomo, model_json, content_sigma, workers)
 
     @ray.remote(num_cpus=1, max_retries=0)
-    def estimate(pairs: list, order: int) -> dict:
+    def estimate(pairs: list, order: int, workers: int) -> dict:
         from faket.io import open_mrc
         from faket.noise import NoiseModel
 
@@ -28,6 +28,7 @@ def remote_functions():
             [(a.data, b.data) for a, b in stacks],
             order,
             [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
+            workers,
         )
         return model.to_json()
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ._json import dumps
+from ._threads import for_each
 from .errors import FaketInputError
 
 CURVE_NAMES = ("r", "sigma", "mean", "std")
@@ -31,10 +32,11 @@ MODEL_VERSION = 1
 
 
 # --------------------------------------------------------------------------- statistics
-def tilt_stats(reference: np.ndarray, noiseless: np.ndarray) -> dict[str, np.ndarray]:
+def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -> dict[str, np.ndarray]:
     """Per-tilt statistics of a reference against its noiseless projections.
 
-    reference, noiseless: ``(n, H, W)``, read one tilt at a time (memory maps welcome).
+    reference, noiseless: ``(n, H, W)``, read one tilt at a time (memory maps
+    welcome), on ``workers`` threads (each tilt's figures are its own).
     Returns float64 ``(n,)`` arrays: ``r`` (Pearson correlation = best scale),
     ``sigma`` (std of the standardised residual), ``mean``/``std`` of the
     reference, ``clean_mean``/``clean_std`` of the noiseless tilts.
@@ -47,7 +49,8 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray) -> dict[str, np.nda
         )
     n = reference.shape[0]
     out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
-    for i in range(n):
+
+    def one(i: int) -> None:
         a = np.asarray(reference[i], dtype=np.float64).ravel()
         b = np.asarray(noiseless[i], dtype=np.float64).ravel()
         ma, sa, mb, sb = a.mean(), a.std(), b.mean(), b.std()
@@ -61,6 +64,8 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray) -> dict[str, np.nda
         out["r"][i] = r
         out["sigma"][i] = (za - r * zb).std()
         out["mean"][i], out["std"][i], out["clean_mean"][i], out["clean_std"][i] = ma, sa, mb, sb
+
+    for_each(one, range(n), workers)
     return out
 
 
@@ -127,9 +132,10 @@ class NoiseModel:
         pairs: Sequence[tuple[np.ndarray, np.ndarray]],
         order: int = 2,
         sources: list[dict[str, str]] | None = None,
+        workers: int = 1,
     ) -> NoiseModel:
-        """Estimate from (reference, noiseless) stack pairs."""
-        series = [tilt_stats(ref, clean) for ref, clean in pairs]
+        """Estimate from (reference, noiseless) stack pairs (tilts on ``workers`` threads)."""
+        series = [tilt_stats(ref, clean, workers) for ref, clean in pairs]
         return cls(aggregate(series, order), order, series, sources or [])
 
     @classmethod

@@ -13,11 +13,12 @@ reconstruction ``faket.reconstruction.reconstruct``.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from ._threads import for_each
 
 
 class Stage(str, Enum):
@@ -92,31 +93,6 @@ class WriterSink:
 
 
 # --------------------------------------------------------------------------- prepare
-T = TypeVar("T")
-
-
-def for_each(
-    work: Callable[[T], None], items: Sequence[T], workers: int = 1, advance: Callable[[], None] | None = None
-) -> None:
-    """``work(item)`` for every item, on up to ``workers`` threads; ``advance()`` after each, in this thread.
-
-    The per-tilt work of the prepare stage (reading, FFTs, random draws,
-    compression) runs in numpy and codecs without Python's lock, so threads
-    scale with cores. The first error is raised once the running items end.
-    """
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            work(item)
-            if advance is not None:
-                advance()
-        return
-    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="faket-prepare") as pool:
-        for done in as_completed([pool.submit(work, item) for item in items]):
-            done.result()
-            if advance is not None:
-                advance()
-
-
 def copy_tilts(sink: TiltSink, name: str, read: Callable[[int], np.ndarray], workers: int = 1) -> None:
     """Put tilts of stack ``name`` that ``sink`` still needs, read one by one with ``read(i)``."""
     todo = [int(i) for i in sink.todo(name)]
@@ -134,7 +110,7 @@ def prepare_noiseless(
 ) -> None:
     """The ``noiseless`` stack: projections of ``volume`` (Z, Y, X) at ``angles`` (degrees),
     or the given noiseless tilts ``tilts(i)`` (H, W); only the tilts ``sink`` still needs.
-    workers: threads that put tilts (see :func:`for_each`)."""
+    workers: threads that put tilts (see :func:`faket._threads.for_each`)."""
     from .projection import project
 
     if volume is None:
@@ -161,7 +137,7 @@ def prepare_noise(
     """NOISY, CONTENT (sigma x ``content_sigma``) and BASELINE (order-0 curves) tilts of one
     tomogram from its noiseless tilts ``noiseless(i)`` (H, W) and a ``faket.noise.NoiseModel``;
     the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order,
-    also on ``workers`` threads at once (see :func:`for_each`)."""
+    also on ``workers`` threads at once (see :func:`faket._threads.for_each`)."""
     from .noise import apply_tilt
 
     base = model.baseline()

@@ -358,6 +358,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_more_gpu_actors_than_gpus_is_refused_before_any_work(inputs, tmp_path, local_ray):
+    """Ray would wait for ever for a third GPU: the plan says so in one line, before the store exists."""
+    from faket_cluster.engine import init_ray
+
+    init_ray(num_cpus=2, num_gpus=2)
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": ""}))
+    with pytest.raises(FaketInputError, match=r"3 GPU actors .* need 3 GPUs but the cluster has 2") as err:
+        run(spec, actors=3, say=lambda m: None)
+    assert "\n" not in str(err.value) and "at most 2 actors" in str(err.value)
+    assert not (tmp_path / "run.zarr").exists()
+
+
 def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
     """A head on loopback (`ray start --head --block`), `ray job submit ... -- faket run SPEC`."""
     import urllib.request

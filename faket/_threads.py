@@ -1,0 +1,30 @@
+"""Per-tilt work on threads: numpy, FFTs, random draws and codecs run without Python's lock."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def for_each(
+    work: Callable[[T], None], items: Sequence[T], workers: int = 1, advance: Callable[[], None] | None = None
+) -> None:
+    """``work(item)`` for every item, on up to ``workers`` threads; ``advance()`` after each, in this thread.
+
+    The per-tilt work of the prepare stage (reading, FFTs, random draws,
+    compression) runs in numpy and codecs without Python's lock, so threads
+    scale with cores. The first error is raised once the running items end.
+    """
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            work(item)
+            if advance is not None:
+                advance()
+        return
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="faket-prepare") as pool:
+        for done in as_completed([pool.submit(work, item) for item in items]):
+            done.result()
+            if advance is not None:
+                advance()
