@@ -385,11 +385,12 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
     own_ports = [f"--{flag}={_free_port()}" for flag in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
         "runtime-env-agent-port", "metrics-export-port")]
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", *own_ports],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=(tmp_path / "head.log").open("w"))
+    with (tmp_path / "head.log").open("w") as log:  # the child keeps its own copy of the descriptor
+        head = subprocess.Popen(
+            [ray_cli, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+             "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", *own_ports],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
