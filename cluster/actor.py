@@ -69,12 +69,12 @@ class NSTWorker:
     @staticmethod
     def _read(store: str, names: list[str], tilts: list[int]) -> dict:
         """A task's inputs from the store: style tilts once, content and start per tomogram."""
-        from faket.store import open_store
+        from faket.store import open_store, read_tilt
 
         root = open_store(store)
         first = root[names[0]]
         data = {
-            "style": np.stack([np.asarray(first["style"][i]) for i in tilts]),
+            "style": np.stack([read_tilt(first["style"], i) for i in tilts]),
             "style_range": first.attrs["ranges"]["style"],
             "size": first["content"].shape[-2:],
             "members": {},
@@ -83,8 +83,8 @@ class NSTWorker:
             g = root[name]
             data["members"][name] = {
                 "ranges": g.attrs["ranges"],
-                "content": np.stack([np.asarray(g["content"][i]) for i in tilts]),
-                "noisy": np.stack([np.asarray(g["noisy"][i]) for i in tilts]),
+                "content": np.stack([read_tilt(g["content"], i) for i in tilts]),
+                "noisy": np.stack([read_tilt(g["noisy"], i) for i in tilts]),
             }
         return data
 

@@ -69,7 +69,7 @@ def prepare_tomogram(
     from faket.noise import NoiseModel
     from faket.nst import stack_range
     from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
-    from faket.store import StoreSink, done_mask, open_store, write_volume
+    from faket.store import StoreSink, done_mask, open_store, read_tilt, write_volume
 
     g = open_store(store)[tomo.name]
     sink = StoreSink(g)
@@ -90,7 +90,7 @@ def prepare_tomogram(
     model = NoiseModel.from_json(model_json)
     prepare_noise(
         sink,
-        lambda i: np.asarray(g["noiseless"][i]),
+        lambda i: read_tilt(g["noiseless"], i),
         model,
         tomo.seed,
         ("noisy", "content"),

@@ -34,8 +34,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ._shards import read_tilt
 from .errors import FaketInputError
 from .settings import TILE_GRID
+
+__all__ = ["read_tilt"]  # with the functions below; read_tilt: one tilt, decoded on threads
 
 FORMAT = "faket-run-store"
 #: Version 2: every array and done flag is created up front by the driver, labels and

@@ -1,0 +1,73 @@
+"""faket.store.read_tilt: the run store's tilts decoded from their shards on threads.
+
+zarr-python is the reference: every value equal to its read, and where a shard
+is missing, partly empty or damaged, zarr's own value or error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faket._shards import _layout
+from faket.store import create_stack, create_volume, open_store, read_tilt, write_tilt
+
+
+@pytest.fixture
+def group(tmp_path):
+    return open_store(tmp_path / "run.zarr").create_group("tomo")
+
+
+def _shard(tmp_path: Path, name: str, i: int) -> Path:
+    return tmp_path / "run.zarr" / "tomo" / name / "c" / str(i) / "0" / "0"
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 56), (2, 1500, 1100), (2, 2048, 2048)])
+def test_equals_zarr_for_one_and_many_chunks(group, shape):
+    arr = create_stack(group, "noisy", shape)
+    assert _layout(arr) is not None  # the fast path is taken
+    data = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    for i in range(shape[0]):
+        write_tilt(group, "noisy", i, data[i])
+    for i in range(shape[0]):
+        got = read_tilt(arr, i)
+        assert got.dtype == np.float32 and got.shape == shape[1:]
+        np.testing.assert_array_equal(got, data[i])
+        np.testing.assert_array_equal(got, np.asarray(arr[i]))
+
+
+def test_unwritten_tilts_and_empty_chunks_read_as_zarr_does(group):
+    arr = create_stack(group, "content", (2, 1500, 1100))
+    tilt = np.random.default_rng(1).random((1500, 1100), dtype=np.float32)
+    tilt[:1024, :1024] = 0  # the fill value: zarr leaves this chunk out of the shard
+    write_tilt(group, "content", 0, tilt)
+    np.testing.assert_array_equal(read_tilt(arr, 0), tilt)
+    np.testing.assert_array_equal(read_tilt(arr, 1), np.asarray(arr[1]))  # never written
+
+
+@pytest.mark.parametrize("damage", ["flip a data byte", "truncate", "flip an index byte"])
+def test_a_damaged_shard_fails_as_zarr_fails(group, tmp_path, damage):
+    arr = create_stack(group, "style", (1, 1500, 1100))
+    write_tilt(group, "style", 0, np.random.default_rng(2).random((1500, 1100), dtype=np.float32))
+    shard = _shard(tmp_path, "style", 0)
+    raw = bytearray(shard.read_bytes())
+    if damage == "flip a data byte":
+        raw[100] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(Exception) as zarr_error:
+        np.asarray(arr[0])
+    with pytest.raises(type(zarr_error.value)):
+        read_tilt(arr, 0)
+
+
+def test_other_arrays_are_read_by_zarr(group):
+    vol = create_volume(group, "reconstruction", (4, 8, 8))
+    vol[:] = np.arange(256, dtype=np.float32).reshape(4, 8, 8)
+    assert _layout(vol) is None
+    np.testing.assert_array_equal(read_tilt(vol, 2), np.asarray(vol[2]))
