@@ -1,4 +1,4 @@
-"""Fast reads of whole tilts from the run store's shards (a part of faket.store).
+"""Fast reads and writes of whole tilts in the run store's shards (a part of faket.store).
 
 A tilt stack ``(n, H, W)`` keeps each tilt in one Zarr v3 shard of 1024^2 chunks
 (bytes, Blosc, CRC32C; the shard index at the end, CRC32C-checked). zarr-python
@@ -7,7 +7,9 @@ with pread and decoding it on threads (Blosc and CRC32C run without
 Python's lock) takes a fraction of that. Anything else (another layout, a
 missing shard or chunk, a checksum that does not match) is left to zarr, so
 the values and the errors are zarr's own: this is only a faster path to the
-same bytes, and tests compare the two.
+same bytes, and tests compare the two. Writes encode the chunks on threads
+and put the shard in place with one rename, so a reader or a crash never meets
+half a tilt; zarr reads them back bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -122,3 +124,56 @@ def _decode_shard(fd: int, h: int, w: int, cy: int, cx: int) -> np.ndarray | Non
         return True
 
     return out if all(_threads().map(decode, range(len(entries)))) else None
+
+
+def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
+    """Store tilt ``index`` of a tilt stack: its shard written whole (chunks encoded on threads,
+    then one atomic rename); zarr writes any array of another layout."""
+    layout = _layout(arr)
+    tilt = np.ascontiguousarray(image, dtype="<f4")
+    if layout is None or tilt.shape != tuple(arr.shape[1:]) or not _lz4_shuffle(arr):
+        arr[index] = tilt
+        return
+    folder, (cy, cx) = layout
+    h, w = tilt.shape
+    grid = (-(-h // cy), -(-w // cx))
+    fill = np.float32(arr.metadata.fill_value)
+
+    def encode(k: int) -> bytes:
+        from numcodecs import Blosc
+
+        r, c = divmod(k, grid[1])
+        tile = np.full((cy, cx), fill, dtype="<f4")  # edge chunks are padded to full size, as zarr does
+        part = tilt[r * cy : (r + 1) * cy, c * cx : (c + 1) * cx]
+        tile[: part.shape[0], : part.shape[1]] = part
+        return _with_crc(bytes(Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE).encode(tile)))
+
+    blobs = list(_threads().map(encode, range(grid[0] * grid[1])))
+    offsets = np.cumsum([0] + [len(b) for b in blobs[:-1]], dtype=np.uint64)
+    index_bytes = np.stack([offsets, np.array([len(b) for b in blobs], np.uint64)], axis=1).astype("<u8")
+    _write_atomic(folder / "c" / str(int(index)) / "0" / "0", [*blobs, _with_crc(index_bytes.tobytes())])
+
+
+def _lz4_shuffle(arr) -> bool:
+    """Whether the chunks' Blosc settings are the tilt stacks' (LZ4 level 1, byte shuffle), which
+    the writer encodes with."""
+    blosc = arr.metadata.codecs[0].codecs[1]
+    return (blosc.cname.value, blosc.clevel, blosc.shuffle.value, blosc.blocksize) == ("lz4", 1, "shuffle", 0)
+
+
+def _with_crc(data: bytes) -> bytes:
+    import google_crc32c
+
+    return data + google_crc32c.value(data).to_bytes(_CRC, "little")
+
+
+def _write_atomic(path: Path, parts: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

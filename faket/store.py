@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._shards import read_tilt
+from ._shards import read_tilt, write_tilt_data
 from .errors import FaketInputError
 from .settings import TILE_GRID
 
@@ -225,7 +225,7 @@ def _flag_array(group, name: str):
 def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     """Write one tilt of a stage, then mark it done (idempotent; creates nothing)."""
     flags = _flag_array(group, stage)
-    group[stage][index] = np.asarray(image, dtype=np.float32)
+    write_tilt_data(group[stage], index, np.asarray(image, dtype=np.float32))
     flags[index] = 1
 
 

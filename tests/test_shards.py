@@ -71,3 +71,27 @@ def test_other_arrays_are_read_by_zarr(group):
     vol[:] = np.arange(256, dtype=np.float32).reshape(4, 8, 8)
     assert _layout(vol) is None
     np.testing.assert_array_equal(read_tilt(vol, 2), np.asarray(vol[2]))
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 56), (2, 1500, 1100)])
+def test_written_tilts_read_back_by_zarr_bit_for_bit_and_leave_no_temporary_file(group, tmp_path, shape):
+    from faket._shards import write_tilt_data
+
+    arr = create_stack(group, "faket", shape)
+    rng = np.random.default_rng(4)
+    first, second = (rng.standard_normal(shape[1:]).astype(np.float32) for _ in range(2))
+    write_tilt_data(arr, 1, first)
+    np.testing.assert_array_equal(np.asarray(arr[1]), first)
+    write_tilt_data(arr, 1, second)  # a rewrite replaces the shard whole
+    np.testing.assert_array_equal(np.asarray(arr[1]), second)
+    np.testing.assert_array_equal(np.asarray(arr[0]), 0)  # the other tilt untouched
+    folder = tmp_path / "run.zarr" / "tomo" / "faket"
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_write_tilt_uses_zarr_for_another_layout(group):
+    from faket._shards import write_tilt_data
+
+    vol = create_volume(group, "reconstruction", (4, 8, 8))
+    write_tilt_data(vol, 2, np.full((8, 8), 3.0, np.float32))
+    np.testing.assert_array_equal(np.asarray(vol[2]), 3.0)
