@@ -63,15 +63,24 @@ class NSTWorker:
         self._prefetched: dict = {}  # task key -> {"done": Event, "data": inputs or None}
         self._taken: set = set()  # keys the compute thread read itself
         self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
+        self._stores: dict = {}  # store path -> CachedGroup
         self._keep = keep
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
 
-    @staticmethod
-    def _read(store: str, names: list[str], tilts: list[int]) -> dict:
-        """A task's inputs from the store: style tilts once, content and start per tomogram."""
-        from faket.store import open_store, read_tilt
+    def _root(self, store: str):
+        """The run store, its groups and arrays looked up once for all tasks (see CachedGroup)."""
+        from faket.store import CachedGroup, open_store
 
-        root = open_store(store)
+        with self._lock:
+            if store not in self._stores:
+                self._stores[store] = CachedGroup(open_store(store))
+            return self._stores[store]
+
+    def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
+        """A task's inputs from the store: style tilts once, content and start per tomogram."""
+        from faket.store import read_tilt
+
+        root = self._root(store)
         first = root[names[0]]
         data = {
             "style": np.stack([read_tilt(first["style"], i) for i in tilts]),
@@ -215,12 +224,12 @@ class NSTWorker:
         import torch
 
         from faket.nst import stylize_tilts, to_unit
-        from faket.store import done_mask, open_store, write_tilt
+        from faket.store import done_mask, write_tilt
 
         _maybe_hold(self)
         idx = list(tilts)
         data, waited, read = self._inputs(store, names, idx)
-        root = open_store(store)
+        root = self._root(store)
         style = data["style"]
         kernel = os.environ.get(KERNEL_ENV, "")
         identity = kernel == "identity" or kernel.startswith("sleep:")

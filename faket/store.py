@@ -229,6 +229,30 @@ def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     flags[index] = 1
 
 
+class CachedGroup:
+    """A zarr group whose members are looked up once: each lookup reads metadata files, and a
+    worker that reads and writes tilts task after task would repeat them (about 1 ms each)."""
+
+    def __init__(self, group) -> None:
+        self._group = group
+        self._members: dict = {}
+
+    def __getitem__(self, key: str):
+        member = self._members.get(key)
+        if member is None:
+            member = self._group[key]
+            if isinstance(member, _zarr().Group):
+                member = CachedGroup(member)
+            self._members[key] = member
+        return member
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._members or key in self._group
+
+    def __getattr__(self, name: str):
+        return getattr(self._group, name)
+
+
 class StoreSink:
     """The run store's group of one tomogram as a ``faket.pipeline.TiltSink``: tilts not
     done yet are to do; a put writes the tilt and then its done flag (idempotent)."""
