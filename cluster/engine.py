@@ -272,8 +272,11 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
 
 
 def _free_cpus(tasks: int) -> int:
-    """CPUs for each of ``tasks`` CPU tasks: the free ones shared, 1 to 16 each (threads over tilts)."""
-    return max(1, min(16, int(ray.available_resources().get("CPU", 1)) // max(1, tasks)))
+    """CPUs for each of ``tasks`` CPU tasks (threads over tilts): the free ones shared, 1 to 16
+    each, and never more than one node has (a task runs on one node: more would wait for ever)."""
+    per_node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    free = int(ray.available_resources().get("CPU", 1)) // max(1, tasks)
+    return max(1, min(16, int(per_node), free))
 
 
 def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
