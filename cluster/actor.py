@@ -78,12 +78,10 @@ class NSTWorker:
 
     def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
         """A task's inputs from the store: style tilts once, content and start per tomogram."""
-        from faket.store import read_tilt
-
         root = self._root(store)
         first = root[names[0]]
         data = {
-            "style": np.stack([read_tilt(first["style"], i) for i in tilts]),
+            "style": _read_tilts(first["style"], tilts),
             "style_range": first.attrs["ranges"]["style"],
             "size": first["content"].shape[-2:],
             "members": {},
@@ -92,8 +90,8 @@ class NSTWorker:
             g = root[name]
             data["members"][name] = {
                 "ranges": g.attrs["ranges"],
-                "content": np.stack([read_tilt(g["content"], i) for i in tilts]),
-                "noisy": np.stack([read_tilt(g["noisy"], i) for i in tilts]),
+                "content": _read_tilts(g["content"], tilts),
+                "noisy": _read_tilts(g["noisy"], tilts),
             }
         return data
 
@@ -319,6 +317,16 @@ def _finish(out: dict, writes: dict) -> dict:
         except Exception as err:
             out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
             out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
+    return out
+
+
+def _read_tilts(arr, tilts: list[int]) -> np.ndarray:
+    """Tilts of a stack ``(len(tilts), H, W)``, each decoded straight into its place."""
+    from faket.store import read_tilt
+
+    out = np.empty((len(tilts), *arr.shape[1:]), np.float32)
+    for k, i in enumerate(tilts):
+        read_tilt(arr, i, out=out[k])
     return out
 
 

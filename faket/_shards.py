@@ -73,39 +73,44 @@ def _crc_ok(blob: bytes) -> bool:
     return google_crc32c.value(blob[:-_CRC]) == int.from_bytes(blob[-_CRC:], "little")
 
 
-def read_tilt(arr: Any, index: int) -> np.ndarray:
+def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray:
     """Tilt ``index`` of a tilt stack as float32 ``(H, W)``: zarr's values, decoded faster.
 
-    arr: a zarr array of the run store's tilt layout (any other array is read by zarr).
+    arr: a zarr array of the run store's tilt layout (any other array is read by zarr);
+    out: an ``(H, W)`` float32 array to decode into (e.g. one tilt of a batch: no copy).
     """
+    if out is None:
+        out = np.empty(arr.shape[1:], np.float32)
     layout = _layout(arr)
-    if layout is None:
-        return np.asarray(arr[index])
-    folder, (cy, cx) = layout
-    try:
-        fd = os.open(folder / "c" / str(int(index)) / "0" / "0", os.O_RDONLY)
-    except FileNotFoundError:  # never written: zarr gives the fill value
-        return np.asarray(arr[index])
-    try:
-        out = _decode_shard(fd, int(arr.shape[1]), int(arr.shape[2]), cy, cx)
-    finally:
-        os.close(fd)
-    return np.asarray(arr[index]) if out is None else out  # None: zarr reads, and names any damage
+    fd = None
+    if layout is not None:
+        try:
+            fd = os.open(layout[0] / "c" / str(int(index)) / "0" / "0", os.O_RDONLY)
+        except FileNotFoundError:  # never written: zarr gives the fill value
+            fd = None
+    if fd is not None and layout is not None:
+        try:
+            if _decode_shard(fd, out, *layout[1]):
+                return out
+        finally:
+            os.close(fd)
+    out[...] = np.asarray(arr[index])  # zarr reads, and names any damage
+    return out
 
 
-def _decode_shard(fd: int, h: int, w: int, cy: int, cx: int) -> np.ndarray | None:
-    """The tilt in an open shard file, its chunks read (pread) and decoded on threads; None if
-    the shard is not whole and sound (an empty chunk, an index or checksum that does not hold)."""
+def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
+    """The tilt in an open shard file into ``out``, its chunks read (pread) and decoded on threads;
+    False if the shard is not whole and sound (an empty chunk, an index or checksum that does not hold)."""
+    h, w = out.shape
     grid = (-(-h // cy), -(-w // cx))
     size = os.fstat(fd).st_size
     n_index = grid[0] * grid[1] * _INDEX_ENTRY + _CRC
     index = os.pread(fd, n_index, size - n_index) if size >= n_index else b""
     if len(index) != n_index or not _crc_ok(index):
-        return None
+        return False
     entries = np.frombuffer(index[:-_CRC], dtype="<u8").reshape(-1, 2)
     if (entries == np.iinfo(np.uint64).max).any() or ((entries[:, 0] + entries[:, 1]) > size).any():
-        return None  # an empty chunk (all fill value), or an index that points outside the file
-    out = np.empty((h, w), np.float32)
+        return False  # an empty chunk (all fill value), or an index that points outside the file
 
     def decode(k: int) -> bool:
         import google_crc32c
@@ -123,7 +128,7 @@ def _decode_shard(fd: int, h: int, w: int, cy: int, cx: int) -> np.ndarray | Non
         out[r * cy : r * cy + rows, c * cx : c * cx + cols] = tile.reshape(cy, cx)[:rows, :cols]
         return True
 
-    return out if all(_threads().map(decode, range(len(entries)))) else None
+    return all(_threads().map(decode, range(len(entries))))
 
 
 def write_tilt_data(arr, index: int, image: np.ndarray) -> None:

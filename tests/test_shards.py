@@ -36,6 +36,10 @@ def test_equals_zarr_for_one_and_many_chunks(group, shape):
         assert got.dtype == np.float32 and got.shape == shape[1:]
         np.testing.assert_array_equal(got, data[i])
         np.testing.assert_array_equal(got, np.asarray(arr[i]))
+        batch = np.full((2, *shape[1:]), np.nan, np.float32)
+        assert read_tilt(arr, i, out=batch[1]) is batch[1] or np.shares_memory(read_tilt(arr, i, out=batch[1]), batch)
+        np.testing.assert_array_equal(batch[1], data[i])  # decoded into its place in the batch
+        assert np.isnan(batch[0]).all()
 
 
 def test_unwritten_tilts_and_empty_chunks_read_as_zarr_does(group):
