@@ -66,6 +66,7 @@ class NSTWorker:
         self._stores: dict = {}  # store path -> CachedGroup
         self._keep = keep
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
+        self._readers = ThreadPoolExecutor(3, thread_name_prefix="faket-read")
 
     def _root(self, store: str):
         """The run store, its groups and arrays looked up once for all tasks (see CachedGroup)."""
@@ -80,18 +81,22 @@ class NSTWorker:
         """A task's inputs from the store: style tilts once, content and start per tomogram."""
         root = self._root(store)
         first = root[names[0]]
+        # the stacks are read side by side (reading and decoding run without Python's lock)
+        stacks = {("style", ""): self._readers.submit(_read_tilts, first["style"], tilts)}
+        for name in names:
+            for key in ("content", "noisy"):
+                stacks[(key, name)] = self._readers.submit(_read_tilts, root[name][key], tilts)
         data = {
-            "style": _read_tilts(first["style"], tilts),
+            "style": stacks[("style", "")].result(),
             "style_range": first.attrs["ranges"]["style"],
             "size": first["content"].shape[-2:],
             "members": {},
         }
         for name in names:
-            g = root[name]
             data["members"][name] = {
-                "ranges": g.attrs["ranges"],
-                "content": _read_tilts(g["content"], tilts),
-                "noisy": _read_tilts(g["noisy"], tilts),
+                "ranges": root[name].attrs["ranges"],
+                "content": stacks[("content", name)].result(),
+                "noisy": stacks[("noisy", name)].result(),
             }
         return data
 
