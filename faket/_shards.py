@@ -56,6 +56,8 @@ def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
             whole
             and kinds == [BytesCodec, BloscCodec, Crc32cCodec]
             and index_kinds == [BytesCodec, Crc32cCodec]
+            and _little(sharding.codecs[0])
+            and _little(sharding.index_codecs[0])
             and sharding.index_location.value == "end"
             and str(arr.dtype) == "float32"
             and m.chunk_key_encoding.encode_chunk_key((0, 0, 0)) == "c/0/0/0"
@@ -65,6 +67,12 @@ def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
         return Path(arr.store.root) / arr.path, (int(sharding.chunk_shape[1]), int(sharding.chunk_shape[2]))
     except Exception:  # an attribute this zarr version names otherwise: the slow path
         return None
+
+
+def _little(codec: Any) -> bool:
+    """Whether a bytes codec stores little-endian values (what this module decodes and encodes)."""
+    endian = getattr(codec, "endian", None)
+    return getattr(endian, "value", None) == "little"
 
 
 def _crc_ok(blob: bytes) -> bool:
@@ -136,7 +144,7 @@ def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
     then one atomic rename); zarr writes any array of another layout."""
     layout = _layout(arr)
     tilt = np.ascontiguousarray(image, dtype="<f4")
-    if layout is None or tilt.shape != tuple(arr.shape[1:]) or not _lz4_shuffle(arr):
+    if layout is None or tilt.shape != tuple(arr.shape[1:]) or not _lz4_shuffle(arr) or arr.store.read_only:
         arr[index] = tilt
         return
     folder, (cy, cx) = layout

@@ -99,3 +99,13 @@ def test_write_tilt_uses_zarr_for_another_layout(group):
     vol = create_volume(group, "reconstruction", (4, 8, 8))
     write_tilt_data(vol, 2, np.full((8, 8), 3.0, np.float32))
     np.testing.assert_array_equal(np.asarray(vol[2]), 3.0)
+
+
+def test_a_store_opened_read_only_is_not_written(group, tmp_path):
+    from faket._shards import write_tilt_data
+
+    create_stack(group, "faket", (1, 40, 56))
+    ro = open_store(tmp_path / "run.zarr", mode="r")["tomo"]["faket"]
+    with pytest.raises(Exception):  # zarr's own refusal
+        write_tilt_data(ro, 0, np.ones((40, 56), np.float32))
+    assert not _shard(tmp_path, "faket", 0).exists()
