@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine, with .gpu/ carried (../shared/tools/gpu-bundle.sh pydantic
-# jsonschema pytest-xdist, then add the pytest_xdist wheel): install, `make bench-gpu`'s
-# benchmark, then the whole test suite in parallel. Results under $OUT.
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"])
+# One call on a lent GPU machine, with .gpu/ carried: install, `make bench-gpu`'s benchmark, then the
+# test suite in parallel. Results under $OUT (at most 8 files come back: keep to those written here).
+# Build .gpu/ first (here, with network):
+#   ../shared/tools/gpu-bundle.sh pydantic jsonschema pytest-xdist starfile mdocfile ome-zarr-models ome-zarr
+#   rm -f .gpu/whl/{aiobotocore,botocore,s3fs,jmespath,aioitertools,iniconfig,pluggy}-*.whl  # < 64 MiB
+# then, e.g. (FIRST: test files to run before the rest; TEST_S=0: those alone):
+#   run(command="OUT=$OUT BENCH_S=270 BENCH_ARGS='--sizes 1024,2048,4096,4092x5760 --modes tf32,bf16
+#       --skip layout' FIRST='tests/test_transfer.py' TEST_S=150 WORKERS=14 bash benchmarks/gpu_check.sh",
+#       carry=[".gpu"])
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
