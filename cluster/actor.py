@@ -31,9 +31,9 @@ class NSTWorker:
 
     I/O overlaps compute: :meth:`prefetch` runs in the actor's own "io"
     thread (a Ray concurrency group), so the driver asks it to read the next
-    queued task's inputs while the current one computes; within a task each
-    tomogram's result is written by a writer thread while the next one
-    computes, and the task returns only once its writes are done.
+    queued task's inputs while the current one computes; results are written
+    by a writer thread while the next tomogram or task computes, and
+    :meth:`flush` reports a task once its writes are done.
     """
 
     def __init__(self, settings, use_gpu: bool, threads: int = 1, keep: int = 4) -> None:
