@@ -89,6 +89,7 @@ class StyleTransfer(TiledSteps):
         *,
         channels_last: bool = False,
         compile: bool = False,
+        fuse_conv_relu: bool = False,
     ) -> None:
         validate_settings(settings)
         self.settings = settings
@@ -117,6 +118,8 @@ class StyleTransfer(TiledSteps):
         # float32 means float32 here.
         # FAKET_REPRODUCIBLE gives strict float32 and deterministic algorithms.
         self.precision = configure_device(self.device, settings.precision)
+        # cuDNN's fused conv + bias + ReLU (faket._fused); not under bf16 autocast, which has no rule for it
+        self.net.fuse_conv_relu = fuse_conv_relu and self.precision != "bf16"
         #: What :func:`stylize_batch_fitting` did after running out of device memory.
         self.memory_fallbacks: list[str] = []
 

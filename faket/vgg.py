@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._fused import conv_relu
 from .errors import FaketInputError
 
 CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
@@ -193,10 +194,14 @@ class _EdgeConv3x3(_Conv3x3):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(c_in, c_out, 3, padding=0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its edge rows and columns repeated once (replicate padding by 1)."""
         x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
-        x = torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
-        return F.conv2d(x, self.weight, self.bias)
+        return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.weight, self.bias)
 
 
 class Scale(nn.Module):
@@ -254,6 +259,9 @@ class VGGFeatures(nn.Module):
         self.body = nn.Sequential(*mods)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(-1, 1, 1))
+        #: Convolution, bias and ReLU in one step where the convolution's own output is not
+        #: taken (faket._fused; an execution experiment, off by default).
+        self.fuse_conv_relu = False
         self.eval()
         self.requires_grad_(False)
 
@@ -269,8 +277,17 @@ class VGGFeatures(nn.Module):
             raise FaketInputError(f"image is {h}x{w} but layer {stop} needs at least {need}x{need}")
         feats: dict[int, torch.Tensor] = {}
         x = (x - self.mean) / self.std  # type: ignore[operator]  # registered buffers
-        for i in range(stop + 1):
-            x = self.body[i](x)
+        i = 0
+        while i <= stop:
+            layer = self.body[i]
+            if self.fuse_conv_relu and isinstance(layer, _Conv3x3) and i not in wanted and i < stop:
+                assert layer.bias is not None  # VGG's convolutions all have one
+                # the ReLU at i + 1 comes in the same step
+                x = conv_relu(x if i else _EdgeConv3x3.pad(x), layer.weight, layer.bias, 1 if i else 0)
+                i += 1
+            else:
+                x = layer(x)
             if i in wanted:
                 feats[i] = x
+            i += 1
         return feats

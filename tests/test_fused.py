@@ -1,0 +1,72 @@
+"""faket._fused.conv_relu and VGGFeatures(fuse_conv_relu): on the CPU, bit for bit the unfused layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from faket._fused import conv_relu
+from faket.nst import StyleTransfer
+from faket.settings import NSTSettings
+from faket.vgg import VGGFeatures
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_conv_relu_forward_and_input_gradient_equal_the_unfused_layers(padding):
+    gen = torch.Generator().manual_seed(padding)
+    x = torch.randn(2, 5, 17, 13, generator=gen)
+    w, b = torch.randn(7, 5, 3, 3, generator=gen), torch.randn(7, generator=gen)
+    g = torch.randn(2, 7, 17 - 2 + 2 * padding, 13 - 2 + 2 * padding, generator=gen)
+    outs, grads = [], []
+    for fused in (False, True):
+        xi = x.clone().requires_grad_()
+        out = conv_relu(xi, w, b, padding) if fused else F.relu(F.conv2d(xi, w, b, padding=padding))
+        (gx,) = torch.autograd.grad(out, xi, g)
+        outs.append(out.detach())
+        grads.append(gx)
+    assert torch.equal(outs[0], outs[1]) and (outs[0] == 0).any()  # some units are off
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_vgg_features_and_their_gradient_are_unchanged_by_fusing(test_weights):
+    s = NSTSettings()
+    layers = list(s.content_layers) + list(s.style_layers)
+    x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(3))
+    got = []
+    for fused in (False, True):
+        net = VGGFeatures(test_weights, layers)
+        net.fuse_conv_relu = fused
+        xi = x.clone().requires_grad_()
+        feats = net(xi, layers)
+        loss = sum(f.square().mean() for f in feats.values())
+        (gx,) = torch.autograd.grad(loss, xi)
+        got.append(({k: v.detach() for k, v in feats.items()}, gx))
+    assert got[0][0].keys() == got[1][0].keys() == set(layers)
+    for k in layers:
+        assert torch.equal(got[0][0][k], got[1][0][k]), k
+    assert torch.equal(got[0][1], got[1][1])
+
+
+def test_the_fused_step_is_off_under_bf16_autocast(test_weights):
+    assert StyleTransfer(test_weights, fuse_conv_relu=True).net.fuse_conv_relu
+    t = StyleTransfer(test_weights, NSTSettings(precision="bf16"), fuse_conv_relu=True)
+    assert not t.net.fuse_conv_relu
+    assert not StyleTransfer(test_weights).net.fuse_conv_relu  # off by default
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cudnn_fused_step_matches_the_unfused_layers_in_float32(monkeypatch):
+    """cuDNN's fused forward against conv2d + ReLU, TF32 off: float32 round-off apart."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    gen = torch.Generator().manual_seed(9)
+    x, w, b = torch.randn(2, 16, 64, 48, generator=gen), torch.randn(32, 16, 3, 3, generator=gen), torch.randn(32)
+    x, w, b = x.cuda().requires_grad_(), w.cuda(), b.cuda()
+    ref = F.relu(F.conv2d(x, w, b, padding=1))
+    out = conv_relu(x, w, b, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    (g_out,) = torch.autograd.grad(out, x, g)
+    off = (g_out - g_ref).abs() > 1e-3 * g_ref.abs().max()  # a unit at 0 may flip on round-off: a few
+    assert off.float().mean() < 1e-3
