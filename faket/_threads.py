@@ -9,22 +9,28 @@ T = TypeVar("T")
 
 
 def for_each(
-    work: Callable[[T], None], items: Sequence[T], workers: int = 1, advance: Callable[[], None] | None = None
+    work: Callable[[T], int | None],
+    items: Sequence[T],
+    workers: int = 1,
+    advance: Callable[[], None] | None = None,
 ) -> None:
-    """``work(item)`` for every item, on up to ``workers`` threads; ``advance()`` after each, in this thread.
+    """``work(item)`` for every item, on up to ``workers`` threads; ``advance()`` in this thread
+    after each, once per step the item did (``work``'s return value; None counts as 1).
 
     The per-tilt work of the prepare stage (reading, FFTs, random draws,
     compression) runs in numpy and codecs without Python's lock, so threads
     scale with cores. The first error is raised once the running items end.
     """
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            work(item)
+
+    def steps(result: int | None) -> None:
+        for _ in range(1 if result is None else result):
             if advance is not None:
                 advance()
+
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            steps(work(item))
         return
     with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="faket-prepare") as pool:
         for done in as_completed([pool.submit(work, item) for item in items]):
-            done.result()
-            if advance is not None:
-                advance()
+            steps(done.result())

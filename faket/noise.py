@@ -237,11 +237,16 @@ def apply_tilt(
     modality: str = "noisy",
     content_sigma_factor: float = 0.25,
     baseline: dict[str, np.ndarray] | None = None,
+    noise: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One tilt of NOISY, CONTENT (sigma x factor) or BASELINE (order-0 curves)."""
+    """One tilt of NOISY, CONTENT (sigma x factor) or BASELINE (order-0 curves).
+
+    noise: ``tilt_noise(seed, tilt, shape)`` when already drawn (every modality of a
+    tilt uses the same draw)."""
     curves = model.curves if modality != "baseline" else (baseline or model.baseline())
     factor = content_sigma_factor if modality == "content" else 1.0
-    noise = tilt_noise(seed, tilt, noiseless.shape)
+    if noise is None:
+        noise = tilt_noise(seed, tilt, noiseless.shape)
     return noisy_tilt(
         noiseless,
         noise,

@@ -137,13 +137,22 @@ def prepare_noise(
     """NOISY, CONTENT (sigma x ``content_sigma``) and BASELINE (order-0 curves) tilts of one
     tomogram from its noiseless tilts ``noiseless(i)`` (H, W) and a ``faket.noise.NoiseModel``;
     the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order,
-    also on ``workers`` threads at once (see :func:`faket._threads.for_each`)."""
-    from .noise import apply_tilt
+    also on ``workers`` threads at once (see :func:`faket._threads.for_each`). Each noiseless
+    tilt is read, and its noise drawn, once for all the modalities it still needs;
+    ``advance()`` once per tilt made."""
+    from .noise import apply_tilt, tilt_noise
 
     base = model.baseline()
+    todo: dict[int, list[str]] = {}
+    for m in modalities:
+        for i in sink.todo(m):
+            todo.setdefault(int(i), []).append(m)
 
-    def one(job: tuple[str, int]) -> None:
-        m, i = job
-        sink.put(m, i, apply_tilt(noiseless(i), i, model, seed, m, content_sigma, base))
+    def one(i: int) -> int:
+        clean = noiseless(i)
+        noise = tilt_noise(seed, i, clean.shape)  # one draw serves every modality
+        for m in todo[i]:
+            sink.put(m, i, apply_tilt(clean, i, model, seed, m, content_sigma, base, noise))
+        return len(todo[i])
 
-    for_each(one, [(m, int(i)) for m in modalities for i in sink.todo(m)], workers, advance)
+    for_each(one, sorted(todo), workers, advance)

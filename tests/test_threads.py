@@ -72,3 +72,27 @@ def test_threaded_prepare_equals_one_thread():
     for m in ("noiseless", "noisy", "content"):
         assert not np.isnan(sinks[3].arrays[m]).any()
         np.testing.assert_array_equal(sinks[3].arrays[m], sinks[1].arrays[m])
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prepare_reads_each_noiseless_tilt_once_and_equals_each_modality_made_alone(workers):
+    from faket.noise import apply_tilt
+
+    ref, clean = _pair()
+    model = NoiseModel.estimate([(ref, clean)], order=2)
+    reads: list[int] = []
+    lock = threading.Lock()
+
+    def noiseless(i: int) -> np.ndarray:
+        with lock:
+            reads.append(i)
+        return clean[i]
+
+    mods = ("noisy", "content", "baseline")
+    sink = ArraySink(mods, 5, clean.shape[1:])
+    steps: list[int] = []
+    prepare_noise(sink, noiseless, model, seed=7, modalities=mods, workers=workers, advance=lambda: steps.append(1))
+    assert sorted(reads) == list(range(5)) and len(steps) == 15  # one read per tilt, one step per tilt made
+    for m in mods:
+        for i in range(5):
+            np.testing.assert_array_equal(sink.arrays[m][i], apply_tilt(clean[i], i, model, 7, m, 0.25))
