@@ -172,31 +172,26 @@ class NSTWorker:
             self._transfer = StyleTransfer(ray.get(weights[0]), self.settings, device=self.device)
         return self._transfer
 
-    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list, ticket=None) -> dict:
+    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list, ticket: int) -> dict:
         """Stylise ``tilts`` of every tomogram in ``names`` (see :meth:`_stylize`).
 
-        Without a ticket the task returns once its results are stored. With a
-        ticket it returns as soon as the results are off the GPU, their writes
-        still running: the driver asks :meth:`flush` with the same ticket for
-        the report, and the next task computes meanwhile (writes stay off the
+        Returns as soon as the results are off the GPU, their writes still
+        running: the driver asks :meth:`flush` with the same ticket for the
+        report, and the next task computes meanwhile (writes stay off the
         GPU's critical path; a tilt counts as done only once flush answers).
         """
-        entry = self._ticket(ticket) if ticket is not None else None
+        entry = self._ticket(ticket)
         try:
-            out, writes = self._stylize(store, names, tilts, weights)
+            entry["out"], entry["writes"] = self._stylize(store, names, tilts, weights)
         except BaseException as err:
-            if entry is not None:
-                entry["error"] = err
-                entry["done"].set()
+            entry["error"] = err
             raise
-        if entry is None:
-            return _finish(out, writes)
-        entry["out"], entry["writes"] = out, writes
-        entry["done"].set()
+        finally:
+            entry["done"].set()
         return {"ticket": ticket}
 
     @ray.method(concurrency_group="flush")
-    def flush(self, ticket) -> dict:
+    def flush(self, ticket: int) -> dict:
         """The report of the :meth:`stylize` task with this ticket, once its results are stored."""
         entry = self._ticket(ticket)
         entry["done"].wait()
@@ -206,7 +201,7 @@ class NSTWorker:
             raise entry["error"]
         return _finish(entry["out"], entry["writes"])
 
-    def _ticket(self, ticket) -> dict:
+    def _ticket(self, ticket: int) -> dict:
         import threading
 
         with self._lock:

@@ -23,11 +23,16 @@ def stack_range(stack: np.ndarray, chunk: int = 8) -> tuple[np.float32, np.float
 
     Large stacks are read in row blocks of about 2 M pixels by several threads
     (numpy's reductions run without the GIL; a memory-mapped file is read in
-    parallel too). The blocks are combined in order: the same result as one pass.
+    parallel too); a chunked array's (Zarr's) blocks are whole chunk rows, so
+    that no chunk is decoded twice. The blocks are combined in order: the same
+    result as one pass.
     """
     n = int(stack.shape[0])
     h, w = (int(d) for d in stack.shape[1:3]) if stack.ndim >= 3 else (1, 1)
     rows = max(1, min(h, (1 << 21) // max(1, w)))
+    chunks = getattr(stack, "chunks", None)
+    if isinstance(chunks, tuple) and len(chunks) == 3 and all(isinstance(c, int) for c in chunks):
+        rows = -(-rows // int(chunks[1])) * int(chunks[1])
     step = chunk if h * w * chunk <= 1 << 21 else 1
     parts = [(s, r) for s in range(0, n, step) for r in range(0, h, rows)]
 

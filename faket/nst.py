@@ -25,6 +25,7 @@ from ._memory import stylize_batch_fitting
 from ._optim import _EMA, Adam
 from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
+from ._stacks import check_stacks, iter_stylize, stylize_stack, stylize_tilts  # stack level, in this API
 from ._tiling import TiledSteps, check_memory_budget, tile_cuts
 from ._transfer import upload
 from .errors import FaketInputError
@@ -305,7 +306,3 @@ def validate_settings(s: NSTSettings) -> None:
         )
     check_precision(s.precision)
     check_memory_budget(s)
-
-
-# the stack-level functions live in faket._stacks and are part of this module's API
-from ._stacks import check_stacks, iter_stylize, stylize_stack, stylize_tilts  # noqa: E402

@@ -34,11 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ._shards import read_tilt, write_tilt_data
+from ._shards import read_tilt as read_tilt  # part of this module's API: one tilt, decoded on threads
+from ._shards import write_tilt_data
 from .errors import FaketInputError
 from .settings import TILE_GRID
-
-__all__ = ["read_tilt"]  # with the functions below; read_tilt: one tilt, decoded on threads
 
 FORMAT = "faket-run-store"
 #: Version 2: every array and done flag is created up front by the driver, labels and

@@ -282,8 +282,8 @@ class VGGFeatures(nn.Module):
             layer = self.body[i]
             if self.fuse_conv_relu and isinstance(layer, _Conv3x3) and i not in wanted and i < stop:
                 assert layer.bias is not None  # VGG's convolutions all have one
-                # the ReLU at i + 1 comes in the same step
-                x = conv_relu(x if i else _EdgeConv3x3.pad(x), layer.weight, layer.bias, 1 if i else 0)
+                edge = isinstance(layer, _EdgeConv3x3)  # the ReLU at i + 1 comes in the same step
+                x = conv_relu(_EdgeConv3x3.pad(x) if edge else x, layer.weight, layer.bias, 0 if edge else 1)
                 i += 1
             else:
                 x = layer(x)
