@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numcodecs import Blosc
 
+_BLOSC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)  # the tilt stacks' chunks (see _lz4_shuffle)
 _INDEX_ENTRY = 16  # (offset, nbytes) as little-endian uint64
 _CRC = 4
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_local = threading.local()  # each shard thread's scratch buffers (see _scratch)
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -122,21 +125,42 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
 
     def decode(k: int) -> bool:
         import google_crc32c
-        from numcodecs import Blosc
 
         off, nbytes = int(entries[k, 0]), int(entries[k, 1]) - _CRC
-        data, crc = os.pread(fd, nbytes, off), os.pread(fd, _CRC, off + nbytes)  # no slicing copies
-        if nbytes <= 0 or len(data) != nbytes or google_crc32c.value(data) != int.from_bytes(crc, "little"):
+        if nbytes <= 0:
             return False
-        tile = np.frombuffer(Blosc().decode(data), dtype="<f4")
-        if tile.size != cy * cx:
+        blob = _scratch("blob", nbytes + _CRC, np.uint8)  # this thread's buffer: no allocation per chunk
+        if os.preadv(fd, [blob], off) != nbytes + _CRC:
+            return False
+        blob.flags.writeable = False  # the checksum reads read-only buffers
+        crc = int.from_bytes(blob[nbytes:].tobytes(), "little")
+        if google_crc32c.value(blob[:nbytes]) != crc:
             return False
         r, c = divmod(k, grid[1])
         rows, cols = min(cy, h - r * cy), min(cx, w - c * cx)
-        out[r * cy : r * cy + rows, c * cx : c * cx + cols] = tile.reshape(cy, cx)[:rows, :cols]
+        region = out[r * cy : r * cy + rows, c * cx : c * cx + cols]
+        whole = rows == cy and cols == cx and region.flags.c_contiguous
+        tile = region if whole else _scratch("tile", cy * cx, np.float32).reshape(cy, cx)
+        try:
+            _BLOSC.decode(blob[:nbytes], out=tile)  # the chunk straight into its place when it can
+        except (RuntimeError, ValueError):  # not Blosc, or not one chunk's bytes
+            return False
+        if not whole:
+            region[...] = tile[:rows, :cols]
         return True
 
     return all(_threads().map(decode, range(len(entries))))
+
+
+def _scratch(name: str, n: int, dtype: Any) -> np.ndarray:
+    """This thread's reusable 1-D buffer of ``n`` items (grown when needed, never shrunk)."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(n, dtype)
+        setattr(_local, name, buf)
+    view = buf[:n]
+    view.flags.writeable = True
+    return view
 
 
 def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
@@ -152,19 +176,25 @@ def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
     grid = (-(-h // cy), -(-w // cx))
     fill = np.float32(arr.metadata.fill_value)
 
-    def encode(k: int) -> bytes:
-        from numcodecs import Blosc
+    def encode(k: int) -> tuple[bytes, bytes]:
+        import google_crc32c
 
         r, c = divmod(k, grid[1])
-        tile = np.full((cy, cx), fill, dtype="<f4")  # edge chunks are padded to full size, as zarr does
         part = tilt[r * cy : (r + 1) * cy, c * cx : (c + 1) * cx]
-        tile[: part.shape[0], : part.shape[1]] = part
-        return _with_crc(bytes(Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE).encode(tile)))
+        if part.shape != (cy, cx) or not part.flags.c_contiguous:
+            tile = _scratch("tile", cy * cx, np.float32).reshape(cy, cx)
+            tile[...] = fill  # edge chunks are padded to full size, as zarr does
+            tile[: part.shape[0], : part.shape[1]] = part
+            part = tile
+        blob = _BLOSC.encode(part)
+        return blob, google_crc32c.value(blob).to_bytes(_CRC, "little")
 
-    blobs = list(_threads().map(encode, range(grid[0] * grid[1])))
-    offsets = np.cumsum([0] + [len(b) for b in blobs[:-1]], dtype=np.uint64)
-    index_bytes = np.stack([offsets, np.array([len(b) for b in blobs], np.uint64)], axis=1).astype("<u8")
-    _write_atomic(folder / "c" / str(int(index)) / "0" / "0", [*blobs, _with_crc(index_bytes.tobytes())])
+    parts = list(_threads().map(encode, range(grid[0] * grid[1])))
+    sizes = np.array([len(b) + _CRC for b, _ in parts], np.uint64)
+    offsets = np.cumsum(sizes) - sizes
+    index_bytes = np.stack([offsets, sizes], axis=1).astype("<u8").tobytes()
+    blobs = [piece for pair in parts for piece in pair]
+    _write_atomic(folder / "c" / str(int(index)) / "0" / "0", [*blobs, _with_crc(index_bytes)])
 
 
 def _lz4_shuffle(arr) -> bool:
