@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def write_inputs(folder: Path, size: int, tilts: int, batch: int = 1, device: str = "cpu") -> Path:
+def write_inputs(folder: Path, size: int, tilts: int, batch: int | None = None, device: str = "cpu") -> Path:
     """Random noiseless tilts, a reference pair and a spec with one tomogram; returns the spec."""
     from faket.io import angles_range, write_mrc, write_tlt
 
@@ -44,6 +44,7 @@ def write_inputs(folder: Path, size: int, tilts: int, batch: int = 1, device: st
     clean = np.asarray(rng.random((tilts, size, size), dtype=np.float32))
     write_mrc(folder / "reference.mrc", clean + 0.5 * rng.standard_normal(clean.shape, dtype=np.float32))
     spec = folder / "feed.toml"
+    batch_line = "" if batch is None else f"batch = {batch}"
     spec.write_text(
         f"""[run]
 store = "run.zarr"
@@ -51,7 +52,7 @@ store = "run.zarr"
 [resources]
 actors = 1
 device = "{device}"
-batch = {batch}
+{batch_line}
 
 [weights]
 vgg = "random"
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--tilts", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=1, help="tilts per task (resources.batch)")
+    ap.add_argument("--batch", type=int, default=None, help="tilts per task (resources.batch; default: the engine's choice)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
@@ -102,6 +103,7 @@ def main() -> None:
             "tilts": args.tilts,
             "kernel": "nst" if args.real_nst else "identity",
             "batch": args.batch,
+            "nst_tasks": summary["nst_tasks"],
             "tilts_per_second": summary["tilts_per_second"],
             "nst_stage_seconds": summary["nst_seconds"],
             "run_seconds": summary["seconds"],

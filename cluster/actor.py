@@ -5,6 +5,7 @@ It calls :mod:`faket.nst` for each batch of tilts and holds no NST arithmetic of
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from typing import Any
@@ -23,6 +24,8 @@ FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
 KERNEL_ENV = "FAKET_ENGINE_KERNEL"
 #: Test hook: a file path; after its first task an actor holds each next task until the file exists.
 HOLD_ENV = "FAKET_TEST_HOLD"
+#: Tasks whose results may wait for the writer at once (see NSTWorker.stylize).
+WRITES_QUEUED = 2
 
 
 # --------------------------------------------------------------------------- actors
@@ -48,6 +51,9 @@ class NSTWorker:
         import torch
 
         from faket.reproducible import PIN_THREADS, compute_record, requested
+        from faket.store import keep_freed_chunk_memory
+
+        keep_freed_chunk_memory()  # every task writes tilts: their chunk buffers are reused
 
         # as many threads as the CPUs Ray gave this actor; the switch fixes the count
         torch.set_num_threads(PIN_THREADS if requested() else max(1, threads))
@@ -65,8 +71,12 @@ class NSTWorker:
         self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
         self._stores: dict = {}  # store path -> CachedGroup
         self._keep = keep
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="faket-write")
+        # tilts are written side by side (each its own shard): a write is mostly the kernel copying
+        # it into the page cache and the chunks' encoding, both outside Python's lock
+        self._writer = ThreadPoolExecutor(2, thread_name_prefix="faket-write")
         self._readers = ThreadPoolExecutor(3, thread_name_prefix="faket-read")
+        self._buffers = _Buffers()
+        self._writing: collections.deque = collections.deque()  # write futures of recent tasks
 
     def _root(self, store: str):
         """The run store, its groups and arrays looked up once for all tasks (see CachedGroup)."""
@@ -82,10 +92,11 @@ class NSTWorker:
         root = self._root(store)
         first = root[names[0]]
         # the stacks are read side by side (reading and decoding run without Python's lock)
-        stacks = {("style", ""): self._readers.submit(_read_tilts, first["style"], tilts)}
+        take = self._buffers.take
+        stacks = {("style", ""): self._readers.submit(_read_tilts, first["style"], tilts, take)}
         for name in names:
             for key in ("content", "noisy"):
-                stacks[(key, name)] = self._readers.submit(_read_tilts, root[name][key], tilts)
+                stacks[(key, name)] = self._readers.submit(_read_tilts, root[name][key], tilts, take)
         data = {
             "style": stacks[("style", "")].result(),
             "style_range": first.attrs["ranges"]["style"],
@@ -184,12 +195,18 @@ class NSTWorker:
         """
         entry = self._ticket(ticket)
         try:
-            entry["out"], entry["writes"] = self._stylize(store, names, tilts, weights)
+            entry["out"], entry["writes"], entry["inputs"] = self._stylize(store, names, tilts, weights)
         except BaseException as err:
             entry["error"] = err
             raise
         finally:
             entry["done"].set()
+        # at most WRITES_QUEUED tasks' results wait for the writer: past that the next task
+        # waits here (the driver reads ahead while results are written, so they could pile up)
+        self._writing.append([f for futs in entry["writes"].values() for f in futs])
+        while len(self._writing) > WRITES_QUEUED:
+            for fut in self._writing.popleft():
+                fut.exception()  # waits; a failed write is flush's to report
         return {"ticket": ticket}
 
     @ray.method(concurrency_group="flush")
@@ -201,7 +218,9 @@ class NSTWorker:
             self._tickets.pop(ticket, None)
         if "error" in entry:
             raise entry["error"]
-        return _finish(entry["out"], entry["writes"])
+        report = _finish(entry["out"], entry["writes"])
+        self._buffers.give(entry["inputs"])  # read, computed on and written: the next reads reuse them
+        return report
 
     def _ticket(self, ticket: int) -> dict:
         import threading
@@ -209,17 +228,20 @@ class NSTWorker:
         with self._lock:
             return self._tickets.setdefault(ticket, {"done": threading.Event()})
 
-    def _stylize(self, store: str, names: list[str], tilts: list[int], weights: list) -> tuple[dict, dict]:
+    def _stylize(
+        self, store: str, names: list[str], tilts: list[int], weights: list
+    ) -> tuple[dict, dict, list]:
         """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
 
-        The style tilts' Gram targets are computed once and serve every
+        The tilts go through the network in NST batches of ``batch_size``; the
+        style tilts' Gram targets are computed once per batch and serve every
         tomogram (bit for bit what each would compute alone). A tomogram whose
         tilts are all done already (a retry) is skipped; one that fails is
         reported in ``failed`` while the others go on. weights: ``[ObjectRef of the
         state dict]`` (nested, so Ray passes the reference; read on the first task).
         Returns (``{"rows": [...], "skipped": [name, ...], "failed": {name: why},
         "style_tilts": n, "input_wait_seconds": s, "input_read_seconds": s, "compute_seconds": s,
-        "prefetched": bool}``, ``{name: the future of its write}``).
+        "prefetched": bool}``, ``{name: the futures of its tilts' writes}``, the input arrays read for it).
         """
         import torch
 
@@ -235,11 +257,14 @@ class NSTWorker:
         identity = kernel == "identity" or kernel.startswith("sleep:")
         transfer = None if identity else self._model(weights)
         t_compute = time.perf_counter()
-        targets = (
-            None
-            if transfer is None
-            else transfer.style_targets([to_unit(style, *map(np.float32, data["style_range"]))], data["size"])
-        )
+        # the task's tilts go through the network in NST batches (settings.batch_size), each with
+        # its style tilts' Gram targets: what an in-process run of the same batches computes
+        targets: list = []
+        if transfer is not None:
+            step = transfer.settings.batch_size
+            batches = [slice(s, s + step) for s in range(0, len(idx), step)]
+            unit_style = to_unit(style, *map(np.float32, data["style_range"]))
+            targets = [transfer.style_targets([unit_style[b]], data["size"]) for b in batches]
         bad = os.environ.get(FAIL_TILT_ENV, "")
         out: dict = {
             "rows": [],
@@ -250,11 +275,7 @@ class NSTWorker:
             "input_read_seconds": read,
             "prefetched": waited < read,
         }
-        writes = {}
-
-        def write(g, result) -> None:
-            for k, i in enumerate(idx):
-                write_tilt(g, "faket", i, result[k])
+        writes: dict[str, list] = {}
 
         for name in names:
             t0 = time.perf_counter()
@@ -274,11 +295,15 @@ class NSTWorker:
                     time.sleep(float(kernel.partition(":")[2] or 0) * len(idx))
                     result, losses = np.asarray(m["noisy"], np.float32), np.zeros(len(idx))
                 else:
-                    result, losses = stylize_tilts(
-                        transfer, m["content"], m["noisy"], style, ranges, style_targets=targets
-                    )
+                    c, n = m["content"], m["noisy"]
+                    parts = [
+                        stylize_tilts(transfer, c[b], n[b], style[b], ranges, style_targets=t)
+                        for b, t in zip(batches, targets)
+                    ]
+                    result, losses = (np.concatenate(p) for p in zip(*parts))
                 _maybe_crash()
-                writes[name] = self._writer.submit(write, g, result)
+                write = self._writer.submit
+                writes[name] = [write(write_tilt, g, "faket", i, r) for i, r in zip(idx, result)]
             except Exception as err:  # reported per tomogram; the driver retries it
                 out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
                 continue
@@ -308,28 +333,64 @@ class NSTWorker:
                 for k, i in enumerate(idx)
             ]
         out["compute_seconds"] = time.perf_counter() - t_compute  # Gram targets, NST, results to host
-        return out, writes
+        inputs = [data["style"]] + [a for m in data["members"].values() for a in (m["content"], m["noisy"])]
+        return out, writes, inputs
 
 
 def _finish(out: dict, writes: dict) -> dict:
     """A task's report once its writes are done: a tomogram whose write failed is failed."""
-    for name, fut in writes.items():
+    for name, futs in writes.items():
         try:
-            fut.result()
+            for fut in futs:
+                fut.result()
         except Exception as err:
             out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
             out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
     return out
 
 
-def _read_tilts(arr, tilts: list[int]) -> np.ndarray:
-    """Tilts of a stack ``(len(tilts), H, W)``, each decoded straight into its place."""
+def _read_tilts(arr, tilts: list[int], take) -> np.ndarray:
+    """Tilts of a stack ``(len(tilts), H, W)``, each decoded straight into its place in a buffer
+    from ``take(shape)``."""
     from faket.store import read_tilt
 
-    out = np.empty((len(tilts), *arr.shape[1:]), np.float32)
+    out = take((len(tilts), *arr.shape[1:]))
     for k, i in enumerate(tilts):
         read_tilt(arr, i, out=out[k])
     return out
+
+
+class _Buffers:
+    """Input buffers used again task after task: a fresh array of a 4096^2 tilt costs its
+    page faults each time (tens of ms, more than the read itself on a VM), a used one none."""
+
+    def __init__(self, keep: int = 24) -> None:
+        import threading
+
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._keep = keep  # buffers kept at most: an actor holds ``in_flight`` tasks' inputs at once
+
+    def take(self, shape: tuple) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(tuple(shape))
+            if free:
+                return free.pop()
+        return np.empty(shape, np.float32)
+
+    def give(self, arrays: list) -> None:
+        """Arrays no one uses any longer (host float32 arrays only; anything else is left alone)."""
+        with self._lock:
+            kept = sum(map(len, self._free.values()))
+            for a in arrays:
+                if (
+                    kept < self._keep
+                    and isinstance(a, np.ndarray)
+                    and a.flags.owndata
+                    and a.dtype == np.float32
+                ):
+                    self._free.setdefault(a.shape, []).append(a)
+                    kept += 1
 
 
 def _maybe_hold(worker: NSTWorker) -> None:

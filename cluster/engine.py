@@ -129,7 +129,7 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
         env.update(switch_environment())
     if env:
         options["runtime_env"] = {"env_vars": env}
-    worker_cls = ray.remote(concurrency_groups={"io": 1, "flush": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
+    worker_cls = ray.remote(concurrency_groups={"io": 2, "flush": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
     # The weights travel with the tasks, nested in a list (the actor fetches them once): no
     # constructor argument lives in the object store, so restarts need nothing kept for them.
     weights_ref = ray.put(state_dict)
@@ -300,7 +300,7 @@ def _nst_stage(
     """Every tilt not done yet through the actors; returns (stats, actors, seconds, total, done before)."""
     from .schedule import NSTScheduler, nst_jobs
 
-    pending, total, done_before = nst_jobs(root, spec, skip)
+    pending, total, done_before = nst_jobs(root, spec, skip, plan.count)
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
     workers, weights_ref = start_actors(spec, plan, state_dict, min(plan.count, len(pending)))
     # The NST's clock starts when the actors are up and warm (torch imported, VGG-19 loaded, on a
@@ -395,6 +395,7 @@ def _stats_summary(stats) -> dict:
         "input_wait_seconds": stats.input_wait,
         "input_read_seconds": stats.input_read,
         "compute_seconds": stats.compute,
+        "nst_tasks": stats.tasks,
         "prefetched_tasks": stats.prefetched,
         "workers": sorted({m["pid"] for m in meta}),
         "nodes": sorted({m["node"] for m in meta}),

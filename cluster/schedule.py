@@ -36,6 +36,7 @@ class NSTStats:
     input_read: float = 0.0
     compute: float = 0.0
     prefetched: int = 0
+    tasks: int = 0
     failures: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = field(default_factory=dict)
 
     def add(self, out: dict) -> None:
@@ -45,14 +46,36 @@ class NSTStats:
         self.input_read += out.get("input_read_seconds", 0.0)
         self.compute += out.get("compute_seconds", 0.0)
         self.prefetched += bool(out.get("prefetched"))
+        self.tasks += 1
 
 
-def nst_jobs(root, spec: RunSpec, skip: set[str]) -> tuple[collections.deque, int, int]:
+#: A task's tilt images (tilts x tomograms) at least, when the run is big enough: each task costs
+#: the driver and the actor a few milliseconds (three actor calls), a 1024^2 tilt about 30 ms on a GPU.
+TASK_IMAGES = 4
+#: A task's input bytes at most (CONTENT, NOISY and style): an actor holds ``in_flight`` tasks'
+#: inputs, and on a GPU the read-ahead ones are on the device already.
+TASK_BYTES = 256 << 20
+
+
+def tilts_per_task(todo: int, members: int, tilt_bytes: int, nst_batch: int, actors: int) -> int:
+    """Tilts per NST task when ``[resources] batch`` is not given: enough tilt images per task that
+    its fixed cost is spread (:data:`TASK_IMAGES`), inputs within :data:`TASK_BYTES`, at least four
+    tasks per actor (balance at the end of the run), and a whole number of NST batches.
+
+    todo: tilts to do; members: tomograms per task; tilt_bytes: one float32 tilt's bytes.
+    """
+    per = -(-TASK_IMAGES // members)
+    per = min(per, max(1, TASK_BYTES // (3 * tilt_bytes * members)), max(1, todo // (4 * actors)))
+    return max(nst_batch, per // nst_batch * nst_batch)
+
+
+def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[collections.deque, int, int]:
     """The NST tasks of the tilts not done yet; returns (jobs, tilts in all, tilts done before).
 
     Tomograms styled by the same style stack (same file, same image sizes) go
     together, up to ``share_style`` per task, so that its Gram targets are
-    computed once. Tomograms in ``skip`` (not prepared) get no tasks.
+    computed once. Tomograms in ``skip`` (not prepared) get no tasks. Each task
+    has ``[resources] batch`` tilts, or :func:`tilts_per_task` for ``actors``.
     """
     from faket.store import done_mask
 
@@ -73,8 +96,10 @@ def nst_jobs(root, spec: RunSpec, skip: set[str]) -> tuple[collections.deque, in
             names = members[m0 : m0 + res.share_style]
             masks = {n: done_mask(root[n], "faket") for n in names}
             todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
-            for k in range(0, len(todo), res.batch):
-                tilts = tuple(todo[k : k + res.batch])
+            h, w = root[names[0]]["content"].shape[1:]
+            per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, spec.nst.batch_size, actors)
+            for k in range(0, len(todo), per):
+                tilts = tuple(todo[k : k + per])
                 need = tuple(n for n in names if not masks[n][list(tilts)].all())
                 pending.append((need, tilts))
     return pending, total, done_before
@@ -110,6 +135,9 @@ class NSTScheduler:
         self.progress = progress
         self.stats = NSTStats()
         self.queued: dict = {}  # flush ref -> (actor index, job, stylize ref)
+        # stylize refs of tasks not computed yet: only these count against ``in_flight``, so
+        # a task whose results are being written leaves room for another to be read ahead
+        self.computing: dict = {}  # stylize ref -> actor index
         self.tickets = itertools.count()
         self.load = [0] * len(workers)
         self.delayed: list[tuple[float, Job]] = []
@@ -127,11 +155,12 @@ class NSTScheduler:
                 worker.prefetch.remote(self.store, list(names), list(tilts))  # read while it waits
                 # the report comes once the results are stored; the next task computes meanwhile
                 self.queued[worker.flush.remote(ticket)] = (w, (names, tilts), task)
+                self.computing[task] = w
                 self.load[w] += 1
 
     def _collect(self, ref) -> None:
         w, (names, tilts), task = self.queued.pop(ref)
-        self.load[w] -= 1
+        self._computed(task)
         out = _result(ref, names)
         _result(task, names)  # retrieved, so that Ray reports no unhandled error of a lost task
         self.stats.add(out)
@@ -155,7 +184,17 @@ class NSTScheduler:
             if not self.queued:
                 time.sleep(max(0.0, min(at for at, _ in self.delayed) - time.monotonic()))
                 continue
-            ready, _ = ray.wait(list(self.queued), num_returns=1, timeout=0.5 if self.delayed else None)
+            refs = [*self.computing, *self.queued]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5 if self.delayed else None)
             for ref in ready:
-                self._collect(ref)
+                if ref in self.computing:
+                    self._computed(ref)
+                else:
+                    self._collect(ref)
         return self.stats
+
+    def _computed(self, task) -> None:
+        """A task's stylize call returned (or failed): its actor may take another."""
+        w = self.computing.pop(task, None)
+        if w is not None:
+            self.load[w] -= 1

@@ -10,7 +10,7 @@ Example (paths are relative to the spec file)::
     actors = 2                    # NST actors (default: one per GPU, else 2 CPU actors)
     gpus_per_actor = 0
     cpus_per_actor = 1
-    batch = 1                     # tilts per task
+    batch = 4                     # tilts per task (default: chosen per run); also the NST batch
     share_style = 8               # tomograms with the same style per task (its Grams computed once)
     in_flight = 3                 # tasks queued per actor: one computing, two read ahead
     device = "auto"               # auto | cpu | cuda: where actors compute

@@ -19,7 +19,7 @@ class Resources(Settings):
     actors: Optional[Annotated[Int, Field(ge=1)]] = None
     gpus_per_actor: Annotated[Float, Field(ge=0)] = 0.0
     cpus_per_actor: Annotated[Float, Field(gt=0)] = 1.0
-    batch: Annotated[Int, Field(ge=1)] = 1
+    batch: Optional[Annotated[Int, Field(ge=1)]] = None  # tilts per task; None: chosen per run
     in_flight: Annotated[Int, Field(ge=1)] = 3  # one computing, two read ahead (prefetched)
     max_task_retries: Annotated[Int, Field(ge=0)] = 3
     retry_backoff: Annotated[Float, Field(ge=0)] = 0.5

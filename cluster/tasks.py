@@ -69,8 +69,9 @@ def prepare_tomogram(
     from faket.noise import NoiseModel
     from faket.nst import stack_range
     from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
-    from faket.store import StoreSink, done_mask, open_store, read_tilt, write_volume
+    from faket.store import StoreSink, done_mask, keep_freed_chunk_memory, open_store, read_tilt, write_volume
 
+    keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
     g = open_store(store)[tomo.name]
     sink = StoreSink(g)
     angles = read_tlt(tomo.angles)

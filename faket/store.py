@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._shards import keep_freed_chunk_memory as keep_freed_chunk_memory  # for long-lived store writers
 from ._shards import read_tilt as read_tilt  # part of this module's API: one tilt, decoded on threads
 from ._shards import write_tilt_data
 from .errors import FaketInputError

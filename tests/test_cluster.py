@@ -583,7 +583,8 @@ def test_resume_with_changed_settings_refuses_naming_the_key(inputs, tmp_path):
 def test_cli_demo_and_engine_give_equal_results(tmp_path, weights_file, local_ray, monkeypatch):
     """One orchestration: `faket demo` (one process), the engine on the same specimen, and
     `faket stylize` on the engine's stacks agree bit for bit under the reproducible switch
-    (AVX2 kernels and 2 threads everywhere, the engine's actor included)."""
+    (AVX2 kernels and 2 threads everywhere, the engine's actor included), also when a task
+    carries several tilts through the network one NST batch at a time."""
     from conftest import run_faket
     from faket.io import read_mrc
     from faket.reproducible import ENV_VAR
@@ -593,9 +594,11 @@ def test_cli_demo_and_engine_give_equal_results(tmp_path, weights_file, local_ra
     assert demo.returncode == 0, demo.stderr
     spec = write_inputs(tmp_path / "engine", tomograms=1, size=32, angles=(-30.0, 30.0, 15.0))
     text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"')
-    spec.write_text(text.replace("batch = 1", 'batch = 1\nactors = 1\ndevice = "cpu"'))
+    # tasks of 3 tilts, each through the network one tilt at a time (as the CLI's batch 1)
+    spec.write_text(text.replace("batch = 1", 'batch = 3\nactors = 1\ndevice = "cpu"') + "\n[nst]\nbatch_size = 1\n")
     monkeypatch.setenv(ENV_VAR, "1")
-    assert run(load_spec(spec), say=lambda m: None)["done_now"] == 5
+    summary = run(load_spec(spec), say=lambda m: None)
+    assert summary["done_now"] == 5 and summary["nst_tasks"] == 2
     g = open_store(tmp_path / "engine" / "run.zarr", mode="r")["tomo_000"]
     for name in ("noiseless", "noisy", "content", "faket"):
         assert np.array_equal(np.asarray(g[name][:]), read_mrc(tmp_path / "demo" / "tomo" / f"{name}.mrc")), name

@@ -1,0 +1,25 @@
+"""How the driver cuts the NST stage into tasks (faket_cluster.schedule.tilts_per_task)."""
+
+from __future__ import annotations
+
+import pytest
+from faket_cluster.schedule import TASK_BYTES, TASK_IMAGES, tilts_per_task
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("todo", "members", "tilt_bytes", "nst_batch", "actors", "want"),
+    [
+        (61, 1, 4 * MB, 1, 1, TASK_IMAGES),  # one tomogram of 1024^2: several tilts per task
+        (61, 2, 4 * MB, 1, 1, 2),  # two tomograms share a task: half the tilts give as many images
+        (61, 8, 4 * MB, 1, 1, 1),  # eight tomograms per task: one tilt is enough
+        (61, 1, 64 * MB, 1, 1, 1),  # 4096^2: a task's three input stacks would pass TASK_BYTES
+        (61, 1, 36 * MB, 1, 1, TASK_BYTES // (3 * 36 * MB)),  # 3072^2: as many as the bytes allow (2)
+        (8, 1, 4 * MB, 1, 2, 1),  # few tilts for two actors: every actor still gets 4 tasks
+        (61, 1, 4 * MB, 3, 1, 3),  # a whole number of NST batches
+        (61, 1, 4 * MB, 8, 1, 8),  # at least one NST batch
+    ],
+)
+def test_tilts_per_task(todo, members, tilt_bytes, nst_batch, actors, want):
+    assert tilts_per_task(todo, members, tilt_bytes, nst_batch, actors) == want
