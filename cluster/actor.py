@@ -32,10 +32,10 @@ WRITES_QUEUED = 2
 class NSTWorker:
     """Holds VGG-19 on its device; stylises tilts read from the store, writes them back.
 
-    I/O overlaps compute: :meth:`prefetch` runs in the actor's own "io"
-    thread (a Ray concurrency group), so the driver asks it to read the next
-    queued task's inputs while the current one computes; results are written
-    by a writer thread while the next tomogram or task computes, and
+    I/O overlaps compute: :meth:`prefetch` runs in the actor's "io" threads
+    (a Ray concurrency group of two), so the driver asks it to read the
+    queued tasks' inputs while the current one computes; results are written
+    tilt by tilt by two writer threads while the next task computes, and
     :meth:`flush` reports a task once its writes are done.
     """
 
@@ -246,7 +246,7 @@ class NSTWorker:
         import torch
 
         from faket.nst import stylize_tilts, to_unit
-        from faket.store import done_mask, write_tilt
+        from faket.store import done_mask, write_tilts
 
         _maybe_hold(self)
         idx = list(tilts)
@@ -302,8 +302,7 @@ class NSTWorker:
                     ]
                     result, losses = (np.concatenate(p) for p in zip(*parts))
                 _maybe_crash()
-                write = self._writer.submit
-                writes[name] = [write(write_tilt, g, "faket", i, r) for i, r in zip(idx, result)]
+                writes[name] = [write_tilts(g, "faket", idx, result, self._writer.submit)]
             except Exception as err:  # reported per tomogram; the driver retries it
                 out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
                 continue

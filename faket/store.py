@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -227,6 +227,33 @@ def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     flags = _flag_array(group, stage)
     write_tilt_data(group[stage], index, np.asarray(image, dtype=np.float32))
     flags[index] = 1
+
+
+def write_tilts(group, stage: str, indices: Sequence[int], images: np.ndarray, submit=None) -> Any:
+    """Write tilts ``indices`` of a stage from ``images`` ``(len(indices), H, W)``, then mark
+    them done in one step (one flag update instead of one per tilt; idempotent).
+
+    submit: an executor's ``submit`` to write the tilts side by side (each tilt is its own
+    shard); the flags are set once all are written. Returns the future of the whole (with
+    ``submit``) or None.
+    """
+    flags = _flag_array(group, stage)
+    arr = group[stage]
+    rows = [np.asarray(img, dtype=np.float32) for img in images]
+    if submit is None:
+        for i, img in zip(indices, rows):
+            write_tilt_data(arr, int(i), img)
+        flags.oindex[[int(i) for i in indices]] = 1
+        return None
+    # the tilts are queued before the step that waits for them: it never waits on a queued one
+    parts = [submit(write_tilt_data, arr, int(i), img) for i, img in zip(indices, rows)]
+
+    def mark() -> None:
+        for p in parts:
+            p.result()
+        flags.oindex[[int(i) for i in indices]] = 1
+
+    return submit(mark)
 
 
 class CachedGroup:

@@ -14,7 +14,7 @@ from faket.errors import FaketInputError
 from faket.io import read_mrc, read_tlt
 from faket.export import export_store
 from faket.store import (FORMAT_VERSION, changed_settings, create_stack, create_volume, done_mask,
-                         open_store, reset_done, tilt_chunks, write_tilt, write_volume)
+                         open_store, reset_done, tilt_chunks, write_tilt, write_tilts, write_volume)
 
 
 def test_chunks_fit_detector_images():
@@ -44,6 +44,31 @@ def test_writes_are_idempotent_and_flagged(tmp_path):
     write_tilt(g, "faket", 1, data[1])                      # a retried task writes again
     assert np.array_equal(np.asarray(g["faket"][1]), data[1])
     assert g["faket"].shards == (1, 40, 24)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_write_tilts_writes_then_flags_them_together(tmp_path, threads):
+    """write_tilts: the tilts land (zarr reads them back), only their flags are set, and with an
+    executor the flags wait for every tilt, also in a pool of one thread (no deadlock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = open_store(tmp_path / "run.zarr", mode="w")
+    g = root.require_group("t")
+    data = np.random.default_rng(1).normal(size=(5, 1100, 40)).astype(np.float32)  # 2 chunk rows
+    create_stack(g, "faket", data.shape)
+    if threads:
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [write_tilts(g, "faket", idx, data[idx], pool.submit) for idx in ([0, 1], [3])]
+            for f in futures:
+                assert f.result() is None
+    else:
+        assert write_tilts(g, "faket", [0, 1, 3], data[[0, 1, 3]]) is None
+    assert done_mask(g, "faket").tolist() == [True, True, False, True, False]
+    got = np.asarray(open_store(tmp_path / "run.zarr", mode="r")["t"]["faket"][:])
+    assert np.array_equal(got[[0, 1, 3]], data[[0, 1, 3]]) and not got[[2, 4]].any()
+    with ThreadPoolExecutor(1) as pool:  # the flag step queued behind its tilts
+        write_tilts(g, "faket", [2, 4], data[[2, 4]], pool.submit).result(timeout=60)
+    assert done_mask(g, "faket").all()
 
 
 def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
