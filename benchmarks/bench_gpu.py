@@ -12,8 +12,8 @@ On one CUDA device, published settings, random VGG-19 weights:
 - the fraction of GPU time in network kernels (convolution, ReLU, pooling,
   forward and backward) from torch.profiler, 2 tilts of 2048^2 and 4096^2 in the
   default mode, with and without the host<->device copies (they run beside the compute);
-- the published arithmetic (float32 Gram matmuls) against the default, cuDNN autotuning and
-  cuDNN's fused convolution + bias + ReLU (``fuse_conv_relu``, an opt-in experiment);
+- the published arithmetic (float32 Gram matmuls) against the unfused layers, cuDNN
+  autotuning and the default (cuDNN's fused convolution + bias + ReLU, ``fuse_conv_relu``);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
   NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
@@ -137,14 +137,15 @@ def network_fraction(device: str, size: int = 2048) -> dict:
 
 
 def experiments(device: str, size: int) -> list[dict]:
-    """At ``size``^2: the published arithmetic (TF32 convolutions, float32 Gram matmuls), the
-    default (TF32 Gram matmuls too) and the default with cuDNN autotuning (``cudnn.benchmark``);
-    time per tilt and the largest difference from the published arithmetic."""
+    """At ``size``^2: the published arithmetic (TF32 convolutions, float32 Gram matmuls), TF32
+    Gram matmuls too with the layers unfused, that with cuDNN autotuning (``cudnn.benchmark``),
+    and the default (TF32 Gram matmuls, cuDNN's fused conv + bias + ReLU); time per tilt and the
+    largest difference from the published arithmetic."""
     c, s, i = _stack(size, size, 2, size + 3)
     sd, rows, base = random_state_dict(0), [], None
-    for name in ("published", "default", "cudnn_benchmark", "fused_conv_relu"):
-        # sets the default mode's flags; fused_conv_relu: cuDNN's conv + bias + ReLU (faket._fused)
-        t = StyleTransfer(sd, NSTSettings(), device=device, fuse_conv_relu=name == "fused_conv_relu")
+    for name in ("published", "unfused", "cudnn_benchmark", "default"):
+        # sets the default mode's flags; the default fuses conv + bias + ReLU (faket._fused), the others not
+        t = StyleTransfer(sd, NSTSettings(), device=device, fuse_conv_relu=name == "default")
         torch.backends.cuda.matmul.allow_tf32 = name != "published"
         torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
         out: dict = {}

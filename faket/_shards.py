@@ -61,7 +61,7 @@ def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
             and index_kinds == [BytesCodec, Crc32cCodec]
             and _little(sharding.codecs[0])
             and _little(sharding.index_codecs[0])
-            and sharding.index_location.value == "end"
+            and _name(sharding.index_location) == "end"
             and str(arr.dtype) == "float32"
             and m.chunk_key_encoding.encode_chunk_key((0, 0, 0)) == "c/0/0/0"
             and sharding.chunk_shape[0] == 1
@@ -74,8 +74,12 @@ def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
 
 def _little(codec: Any) -> bool:
     """Whether a bytes codec stores little-endian values (what this module decodes and encodes)."""
-    endian = getattr(codec, "endian", None)
-    return getattr(endian, "value", None) == "little"
+    return _name(getattr(codec, "endian", None)) == "little"
+
+
+def _name(setting: Any) -> Any:
+    """A codec setting's name: zarr up to 3.1 keeps enums (``Endian.little``), later ones strings."""
+    return getattr(setting, "value", setting)
 
 
 def _crc_ok(blob: bytes) -> bool:
@@ -227,7 +231,8 @@ def _lz4_shuffle(arr) -> bool:
     """Whether the chunks' Blosc settings are the tilt stacks' (LZ4 level 1, byte shuffle), which
     the writer encodes with."""
     blosc = arr.metadata.codecs[0].codecs[1]
-    return (blosc.cname.value, blosc.clevel, blosc.shuffle.value, blosc.blocksize) == ("lz4", 1, "shuffle", 0)
+    settings = (_name(blosc.cname), blosc.clevel, _name(blosc.shuffle), blosc.blocksize)
+    return settings == ("lz4", 1, "shuffle", 0)
 
 
 def _with_crc(data: bytes) -> bytes:

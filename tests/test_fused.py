@@ -55,6 +55,18 @@ def test_the_fused_step_is_off_under_bf16_autocast(test_weights):
     assert not StyleTransfer(test_weights).net.fuse_conv_relu  # off by default
 
 
+def test_fused_by_default_only_on_cuda_in_float32_and_tf32(monkeypatch):
+    from faket.nst import fuse_default
+    from faket.reproducible import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert fuse_default("cuda", "tf32") and fuse_default("cuda:1", "float32")
+    assert not fuse_default("cpu", "tf32") and not fuse_default("cpu", "float32")
+    assert not fuse_default("cuda", "bf16")
+    monkeypatch.setenv(ENV_VAR, "1")  # strict float32 keeps PyTorch's own layers
+    assert not fuse_default("cuda", "float32")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_cudnn_fused_step_matches_the_unfused_layers_in_float32(monkeypatch):
     """cuDNN's fused forward against conv2d + ReLU, TF32 off: float32 round-off apart."""
