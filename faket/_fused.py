@@ -22,7 +22,7 @@ import torch.nn.functional as F
 class _ConvReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> Any:
-        if x.is_cuda:
+        if x.is_cuda and x.dtype == torch.float32:  # cuDNN has no fused engine for float64
             out = torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (padding, padding), (1, 1), 1)
         else:
             out = F.conv2d(x, weight, bias, padding=padding).relu_()
