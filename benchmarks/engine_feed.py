@@ -1,6 +1,6 @@
 """The engine's data path alone: tilts per second with the NST replaced by the identity.
 
-usage: python benchmarks/engine_feed.py --size N --tilts T [--actors 1] [--json OUT]
+usage: python benchmarks/engine_feed.py --size N --tilts T [--kernel-seconds S] [--json OUT]
        python benchmarks/engine_feed.py --size 256 --tilts 12 --real-nst [--device cuda] [--json OUT]
 
 A ready noiseless tilt-series of T random N x N tilts goes through a local Ray
@@ -9,6 +9,11 @@ kernel (``FAKET_ENGINE_KERNEL=identity``: the actor reads CONTENT, NOISY and
 the style tilts from the run store and writes NOISY back as the result), so
 the figure is what reading, scheduling and writing allow. ``tilts_per_second``
 is the NST stage's (done tilts over its seconds, from the run summary).
+
+With ``--kernel-seconds S`` the identity comes after S seconds per tilt that hold
+no CPU (``sleep:S``), a GPU's NST time: ``kernel_busy`` is the share of the NST
+stage such a device computes (the H100's S: 0.030 at 1024^2, 0.374 at 4096^2),
+a CPU proxy of the engine over the in-process loop.
 
 With ``--real-nst`` the NST is real and the same stacks are also stylised by a
 plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU,
@@ -77,13 +82,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--tilts", type=int, default=16)
     ap.add_argument("--batch", type=int, default=None, help="tilts per task (resources.batch; default: the engine's choice)")
+    ap.add_argument("--kernel-seconds", type=float, default=0.0,
+                    help="the identity after this many seconds per tilt, holding no CPU: a GPU's NST time")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not args.real_nst:
-        os.environ["FAKET_ENGINE_KERNEL"] = "identity"  # the local Ray's workers inherit it
+        os.environ["FAKET_ENGINE_KERNEL"] = f"sleep:{args.kernel_seconds}" if args.kernel_seconds else "identity"  # the local Ray's workers inherit it
     import ray
     import torch
     from bench_core import emit, machine_info
@@ -107,9 +114,15 @@ def main() -> None:
             "tilts_per_second": summary["tilts_per_second"],
             "nst_stage_seconds": summary["nst_seconds"],
             "run_seconds": summary["seconds"],
+            "stage_seconds": summary["stage_seconds"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
         }
+        if args.kernel_seconds and not args.real_nst:
+            # the share of the run's NST stage a device of this speed would compute: what the
+            # engine keeps busy (1.0 = every read and write hidden behind the kernel)
+            result["kernel_seconds"] = args.kernel_seconds
+            result["kernel_busy"] = args.tilts * args.kernel_seconds / summary["nst_seconds"]
         if args.real_nst:
             g = open_store(Path(tmp) / "run.zarr", mode="r")["feed"]
             c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))

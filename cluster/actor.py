@@ -67,6 +67,7 @@ class NSTWorker:
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # what Ray assigned this actor
         self._lock = threading.Lock()
         self._prefetched: dict = {}  # task key -> {"done": Event, "data": inputs or None}
+        self._first_read = threading.Event()  # set once the first task has its inputs
         self._taken: set = set()  # keys the compute thread read itself
         self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
         self._stores: dict = {}  # store path -> CachedGroup
@@ -88,7 +89,10 @@ class NSTWorker:
             return self._stores[store]
 
     def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
-        """A task's inputs from the store: style tilts once, content and start per tomogram."""
+        """A task's inputs from the store: style tilts once, content and start per tomogram, and
+        whether each tomogram's tilts are all done already (a retry: it is skipped)."""
+        from faket.store import done_mask
+
         root = self._root(store)
         first = root[names[0]]
         # the stacks are read side by side (reading and decoding run without Python's lock)
@@ -102,6 +106,7 @@ class NSTWorker:
             "style_range": first.attrs["ranges"]["style"],
             "size": first["content"].shape[-2:],
             "members": {},
+            "done": {name: bool(done_mask(root[name], "faket", tilts).all()) for name in names},
         }
         for name in names:
             data["members"][name] = {
@@ -116,6 +121,7 @@ class NSTWorker:
         happen here, before the first task (the driver times the NST stage from here)."""
         from faket import nst, store  # noqa: F401  (imported here, not in the first task)
 
+        store.warm_up()
         if os.environ.get(KERNEL_ENV):
             return self.pid
         transfer = self._model(weights)
@@ -130,6 +136,8 @@ class NSTWorker:
         import threading
 
         key = (store, tuple(names), tuple(tilts))
+        # the first task's inputs first: read-ahead that starts with them would slow them down
+        self._first_read.wait(timeout=30)
         with self._lock:
             if key in self._taken:
                 self._taken.discard(key)
@@ -165,10 +173,13 @@ class NSTWorker:
         if entry is not None:
             entry["done"].wait()
             data, read = entry["data"], entry["seconds"]
-        if data is None:
-            t1 = time.perf_counter()
-            data = self._upload(self._read(store, names, tilts))
-            read = time.perf_counter() - t1
+        try:
+            if data is None:
+                t1 = time.perf_counter()
+                data = self._upload(self._read(store, names, tilts))
+                read = time.perf_counter() - t1
+        finally:
+            self._first_read.set()
         return data.ready(), time.perf_counter() - t0, read
 
     def _upload(self, data: dict):
@@ -246,7 +257,7 @@ class NSTWorker:
         import torch
 
         from faket.nst import stylize_tilts, to_unit
-        from faket.store import done_mask, write_tilts
+        from faket.store import write_tilts
 
         _maybe_hold(self)
         idx = list(tilts)
@@ -280,7 +291,7 @@ class NSTWorker:
         for name in names:
             t0 = time.perf_counter()
             g = root[name]
-            if done_mask(g, "faket", idx).all():
+            if data["done"][name]:  # read with the inputs
                 out["skipped"].append(name)
                 continue
             try:

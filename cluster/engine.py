@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, TypeVar
 
@@ -28,7 +26,8 @@ from faket.errors import FaketInputError
 from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
-from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV, NSTWorker
+from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
+from .fleet import ActorPlan, Fleet, launch, plan_actors
 from .ray_setup import LOOPBACK_ENV, init_ray
 from .retry import Attempts, RetryPolicy, describe, is_fault
 from .spec import RunSpec
@@ -68,77 +67,6 @@ def policy_of(spec: RunSpec) -> RetryPolicy:
     )
 
 
-# --------------------------------------------------------------------------- actors
-@dataclass(frozen=True)
-class ActorPlan:
-    count: int
-    use_gpu: bool  # actors reserve GPUs from Ray
-    gpus: float  # GPUs per actor
-    on_gpu: bool  # actors compute on CUDA (device != "cpu")
-
-
-def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
-    """How many actors with which resources; impossible requests end here, before any work."""
-    res = spec.resources
-    n_gpus = int(ray.cluster_resources().get("GPU", 0))
-    # device = "cuda" makes GPU actors even with an actor count given (one GPU each by default)
-    use_gpu = res.gpus_per_actor > 0 or res.device == "cuda" or (res.actors is None and n_gpus > 0)
-    gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
-    if actors is not None and actors < 1:
-        raise FaketInputError(f"--actors must be >= 1, got {actors}")
-    count = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
-    if res.device == "cuda" and n_gpus == 0:
-        raise FaketInputError(
-            f'spec {spec.path}: resources.device = "cuda" but the cluster has no '
-            'GPUs: use device = "cpu" or "auto"'
-        )
-    if use_gpu and n_gpus < gpus:
-        raise FaketInputError(
-            f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
-            f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors"
-        )
-    if use_gpu and count * gpus > n_gpus:  # Ray would wait for GPUs that never come
-        raise FaketInputError(
-            f"spec {spec.path}: {count} GPU actors x {gpus:g} GPU need {count * gpus:g} GPUs but the "
-            f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors, --actors)"
-        )
-    total_cpus = ray.cluster_resources().get("CPU", 0)
-    if res.cpus_per_actor > total_cpus:
-        raise FaketInputError(
-            f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the cluster has {total_cpus:g} CPUs"
-        )
-    return ActorPlan(count, use_gpu, gpus, use_gpu and res.device != "cpu")
-
-
-def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tuple[list, Any]:
-    """``n`` NST actors; Ray restarts a dead one, the driver's policy retries its tasks.
-
-    Returns (actors, ``[the weights' object reference]``): the caller passes it with
-    every task and holds it for the whole run, so that a restarted actor finds it.
-    """
-    from faket.reproducible import requested, switch_environment
-
-    res = spec.resources
-    options: dict[str, Any] = dict(
-        num_gpus=plan.gpus, num_cpus=res.cpus_per_actor, max_restarts=-1, max_task_retries=0
-    )
-    if res.spread:
-        options["scheduling_strategy"] = "SPREAD"
-    env = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
-    if requested():  # the reproducible switch travels to every actor
-        env.update(switch_environment())
-    if env:
-        options["runtime_env"] = {"env_vars": env}
-    worker_cls = ray.remote(concurrency_groups={"io": 2, "flush": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
-    # The weights travel with the tasks, nested in a list (the actor fetches them once): no
-    # constructor argument lives in the object store, so restarts need nothing kept for them.
-    weights_ref = ray.put(state_dict)
-    actors = [
-        worker_cls.remote(spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2) for _ in range(n)
-    ]
-    return actors, [weights_ref]
-
-
 # --------------------------------------------------------------------------- plain tasks
 def run_tasks(
     submit: Callable[[K], Any], items: list[K], policy: RetryPolicy
@@ -174,13 +102,17 @@ def run_tasks(
 
 
 # --------------------------------------------------------------------------- the run
-def _noise_model(spec: RunSpec, estimate, policy: RetryPolicy) -> dict:
+def _noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> dict:
+    """The run's noise model as JSON: loaded from the spec's file, or estimated from its pairs
+    (reserved: CPUs this run's actors hold meanwhile)."""
     from faket.noise import NoiseModel
+
+    _, estimate, _, _ = remote_functions()
 
     if spec.noise_model is not None:
         return NoiseModel.load(spec.noise_model).to_json()
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
-    cpus = _free_cpus(1)
+    cpus = _free_cpus(1, reserved)
     task = estimate.options(num_cpus=cpus)
     results, failures = run_tasks(lambda _: task.remote(pairs, spec.noise_order, cpus), ["noise"], policy)
     if failures:
@@ -271,22 +203,34 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     return weights, plan, root
 
 
-def _free_cpus(tasks: int) -> int:
+def _free_cpus(tasks: int, reserved: float = 0.0, settle_s: float = 1.0) -> int:
     """CPUs for each of ``tasks`` CPU tasks (threads over tilts): the free ones shared, 1 to 16
-    each, and never more than one node has (a task runs on one node: more would wait for ever)."""
+    each, and never more than one node has (a task runs on one node: more would wait for ever).
+
+    Ray gives back a finished task's CPUs a moment after its result (about 0.1 s here), so
+    the count is read again for up to ``settle_s`` while it is below the cluster's CPUs less
+    ``reserved`` (those this run's own actors hold).
+    """
     per_node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-    free = int(ray.available_resources().get("CPU", 1)) // max(1, tasks)
+    expect = ray.cluster_resources().get("CPU", 1) - reserved
+    deadline = time.monotonic() + settle_s
+    while (avail := ray.available_resources().get("CPU", 0)) < expect and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # never more than the actors leave: a task waiting for their CPUs would wait for ever
+    free = int(max(1, min(avail, expect))) // max(1, tasks)
     return max(1, min(16, int(per_node), free))
 
 
-def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
-    """The noise model, then each tomogram's prepare task; returns the tomograms that failed."""
-    prepare, estimate, _, _ = remote_functions()
-    model_json = _noise_model(spec, estimate, policy)
+def _prepare_stage(
+    spec: RunSpec, policy: RetryPolicy, model_json: dict, say, reserved: float = 0.0
+) -> dict[str, str]:
+    """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile); returns
+    the tomograms that failed."""
+    prepare, _, _, _ = remote_functions()
     store = str(spec.store)
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     by_name = {t.name: t for t in spec.tomograms}
-    cpus = _free_cpus(len(by_name))
+    cpus = _free_cpus(len(by_name), reserved)
     task = prepare.options(num_cpus=cpus)
     _, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus), list(by_name), policy
@@ -295,35 +239,51 @@ def _prepare_stage(spec: RunSpec, policy: RetryPolicy, say) -> dict[str, str]:
 
 
 def _nst_stage(
-    spec: RunSpec, root, plan: ActorPlan, state_dict: dict, policy: RetryPolicy, progress, skip, say
+    spec: RunSpec,
+    root,
+    plan: ActorPlan,
+    state_dict: dict,
+    policy: RetryPolicy,
+    progress,
+    skip,
+    say,
+    fleet: Fleet | None = None,
 ):
-    """Every tilt not done yet through the actors; returns (stats, actors, seconds, total, done before)."""
+    """Every tilt not done yet through the actors (``fleet``: started already, or started here);
+    returns (stats, actors, seconds, total, done before)."""
     from .schedule import NSTScheduler, nst_jobs
 
     pending, total, done_before = nst_jobs(root, spec, skip, plan.count)
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
-    workers, weights_ref = start_actors(spec, plan, state_dict, min(plan.count, len(pending)))
-    # The NST's clock starts when the actors are up and warm (torch imported, VGG-19 loaded, on a
-    # GPU one small NST run); a failed start is not waited on here: its tasks meet the retry
-    # policy like any fault.
-    warm = [w.warm_up.remote(weights_ref) for w in workers]
-    for ref in ray.wait(warm, num_returns=len(workers), timeout=300)[0]:
-        try:  # retrieved, so that Ray reports nothing unhandled; a broken actor fails its tasks
-            ray.get(ref)
-        except Exception:
-            pass
+    if fleet is None:
+        fleet = launch(spec, plan, state_dict, min(plan.count, len(pending)))
+    # the NST's clock starts when the actors are up and warm
+    fleet.ready()
     t_nst = time.perf_counter()
     bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
     with bar as advance:
         scheduler = NSTScheduler(
-            workers, str(spec.store), spec.resources.in_flight, policy, advance, weights_ref
+            fleet.workers, str(spec.store), spec.resources.in_flight, policy, advance, fleet.weights
         )
         stats = scheduler.run(pending)
     seconds = time.perf_counter() - t_nst
-    for w in workers:
-        ray.kill(w)
-    del weights_ref  # held until here: restarted actors fetch it
-    return stats, len(workers), seconds, total, done_before
+    n = len(fleet.workers)
+    fleet.stop()
+    return stats, n, seconds, total, done_before
+
+
+def _early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Fleet | None:
+    """GPU actors started now, before the prepare stage (see :mod:`faket_cluster.fleet`), one per
+    tilt to do at most; None for CPU actors or when every tilt is done."""
+    from faket.store import done_mask
+
+    if not plan.use_gpu:
+        return None
+    todo = sum(int((~done_mask(root[t.name], "faket")).sum()) for t in spec.tomograms)
+    n = min(plan.count, todo)
+    if not n or ray.cluster_resources().get("CPU", 0) - n * spec.resources.cpus_per_actor < 1:
+        return None  # nothing to do, or the actors would leave the prepare stage no CPU
+    return launch(spec, plan, state_dict, n)
 
 
 def run(
@@ -346,16 +306,28 @@ def run(
     """
     from faket.store import done_mask
 
-    t_start = time.perf_counter()
+    clock = _StageClock()
     weights, plan, root = _start(spec, address, actors, restart, say)
+    clock.lap("start")
     policy = policy_of(spec)
-    prep_failed = _prepare_stage(spec, policy, say)
-    for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
-        if t.name not in prep_failed:
-            describe_tomogram(root[t.name], class_names(root[t.name].attrs.get("particles_csv")))
-    stats, n_actors, nst_seconds, total, done_before = _nst_stage(
-        spec, root, plan, weights.state_dict, policy, progress, set(prep_failed), say
-    )
+    fleet = _early_fleet(spec, root, plan, weights.state_dict)
+    try:
+        reserved = fleet.cpus if fleet is not None else 0.0
+        model_json = _noise_model(spec, policy, reserved)
+        clock.lap("noise_model")
+        prep_failed = _prepare_stage(spec, policy, model_json, say, reserved)
+        clock.lap("prepare")
+        for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
+            if t.name not in prep_failed:
+                describe_tomogram(root[t.name], class_names(root[t.name].attrs.get("particles_csv")))
+        stats, n_actors, nst_seconds, total, done_before = _nst_stage(
+            spec, root, plan, weights.state_dict, policy, progress, set(prep_failed), say, fleet
+        )
+    finally:
+        if fleet is not None:  # stopped already unless the run ends early (a failed noise model)
+            fleet.stop()
+    clock.lap("actors_up", clock.since() - nst_seconds)
+    clock.lap("stylize")
     failed: dict[str, dict[str, str]] = {n: {Stage.PREPARE.value: why} for n, why in prep_failed.items()}
     for (name, tilts), (why, n) in stats.failures.items():
         failed.setdefault(name, {}).update({f"stylize:{i}": f"{why} ({n} attempts)" for i in tilts})
@@ -363,6 +335,7 @@ def run(
         t.name for t in spec.tomograms if t.name not in failed and done_mask(root[t.name], "faket").all()
     ]
     recs, exported, late = _finish(root, spec, complete, policy, say)
+    clock.lap("finish")
     for name, why in late.items():
         failed.setdefault(name, {}).update(why)
     done_now = sum(int(done_mask(root[t.name], "faket").sum()) for t in spec.tomograms) - done_before
@@ -376,7 +349,8 @@ def run(
         "nst_seconds": nst_seconds,
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
         **_stats_summary(stats),
-        "seconds": time.perf_counter() - t_start,
+        "seconds": clock.total(),
+        "stage_seconds": clock.laps,
         "reconstructions": recs,
         "exported": exported,
         "failed": _record_failures(root, spec, failed),
@@ -385,6 +359,26 @@ def run(
     if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]
     return summary
+
+
+class _StageClock:
+    """Wall seconds per stage of a run, in the order they ran (the summary's ``stage_seconds``)."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def since(self) -> float:
+        return time.perf_counter() - self.mark
+
+    def lap(self, name: str, seconds: float | None = None) -> None:
+        """Close stage ``name``: the time since the last lap, or ``seconds`` of it (the rest stays open)."""
+        took = self.since() if seconds is None else seconds
+        self.laps[name] = round(took, 3)
+        self.mark += took
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _stats_summary(stats) -> dict:

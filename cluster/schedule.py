@@ -69,6 +69,24 @@ def tilts_per_task(todo: int, members: int, tilt_bytes: int, nst_batch: int, act
     return max(nst_batch, per // nst_batch * nst_batch)
 
 
+def ramp(per: int, step: int, actors: int, in_flight: int) -> list[int]:
+    """The sizes of a run's first tasks, in the order the driver hands them out (``in_flight`` to
+    each actor in turn): each actor's first task is one NST batch, its next ones double up to
+    ``per`` tilts.
+
+    An actor's first task cannot be read ahead; a small one makes that wait short, and the
+    next, larger tasks are read while it computes. Empty when tasks are one batch anyway.
+    """
+    sizes, size = [], step
+    while size < per:
+        sizes.append(size)
+        size *= 2
+    if not sizes:
+        return []
+    block = (sizes + [per] * in_flight)[: max(in_flight, 1)]
+    return block * actors
+
+
 def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[collections.deque, int, int]:
     """The NST tasks of the tilts not done yet; returns (jobs, tilts in all, tilts done before).
 
@@ -97,9 +115,15 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
             masks = {n: done_mask(root[n], "faket") for n in names}
             todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
             h, w = root[names[0]]["content"].shape[1:]
-            per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, spec.nst.batch_size, actors)
-            for k in range(0, len(todo), per):
-                tilts = tuple(todo[k : k + per])
+            step = spec.nst.batch_size
+            per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, step, actors)
+            # the run's first tasks grow to full size (the actors wait for their first inputs)
+            sizes = [] if res.batch or pending else ramp(per, step, actors, res.in_flight)
+            k = 0
+            while k < len(todo):
+                size = sizes.pop(0) if sizes else per
+                tilts = tuple(todo[k : k + size])
+                k += size
                 need = tuple(n for n in names if not masks[n][list(tilts)].all())
                 pending.append((need, tilts))
     return pending, total, done_before

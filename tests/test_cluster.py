@@ -83,6 +83,10 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
     assert summary["style_gram_tilts"] == 7        # both tomograms share the reference: Grams once
     assert summary["prefetched_tasks"] >= 1        # queued tasks' inputs were read ahead
+    stages = summary["stage_seconds"]              # where the run's wall time went, in order
+    assert list(stages) == ["start", "noise_model", "prepare", "actors_up", "stylize", "finish"]
+    assert min(stages.values()) >= 0 and sum(stages.values()) <= summary["seconds"] + 0.01
+    assert stages["stylize"] == pytest.approx(summary["nst_seconds"], abs=1e-3)
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from faket_cluster.schedule import TASK_BYTES, TASK_IMAGES, tilts_per_task
+from faket_cluster.schedule import TASK_BYTES, TASK_IMAGES, ramp, tilts_per_task
 
 MB = 1 << 20
 
@@ -23,3 +23,19 @@ MB = 1 << 20
 )
 def test_tilts_per_task(todo, members, tilt_bytes, nst_batch, actors, want):
     assert tilts_per_task(todo, members, tilt_bytes, nst_batch, actors) == want
+
+
+@pytest.mark.parametrize(
+    ("per", "step", "actors", "in_flight", "want"),
+    [
+        (4, 1, 1, 3, [1, 2, 4]),  # 1024^2: the first task one tilt, then two, then full tasks
+        (4, 1, 2, 3, [1, 2, 4, 1, 2, 4]),  # each actor's first tasks (the driver hands out 3 each)
+        (16, 1, 1, 3, [1, 2, 4]),  # only the first in_flight tasks are cut small
+        (4, 1, 1, 1, [1]),  # one task queued per actor
+        (6, 3, 1, 3, [3, 6, 6]),  # whole NST batches
+        (1, 1, 4, 3, []),  # 4096^2: tasks are one tilt anyway
+        (2, 2, 1, 3, []),  # tasks are one NST batch anyway
+    ],
+)
+def test_ramp(per, step, actors, in_flight, want):
+    assert ramp(per, step, actors, in_flight) == want

@@ -1,0 +1,123 @@
+"""The run's NST actors: how many with which resources, started, warmed up, stopped.
+
+GPU actors start before the prepare stage, so that their start-up (a process,
+torch, CUDA, cuDNN, VGG-19 on the device) runs while the CPUs prepare the
+tomograms; CPU actors would take the prepare stage's CPUs and start after it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from faket.errors import FaketInputError
+
+from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV, NSTWorker
+from .spec import RunSpec
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    count: int
+    use_gpu: bool  # actors reserve GPUs from Ray
+    gpus: float  # GPUs per actor
+    on_gpu: bool  # actors compute on CUDA (device != "cpu")
+
+
+def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
+    """How many actors with which resources; impossible requests end here, before any work."""
+    res = spec.resources
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    # device = "cuda" makes GPU actors even with an actor count given (one GPU each by default)
+    use_gpu = res.gpus_per_actor > 0 or res.device == "cuda" or (res.actors is None and n_gpus > 0)
+    gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
+    if actors is not None and actors < 1:
+        raise FaketInputError(f"--actors must be >= 1, got {actors}")
+    count = actors or res.actors or (max(1, int(n_gpus / gpus)) if use_gpu else 2)
+    if res.device == "cuda" and n_gpus == 0:
+        raise FaketInputError(
+            f'spec {spec.path}: resources.device = "cuda" but the cluster has no '
+            'GPUs: use device = "cpu" or "auto"'
+        )
+    if use_gpu and n_gpus < gpus:
+        raise FaketInputError(
+            f"spec {spec.path}: asks for {gpus} GPU per actor but the cluster has "
+            f"{n_gpus} GPUs: set gpus_per_actor = 0 for CPU actors"
+        )
+    if use_gpu and count * gpus > n_gpus:  # Ray would wait for GPUs that never come
+        raise FaketInputError(
+            f"spec {spec.path}: {count} GPU actors x {gpus:g} GPU need {count * gpus:g} GPUs but the "
+            f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors, --actors)"
+        )
+    total_cpus = ray.cluster_resources().get("CPU", 0)
+    if res.cpus_per_actor > total_cpus:
+        raise FaketInputError(
+            f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the cluster has {total_cpus:g} CPUs"
+        )
+    return ActorPlan(count, use_gpu, gpus, use_gpu and res.device != "cpu")
+
+
+def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tuple[list, Any]:
+    """``n`` NST actors; Ray restarts a dead one, the driver's policy retries its tasks.
+
+    Returns (actors, ``[the weights' object reference]``): the caller passes it with
+    every task and holds it for the whole run, so that a restarted actor finds it.
+    """
+    from faket.reproducible import requested, switch_environment
+
+    res = spec.resources
+    options: dict[str, Any] = dict(
+        num_gpus=plan.gpus, num_cpus=res.cpus_per_actor, max_restarts=-1, max_task_retries=0
+    )
+    if res.spread:
+        options["scheduling_strategy"] = "SPREAD"
+    env = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
+    if requested():  # the reproducible switch travels to every actor
+        env.update(switch_environment())
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    worker_cls = ray.remote(concurrency_groups={"io": 2, "flush": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
+    # The weights travel with the tasks, nested in a list (the actor fetches them once): no
+    # constructor argument lives in the object store, so restarts need nothing kept for them.
+    weights_ref = ray.put(state_dict)
+    actors = [
+        worker_cls.remote(spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2) for _ in range(n)
+    ]
+    return actors, [weights_ref]
+
+
+@dataclass
+class Fleet:
+    """Started actors, the weights' reference they need (held for the whole run: a restarted
+    actor fetches it) and their warm-up calls."""
+
+    workers: list
+    weights: list
+    warming: list = field(default_factory=list)
+    cpus: float = 0.0  # the CPUs the actors hold
+
+    def ready(self, timeout: float = 300) -> None:
+        """Wait for the warm-ups; a failed start is not waited on: its tasks meet the retry policy."""
+        if not self.warming:
+            return
+        for ref in ray.wait(self.warming, num_returns=len(self.warming), timeout=timeout)[0]:
+            try:  # retrieved, so that Ray reports nothing unhandled; a broken actor fails its tasks
+                ray.get(ref)
+            except Exception:
+                pass
+        self.warming = []
+
+    def stop(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers, self.weights = [], []
+
+
+def launch(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> Fleet:
+    """``n`` actors started and warming up (torch imported, VGG-19 loaded, on a GPU one small NST)."""
+    workers, weights_ref = start_actors(spec, plan, state_dict, n)
+    warming = [w.warm_up.remote(weights_ref) for w in workers]
+    return Fleet(workers, weights_ref, warming, n * spec.resources.cpus_per_actor)
