@@ -67,13 +67,12 @@ def prepare_tomogram(
 
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
-    from faket.nst import stack_range
     from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
     from faket.store import StoreSink, done_mask, keep_freed_chunk_memory, open_store, read_tilt, write_volume
 
     keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
     g = open_store(store)[tomo.name]
-    sink = StoreSink(g)
+    sink = StoreSink(g, track=("content", "noisy", "style"))  # their ranges, as they are written
     angles = read_tlt(tomo.angles)
     source = tomo.volume or tomo.tilts
     assert source is not None and tomo.style is not None  # the spec checked both
@@ -118,7 +117,9 @@ def prepare_tomogram(
             )
             if v is not None
         },
-        "ranges": {s: [float(x) for x in stack_range(g[s])] for s in ("content", "noisy", "style")},
+        "ranges": {
+            s: [float(x) for x in sink.stack_range(s, workers)] for s in ("content", "noisy", "style")
+        },
     }
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()

@@ -218,11 +218,20 @@ def noisy_tilt(
 
     noiseless, noise: ``(H, W)``; returns float32 ``(H, W)``.
     """
-    x = standardise(noiseless) * r + np.asarray(noise, np.float64) * sigma
+    return _noisy(standardise(noiseless), np.asarray(noise, np.float64), r, sigma, mean, std)
+
+
+def _noisy(z: np.ndarray, noise: np.ndarray, r: float, sigma: float, mean: float, std: float) -> np.ndarray:
+    """:func:`noisy_tilt` of a standardised tilt ``z`` and float64 ``noise`` (each modality of a
+    tilt shares both); the same operations in the same order, in place where they can be."""
+    x = z * r
+    x += noise * sigma
     s = x.std()
     if s > 0:
-        x = x / s * std
-    x = x - x.mean() + mean
+        x /= s
+        x *= std
+    x -= x.mean()
+    x += mean
     return x.astype(np.float32)
 
 
@@ -243,18 +252,40 @@ def apply_tilt(
 
     noise: ``tilt_noise(seed, tilt, shape)`` when already drawn (every modality of a
     tilt uses the same draw)."""
-    curves = model.curves if modality != "baseline" else (baseline or model.baseline())
-    factor = content_sigma_factor if modality == "content" else 1.0
+    return apply_tilt_modalities(
+        noiseless, tilt, model, seed, [modality], content_sigma_factor, baseline, noise
+    )[modality]
+
+
+def apply_tilt_modalities(
+    noiseless: np.ndarray,
+    tilt: int,
+    model: NoiseModel,
+    seed: int,
+    modalities: Sequence[str],
+    content_sigma_factor: float = 0.25,
+    baseline: dict[str, np.ndarray] | None = None,
+    noise: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Several modalities of one tilt (``{modality: float32 (H, W)}``), each what
+    :func:`apply_tilt` gives: the noise draw, the standardised tilt and the noise in float64
+    are made once for all of them."""
     if noise is None:
         noise = tilt_noise(seed, tilt, noiseless.shape)
-    return noisy_tilt(
-        noiseless,
-        noise,
-        curves["r"][tilt],
-        curves["sigma"][tilt] * factor,
-        curves["mean"][tilt],
-        curves["std"][tilt],
-    )
+    z, noise64 = standardise(noiseless), np.asarray(noise, np.float64)
+    out = {}
+    for m in modalities:
+        curves = model.curves if m != "baseline" else (baseline or model.baseline())
+        factor = content_sigma_factor if m == "content" else 1.0
+        out[m] = _noisy(
+            z,
+            noise64,
+            curves["r"][tilt],
+            curves["sigma"][tilt] * factor,
+            curves["mean"][tilt],
+            curves["std"][tilt],
+        )
+    return out
 
 
 def apply(

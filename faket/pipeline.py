@@ -140,7 +140,7 @@ def prepare_noise(
     also on ``workers`` threads at once (see :func:`faket._threads.for_each`). Each noiseless
     tilt is read, and its noise drawn, once for all the modalities it still needs;
     ``advance()`` once per tilt made."""
-    from .noise import apply_tilt, tilt_noise
+    from .noise import apply_tilt_modalities
 
     base = model.baseline()
     todo: dict[int, list[str]] = {}
@@ -149,10 +149,10 @@ def prepare_noise(
             todo.setdefault(int(i), []).append(m)
 
     def one(i: int) -> int:
-        clean = noiseless(i)
-        noise = tilt_noise(seed, i, clean.shape)  # one draw serves every modality
-        for m in todo[i]:
-            sink.put(m, i, apply_tilt(clean, i, model, seed, m, content_sigma, base, noise))
+        # one noise draw and one standardised tilt serve every modality
+        made = apply_tilt_modalities(noiseless(i), i, model, seed, todo[i], content_sigma, base)
+        for m, image in made.items():
+            sink.put(m, i, image)
         return len(todo[i])
 
     for_each(one, sorted(todo), workers, advance)

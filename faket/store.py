@@ -293,16 +293,44 @@ class CachedGroup:
 
 class StoreSink:
     """The run store's group of one tomogram as a ``faket.pipeline.TiltSink``: tilts not
-    done yet are to do; a put writes the tilt and then its done flag (idempotent)."""
+    done yet are to do; a put writes the tilt and then its done flag (idempotent).
 
-    def __init__(self, group) -> None:
+    track: stacks whose value range the sink keeps as it writes (see :meth:`stack_range`).
+    """
+
+    def __init__(self, group, track: Sequence[str] = ()) -> None:
         self.group = group
+        self._extremes: dict[str, dict[int, tuple[np.float32, np.float32]]] = {n: {} for n in track}
+
+    @property
+    def tracked(self) -> list[str]:
+        return list(self._extremes)
 
     def todo(self, name: str) -> list[int]:
         return [int(i) for i in np.flatnonzero(~done_mask(self.group, name))]
 
     def put(self, name: str, index: int, image: np.ndarray) -> None:
-        write_tilt(self.group, name, index, image)
+        tilt = np.asarray(image, dtype=np.float32)
+        write_tilt(self.group, name, index, tilt)
+        if name in self._extremes:  # one key per tilt: threads putting tilts never collide
+            self._extremes[name][int(index)] = (tilt.min(), tilt.max())
+
+    def stack_range(self, name: str, workers: int = 1) -> tuple[np.float32, np.float32]:
+        """Min and max of a tracked stack: of the tilts put here, as they were put, and of the
+        others (written before, e.g. by a run that stopped) read back; what
+        ``faket.nst.stack_range`` of the whole stack gives, without reading it again."""
+        from ._threads import for_each
+
+        known = self._extremes[name]
+        arr = self.group[name]
+
+        def read(i: int) -> None:
+            tilt = read_tilt(arr, i)
+            known[i] = (tilt.min(), tilt.max())
+
+        for_each(read, [i for i in range(arr.shape[0]) if i not in known], workers)
+        lows, highs = zip(*known.values())
+        return np.float32(min(lows)), np.float32(max(highs))
 
 
 def write_volume(group, name: str, data: np.ndarray) -> None:

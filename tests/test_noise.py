@@ -9,7 +9,7 @@ import pytest
 
 from faket.errors import FaketInputError
 from faket.io import read_mrc
-from faket.noise import (NoiseModel, aggregate, apply, apply_tilt, r_sigma_from_snr, smooth,
+from faket.noise import (NoiseModel, aggregate, apply, apply_tilt, apply_tilt_modalities, r_sigma_from_snr, smooth,
                          tilt_noise, tilt_stats)
 
 
@@ -88,6 +88,11 @@ def test_apply_sets_reference_stats_and_shares_draws(pair):
     assert np.ptp(base["r"]) == 0 and np.ptp(base["std"]) == 0
     # the noise of a tilt depends only on (seed, tilt)
     assert np.array_equal(apply_tilt(clean[3], 3, model, 7), out["noisy"][3])
+    # all modalities of a tilt at once (one draw, one standardised tilt): each as made alone
+    together = apply_tilt_modalities(clean[3], 3, model, 7, ["content", "noisy", "baseline"], 0.25, base)
+    assert list(together) == ["content", "noisy", "baseline"]
+    for m, arr in together.items():
+        assert np.array_equal(arr, out[m][3]), m
     assert not np.array_equal(tilt_noise(7, 3, (4, 4)), tilt_noise(7, 2, (4, 4)))
     assert not np.array_equal(apply(clean, model, seed=8)[0], out["noisy"][0])
 

@@ -13,7 +13,7 @@ from conftest import call_main
 from faket.errors import FaketInputError
 from faket.io import read_mrc, read_tlt
 from faket.export import export_store
-from faket.store import (FORMAT_VERSION, changed_settings, create_stack, create_volume, done_mask,
+from faket.store import (FORMAT_VERSION, StoreSink, changed_settings, create_stack, create_volume, done_mask,
                          open_store, reset_done, tilt_chunks, write_tilt, write_tilts, write_volume)
 
 
@@ -69,6 +69,28 @@ def test_write_tilts_writes_then_flags_them_together(tmp_path, threads):
     with ThreadPoolExecutor(1) as pool:  # the flag step queued behind its tilts
         write_tilts(g, "faket", [2, 4], data[[2, 4]], pool.submit).result(timeout=60)
     assert done_mask(g, "faket").all()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_store_sink_range_is_the_whole_stacks(tmp_path, workers):
+    """StoreSink.stack_range: the extremes of the tilts it put, and of those an earlier run put
+    (read back), equal faket.nst.stack_range of the whole stack; untracked stacks have none."""
+    from faket.nst import stack_range
+
+    g = open_store(tmp_path / "run.zarr", mode="w").require_group("t")
+    data = np.random.default_rng(2).normal(size=(4, 70, 50)).astype(np.float32)
+    data[0, 3, 4], data[3, 9, 9] = -50.0, 60.0  # the extremes: one before, one after the stop
+    create_stack(g, "noisy", data.shape)
+    create_stack(g, "noiseless", data.shape)
+    StoreSink(g, track=["noisy"]).put("noisy", 0, data[0])  # a run that stopped after tilt 0
+    sink = StoreSink(g, track=["noisy"])
+    for i in sink.todo("noisy"):
+        sink.put("noisy", i, data[i])
+    sink.put("noiseless", 0, data[0])
+    assert sink.tracked == ["noisy"]
+    assert sink.stack_range("noisy", workers) == stack_range(np.asarray(g["noisy"][:])) == (-50.0, 60.0)
+    with pytest.raises(KeyError):
+        sink.stack_range("noiseless")
 
 
 def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
