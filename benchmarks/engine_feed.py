@@ -13,7 +13,8 @@ is the NST stage's (done tilts over its seconds, from the run summary).
 With ``--kernel-seconds S`` the identity comes after S seconds per tilt that hold
 no CPU (``sleep:S``), a GPU's NST time: ``kernel_busy`` is the share of the NST
 stage such a device computes (the H100's S: 0.030 at 1024^2, 0.374 at 4096^2),
-a CPU proxy of the engine over the in-process loop.
+a CPU proxy of the engine over the in-process loop. ``--kernel spin`` spends the
+S seconds in Python, holding its lock, as a thread launching small GPU kernels does.
 
 With ``--real-nst`` the NST is real and the same stacks are also stylised by a
 plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU,
@@ -84,13 +85,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="tilts per task (resources.batch; default: the engine's choice)")
     ap.add_argument("--kernel-seconds", type=float, default=0.0,
                     help="the identity after this many seconds per tilt, holding no CPU: a GPU's NST time")
+    ap.add_argument("--kernel", choices=["sleep", "spin"], default="sleep",
+                    help="how the kernel seconds pass: asleep, or spinning in Python holding its lock "
+                    "(a thread launching small GPU kernels)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not args.real_nst:
-        os.environ["FAKET_ENGINE_KERNEL"] = f"sleep:{args.kernel_seconds}" if args.kernel_seconds else "identity"  # the local Ray's workers inherit it
+        os.environ["FAKET_ENGINE_KERNEL"] = f"{args.kernel}:{args.kernel_seconds}" if args.kernel_seconds else "identity"  # the local Ray's workers inherit it
     import ray
     import torch
     from bench_core import emit, machine_info
@@ -119,6 +123,7 @@ def main() -> None:
             "input_wait_seconds": summary["input_wait_seconds"],
         }
         if args.kernel_seconds and not args.real_nst:
+            result["kernel"] = args.kernel
             # the share of the run's NST stage a device of this speed would compute: what the
             # engine keeps busy (1.0 = every read and write hidden behind the kernel)
             result["kernel_seconds"] = args.kernel_seconds

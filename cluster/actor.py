@@ -7,25 +7,25 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import ray
 
-#: Test hook: when this file names a path that does not exist yet, the first NST
-#: task creates it and kills its actor process hard (os._exit) before writing.
-CRASH_ONCE_ENV = "FAKET_TEST_CRASH_ONCE"
-#: Test hook: "tomogram:tilt" of a tilt whose task always raises.
-FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
-#: Benchmark hook: "identity" replaces the NST by the identity (benchmarks/engine_feed.py measures
-#: the engine's data path alone); "sleep:S" by the identity after S seconds per tilt, a stand-in
-#: for a GPU's compute that holds no CPU (benchmarks/engine_scaling.py: k actors on k GPUs).
-KERNEL_ENV = "FAKET_ENGINE_KERNEL"
-#: Test hook: a file path; after its first task an actor holds each next task until the file exists.
-HOLD_ENV = "FAKET_TEST_HOLD"
+from ._buffers import Buffers, read_tilts
+from ._hooks import CRASH_ONCE_ENV, FAIL_TILT_ENV, HOLD_ENV, KERNEL_ENV, maybe_crash, maybe_hold, stand_in
+
+__all__ = ["CRASH_ONCE_ENV", "FAIL_TILT_ENV", "HOLD_ENV", "KERNEL_ENV", "NSTWorker"]
+
 #: Tasks whose results may wait for the writer at once (see NSTWorker.stylize).
 WRITES_QUEUED = 2
+#: Python's thread switch interval in an actor (default 5 ms). The thread that launches a GPU's
+#: kernels holds Python's lock most of the time; each read or write step of the io threads then
+#: waits up to this long for it. engine_feed.py --kernel spin at 1024^2 on 2 cores: the
+#: kernel's busy share 0.65 with 5 ms, 0.75 with 1 ms (three runs each).
+SWITCH_INTERVAL_S = 0.001
 
 
 # --------------------------------------------------------------------------- actors
@@ -54,6 +54,7 @@ class NSTWorker:
         from faket.store import keep_freed_chunk_memory
 
         keep_freed_chunk_memory()  # every task writes tilts: their chunk buffers are reused
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
         # as many threads as the CPUs Ray gave this actor; the switch fixes the count
         torch.set_num_threads(PIN_THREADS if requested() else max(1, threads))
@@ -76,7 +77,7 @@ class NSTWorker:
         # it into the page cache and the chunks' encoding, both outside Python's lock
         self._writer = ThreadPoolExecutor(2, thread_name_prefix="faket-write")
         self._readers = ThreadPoolExecutor(3, thread_name_prefix="faket-read")
-        self._buffers = _Buffers()
+        self._buffers = Buffers()
         self._writing: collections.deque = collections.deque()  # write futures of recent tasks
 
     def _root(self, store: str):
@@ -97,10 +98,10 @@ class NSTWorker:
         first = root[names[0]]
         # the stacks are read side by side (reading and decoding run without Python's lock)
         take = self._buffers.take
-        stacks = {("style", ""): self._readers.submit(_read_tilts, first["style"], tilts, take)}
+        stacks = {("style", ""): self._readers.submit(read_tilts, first["style"], tilts, take)}
         for name in names:
             for key in ("content", "noisy"):
-                stacks[(key, name)] = self._readers.submit(_read_tilts, root[name][key], tilts, take)
+                stacks[(key, name)] = self._readers.submit(read_tilts, root[name][key], tilts, take)
         data = {
             "style": stacks[("style", "")].result(),
             "style_range": first.attrs["ranges"]["style"],
@@ -256,24 +257,24 @@ class NSTWorker:
         """
         import torch
 
-        from faket.nst import stylize_tilts, to_unit
+        from faket.nst import nst_batches, stylize_tilts, to_unit
         from faket.store import write_tilts
 
-        _maybe_hold(self)
+        self.tasks_started += 1
+        maybe_hold(self.tasks_started)
         idx = list(tilts)
         data, waited, read = self._inputs(store, names, idx)
         root = self._root(store)
         style = data["style"]
         kernel = os.environ.get(KERNEL_ENV, "")
-        identity = kernel == "identity" or kernel.startswith("sleep:")
+        identity = kernel == "identity" or kernel.startswith(("sleep:", "spin:"))
         transfer = None if identity else self._model(weights)
         t_compute = time.perf_counter()
         # the task's tilts go through the network in NST batches (settings.batch_size), each with
         # its style tilts' Gram targets: what an in-process run of the same batches computes
         targets: list = []
         if transfer is not None:
-            step = transfer.settings.batch_size
-            batches = [slice(s, s + step) for s in range(0, len(idx), step)]
+            batches = nst_batches(len(idx), transfer.settings.batch_size)
             unit_style = to_unit(style, *map(np.float32, data["style_range"]))
             targets = [transfer.style_targets([unit_style[b]], data["size"]) for b in batches]
         bad = os.environ.get(FAIL_TILT_ENV, "")
@@ -303,7 +304,7 @@ class NSTWorker:
                     "init": tuple(map(np.float32, m["ranges"]["noisy"])),
                 }
                 if transfer is None:  # the identity kernel (KERNEL_ENV)
-                    time.sleep(float(kernel.partition(":")[2] or 0) * len(idx))
+                    stand_in(kernel, len(idx))
                     result, losses = np.asarray(m["noisy"], np.float32), np.zeros(len(idx))
                 else:
                     c, n = m["content"], m["noisy"]
@@ -312,7 +313,7 @@ class NSTWorker:
                         for b, t in zip(batches, targets)
                     ]
                     result, losses = (np.concatenate(p) for p in zip(*parts))
-                _maybe_crash()
+                maybe_crash()
                 writes[name] = [write_tilts(g, "faket", idx, result, self._writer.submit)]
             except Exception as err:  # reported per tomogram; the driver retries it
                 out["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
@@ -357,66 +358,3 @@ def _finish(out: dict, writes: dict) -> dict:
             out["failed"][name] = f"write: {type(err).__name__}: {err}".splitlines()[0][:200]
             out["rows"] = [row for row in out["rows"] if row["tomogram"] != name]
     return out
-
-
-def _read_tilts(arr, tilts: list[int], take) -> np.ndarray:
-    """Tilts of a stack ``(len(tilts), H, W)``, each decoded straight into its place in a buffer
-    from ``take(shape)``."""
-    from faket.store import read_tilt
-
-    out = take((len(tilts), *arr.shape[1:]))
-    for k, i in enumerate(tilts):
-        read_tilt(arr, i, out=out[k])
-    return out
-
-
-class _Buffers:
-    """Input buffers used again task after task: a fresh array of a 4096^2 tilt costs its
-    page faults each time (tens of ms, more than the read itself on a VM), a used one none."""
-
-    def __init__(self, keep: int = 24) -> None:
-        import threading
-
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self._lock = threading.Lock()
-        self._keep = keep  # buffers kept at most: an actor holds ``in_flight`` tasks' inputs at once
-
-    def take(self, shape: tuple) -> np.ndarray:
-        with self._lock:
-            free = self._free.get(tuple(shape))
-            if free:
-                return free.pop()
-        return np.empty(shape, np.float32)
-
-    def give(self, arrays: list) -> None:
-        """Arrays no one uses any longer (host float32 arrays only; anything else is left alone)."""
-        with self._lock:
-            kept = sum(map(len, self._free.values()))
-            for a in arrays:
-                if (
-                    kept < self._keep
-                    and isinstance(a, np.ndarray)
-                    and a.flags.owndata
-                    and a.dtype == np.float32
-                ):
-                    self._free.setdefault(a.shape, []).append(a)
-                    kept += 1
-
-
-def _maybe_hold(worker: NSTWorker) -> None:
-    """The HOLD_ENV hook: a test can act on a run that is known to be mid-way."""
-    marker = os.environ.get(HOLD_ENV)
-    worker.tasks_started += 1
-    while marker and worker.tasks_started > 1 and not os.path.exists(marker):
-        time.sleep(0.02)
-
-
-def _maybe_crash() -> None:
-    marker = os.environ.get(CRASH_ONCE_ENV)
-    if marker and not os.path.exists(marker):
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)

@@ -84,6 +84,11 @@ def stylize_tilts(
     return to_host(images), res.losses.cpu().numpy()
 
 
+def nst_batches(n: int, batch_size: int) -> list[slice]:
+    """The NST batches of ``n`` tilts: slices of ``batch_size`` tilts, the last one shorter."""
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
 def iter_stylize(
     content: np.ndarray,
     styles: Sequence[np.ndarray],
@@ -108,18 +113,17 @@ def iter_stylize(
     c_rng = known.get("content") or stack_range(content)
     s_rngs = [known.get(f"style{k}") or stack_range(st) for k, st in enumerate(styles)]
     i_rng = None if init is None else (known.get("init") or stack_range(init))
-    n = content.shape[0]
-    bs = transfer.settings.batch_size
+    batches = nst_batches(content.shape[0], transfer.settings.batch_size)
     gen = torch.Generator().manual_seed(transfer.settings.seed)
     rngs: dict[str, Any] = {"content": c_rng, "init": i_rng, **{f"style{k}": r for k, r in enumerate(s_rngs)}}
 
     def load(k: int) -> Uploaded:  # on CUDA the next batch is read and uploaded while this one computes
-        sl = slice(k * bs, min((k + 1) * bs, n))
+        sl = batches[k]
         batch: dict[str, Any] = {"content": content[sl], "init": None if init is None else init[sl]}
         batch["styles"] = [st[sl] for st in styles]
         return upload(batch, transfer.device)
 
-    for k, uploaded in enumerate(read_ahead(load, -(-n // bs), transfer.device.type == "cuda")):
+    for k, uploaded in enumerate(read_ahead(load, len(batches), transfer.device.type == "cuda")):
         batch = uploaded.ready()
         images, losses = stylize_tilts(
             transfer,
@@ -131,8 +135,7 @@ def iter_stylize(
             style_image_weights=style_image_weights,
             generator=gen,
         )
-        start = k * bs
-        yield start, images, losses
+        yield batches[k].start, images, losses
 
 
 def stylize_stack(

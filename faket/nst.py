@@ -25,7 +25,13 @@ from ._memory import stylize_batch_fitting
 from ._optim import _EMA, Adam
 from ._pyramid import _interp, _resize, gen_scales, size_at_scale
 from ._scaling import match_tilt_stats, stack_range, to_unit
-from ._stacks import check_stacks, iter_stylize, stylize_stack, stylize_tilts  # stack level, in this API
+from ._stacks import (  # stack level, in this API
+    check_stacks,
+    iter_stylize,
+    nst_batches,
+    stylize_stack,
+    stylize_tilts,
+)
 from ._tiling import TiledSteps, check_memory_budget, tile_cuts
 from ._transfer import upload
 from .errors import FaketInputError
@@ -43,6 +49,7 @@ __all__ = [
     "gen_scales",
     "gram",
     "iter_stylize",
+    "nst_batches",
     "match_tilt_stats",
     "normalised_weights",
     "scaled_error",

@@ -9,7 +9,7 @@ import torch
 from conftest import DEVICES, assert_golden
 from faket.errors import FaketInputError
 from faket.io import read_mrc
-from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights,
+from faket.nst import (StyleTransfer, gen_scales, gram, match_tilt_stats, normalised_weights, nst_batches,
                        scaled_error, stack_range, stylize_stack, tile_cuts, to_unit, tv_loss)
 from faket.settings import NSTSettings
 
@@ -55,6 +55,12 @@ def test_normalised_weights_and_zero_weights():
 def test_gen_scales_matches_sqrt2_pyramid():
     assert gen_scales(64, 64) == [64]
     assert gen_scales(32, 64) == [32, 45, 64]
+
+
+def test_nst_batches_cover_the_tilts_in_order():
+    assert nst_batches(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert nst_batches(4, 4) == [slice(0, 4)] and nst_batches(2, 8) == [slice(0, 2)]
+    assert nst_batches(0, 2) == []
 
 
 def test_to_unit_is_stack_minmax():

@@ -1,0 +1,49 @@
+"""The actor's input buffers: tilts decoded straight into arrays used again task after task."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+def read_tilts(arr, tilts: list[int], take) -> np.ndarray:
+    """Tilts of a stack ``(len(tilts), H, W)``, each decoded straight into its place in a buffer
+    from ``take(shape)``."""
+    from faket.store import read_tilt
+
+    out = take((len(tilts), *arr.shape[1:]))
+    for k, i in enumerate(tilts):
+        read_tilt(arr, i, out=out[k])
+    return out
+
+
+class Buffers:
+    """Input buffers used again task after task: a fresh array of a 4096^2 tilt costs its
+    page faults each time (tens of ms, more than the read itself on a VM), a used one none."""
+
+    def __init__(self, keep: int = 24) -> None:
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._keep = keep  # buffers kept at most: an actor holds ``in_flight`` tasks' inputs at once
+
+    def take(self, shape: tuple) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(tuple(shape))
+            if free:
+                return free.pop()
+        return np.empty(shape, np.float32)
+
+    def give(self, arrays: list) -> None:
+        """Arrays no one uses any longer (host float32 arrays only; anything else is left alone)."""
+        with self._lock:
+            kept = sum(map(len, self._free.values()))
+            for a in arrays:
+                if (
+                    kept < self._keep
+                    and isinstance(a, np.ndarray)
+                    and a.flags.owndata
+                    and a.dtype == np.float32
+                ):
+                    self._free.setdefault(a.shape, []).append(a)
+                    kept += 1
