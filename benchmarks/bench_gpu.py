@@ -180,7 +180,8 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]]) -> list[dict]
         print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s against "
               f"{row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
               f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; "
-              f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s", flush=True)
+              f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
+              f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())})", flush=True)
     return rows
 
 
@@ -216,6 +217,9 @@ def markdown(result: dict) -> str:
                   f"{e['in_process_tilts_per_second']:.2f} | {e['engine_over_in_process']:.0%} | "
                   f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
                   for e in result["engine"]]
+        lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
+                  for e in result["engine"] if e.get("stage_seconds")]
     lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
     return "\n".join(lines) + "\n"
 

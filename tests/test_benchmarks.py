@@ -42,13 +42,20 @@ def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, t
     assert_golden(read_mrc(out), read_mrc(golden["expected_iter1_step0.15"]), 0.15, 1)
 
 
-def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path):
-    """benchmarks/engine_feed.py (the engine's data path, #12's CPU proxy) runs and reports."""
+@pytest.mark.parametrize("kernel", [[], ["--kernel-seconds", "0.02", "--kernel", "spin"]])
+def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
+    """benchmarks/engine_feed.py (the engine's data path, #12's CPU proxy) runs and reports; with
+    a stand-in device time it reports the share of the NST stage that device would be busy."""
     out = tmp_path / "feed.json"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run([sys.executable, str(BENCH / "engine_feed.py"), "--size", "32", "--tilts", "4",
-                          "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+                          "--json", str(out), *kernel], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["kernel"] == "identity" and result["tilts"] == 4 and result["tilts_per_second"] > 0
+    assert result["tilts"] == 4 and result["tilts_per_second"] > 0
+    assert set(result["stage_seconds"]) >= {"prepare", "stylize"}
+    if kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
+        assert result["kernel"] == "spin" and 0 < result["kernel_busy"] <= 1
+    else:
+        assert result["kernel"] == "identity" and "kernel_busy" not in result
