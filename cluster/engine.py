@@ -345,6 +345,7 @@ def run(
         "done_before": done_before,
         "done_now": done_now,
         "actors": n_actors,
+        "actors_started_early": fleet is not None,  # GPU actors warmed up during the prepare stage
         "gpu": plan.use_gpu,
         "nst_seconds": nst_seconds,
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,

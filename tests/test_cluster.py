@@ -345,6 +345,7 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
     assert spec.resources.actors is None and spec.resources.device == "cpu"
     summary = run(spec, say=lambda m: None)
     assert summary["gpu"] and summary["actors"] == 2
+    assert not summary["actors_started_early"]         # they would leave the prepare stage no CPU
     assert summary["gpu_ids"] == ["0", "1"] and summary["devices"] == ["cpu"]
     [compute] = summary["compute"]                     # both actors: the same arithmetic
     assert compute["reproducible"] is True and compute["device"] == "cpu"
@@ -352,6 +353,25 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
     root = open_store(spec.store, mode="r")
     got = np.asarray(root["tomo_000"]["faket"][:])
     assert np.abs(got - _reference(spec.store, "tomo_000", test_weights)).max() <= 1e-5
+
+
+def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weights, local_ray):
+    """With CPUs to spare, GPU actors (one GPU declared to Ray, device="cpu") start and warm up
+    before the prepare stage, whose tasks get the CPUs the actor leaves; the results are the same."""
+    from faket_cluster.engine import _free_cpus, init_ray
+
+    init_ray(num_cpus=3, num_gpus=1)
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "", 'export = "': '# export = "'}))
+    summary = run(spec, say=lambda m: None)
+    assert summary["gpu"] and summary["actors"] == 1 and summary["actors_started_early"]
+    assert summary["done_now"] == 14 and summary["failed"] == []
+    root = open_store(spec.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+    # a task's CPUs come back a moment after its result: the count waits for them
+    ray.get(ray.remote(num_cpus=3)(lambda: 1).remote())
+    assert _free_cpus(1) == 3 and _free_cpus(1, reserved=1) == 2 and _free_cpus(2) == 1
 
 
 def _free_port() -> int:
