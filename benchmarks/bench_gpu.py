@@ -15,7 +15,9 @@ On one CUDA device, published settings, random VGG-19 weights:
 - the published arithmetic (float32 Gram matmuls) against the unfused layers, cuDNN
   autotuning and the default (cuDNN's fused convolution + bias + ReLU, ``fuse_conv_relu``);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
-  NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``).
+  NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``);
+- with FAKET_PUBLISHED=/path/to/published/checkout: the published command against
+  ``faket stylize``, whole commands on the same 11 x 4096^2 series (``published.py``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -185,6 +188,21 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]]) -> list[dict]
     return rows
 
 
+def published_vs_faket(device: str, size: int, tilts: int) -> list[dict] | None:
+    """With FAKET_PUBLISHED (a checkout of the published code): both whole commands on the same
+    series (``benchmarks/published.py``); None without it."""
+    checkout = os.environ.get("FAKET_PUBLISHED")
+    if not checkout:
+        print("published: FAKET_PUBLISHED not set, not compared", flush=True)
+        return None
+    from published import compare
+
+    row = compare(Path(checkout), size, tilts, device)
+    print(f"published {tilts} x {size}^2: {row['published_seconds']:.1f} s, faket {row['faket_seconds']:.1f} s "
+          f"(x{row['published_over_faket']:.2f}), max abs {row['max_abs_vs_published']:.3g}", flush=True)
+    return [row]
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# GPU benchmark: {m.get('gpu', m['cpu'])} ({result['created']}, torch {m['torch']})", "",
@@ -220,6 +238,11 @@ def markdown(result: dict) -> str:
         lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
                   for e in result["engine"] if e.get("stage_seconds")]
+    for r in result.get("published") or []:
+        lines += ["", f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "
+                  f"{r['published_seconds']:.1f} s against {r['faket_seconds']:.1f} s "
+                  f"(x{r['published_over_faket']:.2f}); |faket - published| max {r['max_abs_vs_published']:.3g}, "
+                  f"mean {r['mean_abs_vs_published']:.3g}, 99.9th pct {r['p999_abs_vs_published']:.3g}."]
     lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
     return "\n".join(lines) + "\n"
 
@@ -250,7 +273,9 @@ def main() -> None:
              ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
              ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
              ("deviation", lambda: deviations(device, SIZES[0][0])),
-             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]]))]
+             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
+             ("published", lambda: published_vs_faket(device, 64 if args.smoke_cpu else 4096,
+                                                      3 if args.smoke_cpu else 11))]
     gpu = result["machine"].get("gpu", "cpu-smoke")
     name = re.sub(r"[^a-z0-9]+", "", gpu.lower().replace("nvidia", ""))
     out = args.out_dir / f"gpu-{name}-{time.strftime('%Y%m%d')}"

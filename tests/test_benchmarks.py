@@ -59,3 +59,16 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
         assert result["kernel"] == "spin" and 0 < result["kernel_busy"] <= 1
     else:
         assert result["kernel"] == "identity" and "kernel_busy" not in result
+
+
+@pytest.mark.skipif(not os.environ.get("FAKET_PUBLISHED"),
+                    reason="needs FAKET_PUBLISHED, a checkout of the published code (and its dependencies)")
+def test_published_command_and_faket_agree(tmp_path):
+    """benchmarks/published.py runs the real published command and `faket stylize` on the same
+    series: faket's output is the published one to float32 round-off on the CPU."""
+    out = tmp_path / "published.json"
+    res = subprocess.run([sys.executable, str(BENCH / "published.py"), "--size", "64", "--tilts", "2",
+                          "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["max_abs_vs_published"] < 1e-5 and result["published_seconds"] > 0
