@@ -211,14 +211,18 @@ def _free_cpus(tasks: int, reserved: float = 0.0, settle_s: float = 1.0) -> int:
     the count is read again for up to ``settle_s`` while it is below the cluster's CPUs less
     ``reserved`` (those this run's own actors hold).
     """
-    per_node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
     expect = ray.cluster_resources().get("CPU", 1) - reserved
     deadline = time.monotonic() + settle_s
     while (avail := ray.available_resources().get("CPU", 0)) < expect and time.monotonic() < deadline:
         time.sleep(0.02)
-    # never more than the actors leave: a task waiting for their CPUs would wait for ever
+    # never more than the actors leave, wherever they run: a task waiting for their CPUs would
+    # wait for ever (the largest node keeps at least its CPUs less all the actors' free)
     free = int(max(1, min(avail, expect))) // max(1, tasks)
-    return max(1, min(16, int(per_node), free))
+    return max(1, min(16, int(_largest_node_cpus() - reserved), free))
+
+
+def _largest_node_cpus() -> float:
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
 
 
 def _prepare_stage(
@@ -281,8 +285,8 @@ def _early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Flee
         return None
     todo = sum(int((~done_mask(root[t.name], "faket")).sum()) for t in spec.tomograms)
     n = min(plan.count, todo)
-    if not n or ray.cluster_resources().get("CPU", 0) - n * spec.resources.cpus_per_actor < 1:
-        return None  # nothing to do, or the actors would leave the prepare stage no CPU
+    if not n or _largest_node_cpus() - n * spec.resources.cpus_per_actor < 1:
+        return None  # nothing to do, or the actors might leave the prepare stage no CPU
     return launch(spec, plan, state_dict, n)
 
 
