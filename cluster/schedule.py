@@ -87,6 +87,38 @@ def ramp(per: int, step: int, actors: int, in_flight: int) -> list[int]:
     return block * actors
 
 
+def taper(per: int, step: int, actors: int) -> list[int]:
+    """The sizes of a run's last tasks: ``actors`` tasks of half of ``per``, then of a quarter, ...
+    down to one NST batch (whole batches). The actors then finish within about one batch of
+    each other, not one task. Empty when tasks are one batch anyway."""
+    sizes: list[int] = []
+    size = per // 2
+    while size >= step:
+        level = size // step * step
+        if not sizes or sizes[-1] != level:
+            sizes += [level] * actors
+        size //= 2
+    return sizes
+
+
+def cut(n: int, per: int, head: list[int], tail: list[int], step: int) -> list[int]:
+    """Task sizes for ``n`` tilts: ``head`` first, ``tail`` last, tasks of ``per`` between; when
+    fewer tilts are left than the tail holds, one NST batch (``step``) each."""
+    sizes: list[int] = []
+    left = n
+    for size in head:
+        if left <= 0:
+            break
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+    if left > sum(tail):
+        middle = left - sum(tail)
+        sizes += [min(per, middle - k) for k in range(0, middle, per)] + tail
+    else:
+        sizes += [min(step, left - k) for k in range(0, left, step)]
+    return sizes
+
+
 def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[collections.deque, int, int]:
     """The NST tasks of the tilts not done yet; returns (jobs, tilts in all, tilts done before).
 
@@ -109,23 +141,25 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
         if t.name not in skip:
             key = (str(Path(str(t.style)).resolve()), g["style"].shape, g["content"].shape)
             groups.setdefault(key, []).append(t.name)
-    for members in groups.values():
-        for m0 in range(0, len(members), res.share_style):
-            names = members[m0 : m0 + res.share_style]
-            masks = {n: done_mask(root[n], "faket") for n in names}
-            todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
-            h, w = root[names[0]]["content"].shape[1:]
-            step = spec.nst.batch_size
-            per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, step, actors)
-            # the run's first tasks grow to full size (the actors wait for their first inputs)
-            sizes = [] if res.batch or pending else ramp(per, step, actors, res.in_flight)
-            k = 0
-            while k < len(todo):
-                size = sizes.pop(0) if sizes else per
-                tilts = tuple(todo[k : k + size])
-                k += size
-                need = tuple(n for n in names if not masks[n][list(tilts)].all())
-                pending.append((need, tilts))
+    chunks = [
+        ms[m0 : m0 + res.share_style] for ms in groups.values() for m0 in range(0, len(ms), res.share_style)
+    ]
+    for c, names in enumerate(chunks):
+        masks = {n: done_mask(root[n], "faket") for n in names}
+        todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
+        h, w = root[names[0]]["content"].shape[1:]
+        step = spec.nst.batch_size
+        per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, step, actors)
+        # the run's first tasks grow to full size (the actors wait for their first inputs) and its
+        # last ones shrink (the actors finish together)
+        head = [] if res.batch or pending else ramp(per, step, actors, res.in_flight)
+        tail = [] if res.batch or c < len(chunks) - 1 else taper(per, step, actors)
+        k = 0
+        for size in cut(len(todo), per, head, tail, step):
+            tilts = tuple(todo[k : k + size])
+            k += size
+            need = tuple(n for n in names if not masks[n][list(tilts)].all())
+            pending.append((need, tilts))
     return pending, total, done_before
 
 

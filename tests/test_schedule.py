@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from faket_cluster.schedule import TASK_BYTES, TASK_IMAGES, ramp, tilts_per_task
+from faket_cluster.schedule import TASK_BYTES, TASK_IMAGES, cut, ramp, taper, tilts_per_task
 
 MB = 1 << 20
 
@@ -39,3 +39,27 @@ def test_tilts_per_task(todo, members, tilt_bytes, nst_batch, actors, want):
 )
 def test_ramp(per, step, actors, in_flight, want):
     assert ramp(per, step, actors, in_flight) == want
+
+
+@pytest.mark.parametrize(
+    ("per", "step", "actors", "want"),
+    [
+        (4, 1, 4, [2, 2, 2, 2, 1, 1, 1, 1]),  # each actor's last tasks: half, then one batch
+        (8, 1, 1, [4, 2, 1]),
+        (6, 3, 2, [3, 3]),  # whole NST batches
+        (1, 1, 4, []),  # tasks of one batch: nothing to shrink
+    ],
+)
+def test_taper(per, step, actors, want):
+    assert taper(per, step, actors) == want
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 5, 20, 61, 96])
+def test_cut_covers_every_tilt_once_in_whole_batches(n):
+    head, tail = ramp(4, 1, 2, 3), taper(4, 1, 2)
+    sizes = cut(n, 4, head, tail, 1)
+    assert sum(sizes) == n and all(0 < s <= 4 for s in sizes)
+    if n >= sum(head) + sum(tail) + 4:  # room for all three parts: ramp, full tasks, taper
+        assert sizes[: len(head)] == head and sizes[-len(tail) :] == tail and 4 in sizes
+    batched = cut(12, 6, [], taper(6, 3, 1), 3)
+    assert batched == [6, 3, 3] and all(s % 3 == 0 for s in batched)
