@@ -117,9 +117,7 @@ def prepare_tomogram(
             )
             if v is not None
         },
-        "ranges": {
-            s: [float(x) for x in sink.stack_range(s, workers)] for s in ("content", "noisy", "style")
-        },
+        "ranges": {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked},
     }
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()

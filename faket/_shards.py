@@ -153,8 +153,6 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
             region[...] = tile[:rows, :cols]
         return True
 
-    if len(entries) == 1:  # one chunk (a 1024^2 tilt): here, not queued behind other reads' chunks
-        return decode(0)
     return all(_threads().map(decode, range(len(entries))))
 
 

@@ -29,6 +29,7 @@ Ray's at-least-once retries need.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -251,20 +252,30 @@ def write_tilts(group, stage: str, indices: Sequence[int], images: np.ndarray, s
     flags = _flag_array(group, stage)
     arr = group[stage]
     rows = [np.asarray(img, dtype=np.float32) for img in images]
-    if submit is None:
-        for i, img in zip(indices, rows):
-            write_tilt_data(arr, int(i), img)
-        flags.oindex[[int(i) for i in indices]] = 1
-        return None
+    run = submit or _call_now
     # the tilts are queued before the step that waits for them: it never waits on a queued one
-    parts = [submit(write_tilt_data, arr, int(i), img) for i, img in zip(indices, rows)]
+    parts = [run(write_tilt_data, arr, int(i), img) for i, img in zip(indices, rows)]
 
     def mark() -> None:
         for p in parts:
             p.result()
         flags.oindex[[int(i) for i in indices]] = 1
 
-    return submit(mark)
+    whole = run(mark)
+    if submit is None:
+        whole.result()  # raises what a write raised
+        return None
+    return whole
+
+
+def _call_now(fn, *args) -> Future:
+    """``fn(*args)`` run here, as an executor's ``submit`` would run it elsewhere."""
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as err:
+        done.set_exception(err)
+    return done
 
 
 class CachedGroup:
