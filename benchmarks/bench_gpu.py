@@ -165,8 +165,9 @@ def experiments(device: str, size: int) -> list[dict]:
     return rows
 
 
-def engine_vs_in_process(device: str, runs: list[tuple[int, int]]) -> list[dict]:
-    """``engine_feed.py --real-nst`` per (size, tilts): one GPU actor against the same NST in one process."""
+def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = True) -> list[dict]:
+    """``engine_feed.py --real-nst`` per (size, tilts): one GPU actor against the same NST in one process
+    (``loop``), or the engine's whole run alone."""
     import subprocess
     import tempfile
 
@@ -175,14 +176,14 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]]) -> list[dict]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "feed.json"
             cmd = [sys.executable, str(HERE / "engine_feed.py"), "--size", str(size), "--tilts", str(tilts),
-                   "--real-nst", "--device", device, "--json", str(out)]
+                   "--real-nst", "--device", device, "--json", str(out)] + ([] if loop else ["--no-loop"])
             subprocess.run(cmd, check=True)
             row = json.loads(out.read_text())
         row.pop("machine", None)
         rows.append(row)
-        print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s against "
-              f"{row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
-              f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; "
+        against = (f"against {row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
+                   f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; " if loop else "")
+        print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
               f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())})", flush=True)
     return rows
@@ -235,9 +236,14 @@ def markdown(result: dict) -> str:
                   f"{e['in_process_tilts_per_second']:.2f} | {e['engine_over_in_process']:.0%} | "
                   f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
                   for e in result["engine"]]
-        lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
-                  for e in result["engine"] if e.get("stage_seconds")]
+    if result.get("end_to_end"):
+        lines += ["", "| whole run | seconds | NST stage s | NST tilts/s |", "|---|---|---|---|"]
+        lines += [f"| {e['tilts']} x {e['size']}^2 | {e['run_seconds']:.1f} | {e['nst_stage_seconds']:.1f} | "
+                  f"{e['tilts_per_second']:.2f} |" for e in result["end_to_end"]]
+    for e in (result.get("engine") or []) + (result.get("end_to_end") or []):
+        if e.get("stage_seconds"):
+            lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())]
     for r in result.get("published") or []:
         lines += ["", f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "
                   f"{r['published_seconds']:.1f} s against {r['faket_seconds']:.1f} s "
@@ -250,16 +256,17 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
-    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, deviation, layout, profile, engine")
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, engine, end_to_end, profile, experiments, deviation, layout, published")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
     ap.add_argument("--engine", default="1024x41,4096x11", help="engine runs, SIZExTILTS comma list")
+    ap.add_argument("--end-to-end", default="4096x61", help="whole engine runs without the loop, SIZExTILTS list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
     device, skip = "cuda", set(args.skip.split(","))
     if args.smoke_cpu:
-        device, SIZES[:], args.engine = "cpu", [(64, 64), (96, 80)], "32x3"
+        device, SIZES[:], args.engine, args.end_to_end = "cpu", [(64, 64), (96, 80)], "32x3", "32x4"
     elif not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device here; `python benchmarks/run.py` measures the CPU")
     if args.sizes:  # 2048 or 4092x5760
@@ -270,6 +277,8 @@ def main() -> None:
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
              ("engine", lambda: engine_vs_in_process(
                  device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))])),
+             ("end_to_end", lambda: engine_vs_in_process(
+                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.end_to_end.split(","))], loop=False)),
              ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
              ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
              ("deviation", lambda: deviations(device, SIZES[0][0])),

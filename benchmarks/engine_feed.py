@@ -20,7 +20,8 @@ With ``--real-nst`` the NST is real and the same stacks are also stylised by a
 plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU,
 or the same GPU with ``--device cuda``); ``engine_over_in_process`` is the
 engine's throughput over the loop's, ``actor_nst_over_in_process`` the actor's
-mean NST seconds per tilt over the loop's.
+mean NST seconds per tilt over the loop's. ``--no-loop`` leaves the loop out: the
+engine's whole run alone (``run_seconds``, ``stage_seconds``), e.g. 61 x 4096^2.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main() -> None:
                     help="how the kernel seconds pass: asleep, or spinning in Python holding its lock "
                     "(a thread launching small GPU kernels)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
+    ap.add_argument("--no-loop", action="store_true",
+                    help="with --real-nst: the engine alone, without the in-process loop (a whole run's seconds)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
@@ -129,6 +132,8 @@ def main() -> None:
             result["kernel_seconds"] = args.kernel_seconds
             result["kernel_busy"] = args.tilts * args.kernel_seconds / summary["nst_seconds"]
         if args.real_nst:
+            result["actor_compute_seconds"] = summary["compute_seconds"]
+        if args.real_nst and not args.no_loop:
             g = open_store(Path(tmp) / "run.zarr", mode="r")["feed"]
             c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
             threads = torch.get_num_threads()
@@ -144,7 +149,6 @@ def main() -> None:
             torch.set_num_threads(threads)
             result["in_process_tilts_per_second"] = args.tilts / loop
             result["engine_over_in_process"] = summary["tilts_per_second"] / result["in_process_tilts_per_second"]
-            result["actor_compute_seconds"] = summary["compute_seconds"]
             result["actor_nst_over_in_process"] = summary["compute_seconds"] / loop
     result["device"] = args.device
     result["machine"] = machine_info(args.device)
