@@ -24,6 +24,7 @@ Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -298,6 +299,9 @@ def main() -> None:
             result["errors"][key] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        if device == "cuda":  # what a part's tensors held goes back: the published command and the
+            gc.collect()      # engine's actor are other processes on the same GPU
+            torch.cuda.empty_cache()
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     print(f"-> {out}.json, {out}.md")

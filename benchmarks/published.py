@@ -73,10 +73,12 @@ def compare(checkout: Path, size: int, tilts: int, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         p = _inputs(folder, size, tilts)
-        env = {**os.environ, "TORCH_HOME": str(folder / "torch_home")}
+        # the same CPU threads for both: a thread count changes the convolutions' round-off
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+        env = {**os.environ, "TORCH_HOME": str(folder / "torch_home"), "OMP_NUM_THREADS": str(threads)}
         extra = os.environ.get("FAKET_PUBLISHED_PATH")
         pub_env = {**env, "PYTHONPATH": os.pathsep.join(x for x in (str(checkout), extra) if x)}
-        devices = ["--devices", "cuda:0"] if device == "cuda" else ["--devices", "cpu", "--ncpus", str(os.cpu_count())]
+        devices = ["--devices", "cuda:0"] if device == "cuda" else ["--devices", "cpu", "--ncpus", str(threads)]
         published = _timed(
             [sys.executable, "-m", "faket.style_transfer.cli", str(p["content"]), str(p["style"]),
              "--init", str(p["noisy"]), "--output", str(folder / "published.mrc"), *devices,

@@ -394,6 +394,15 @@ def test_more_gpu_actors_than_gpus_is_refused_before_any_work(inputs, tmp_path, 
     assert not (tmp_path / "run.zarr").exists()
 
 
+def _dashboard_missing() -> str | None:
+    """Why this Ray cannot start its dashboard (a minimal or slimmed Ray, as the GPU bundle's), or None."""
+    import ray._private.utils as ray_utils
+
+    return ray_utils.get_dashboard_dependency_error()
+
+
+@pytest.mark.skipif(_dashboard_missing() is not None,
+                    reason="`ray job submit` needs Ray's dashboard, whose packages this Ray lacks")
 def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
     """A head on loopback (`ray start --head --block`), `ray job submit ... -- faket run SPEC`."""
     import urllib.request
