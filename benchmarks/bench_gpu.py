@@ -281,12 +281,15 @@ def published_vs_faket(device: str, size: int, tilts: int) -> list[dict] | None:
         return None
     from published import compare
 
-    row = compare(Path(checkout), size, tilts, device)
+    row = compare(Path(checkout), size, tilts, device, modes=("float32", "bf16"))
     print(
         f"published {tilts} x {size}^2: {row['published_seconds']:.1f} s, faket {row['faket_seconds']:.1f} s "
         f"(x{row['published_over_faket']:.2f}), max abs {row['max_abs_vs_published']:.3g}",
         flush=True,
     )
+    for mode, d in row["deviation_by_mode"].items():
+        print(f"  faket --precision {mode}: {row['seconds_by_mode'][mode]:.1f} s, max abs vs published "
+              f"{d['max']:.3g}, mean {d['mean']:.3g}", flush=True)
     return [row]
 
 
@@ -366,6 +369,11 @@ def markdown(result: dict) -> str:
             f"(x{r['published_over_faket']:.2f}); |faket - published| max {r['max_abs_vs_published']:.3g}, "
             f"mean {r['mean_abs_vs_published']:.3g}, 99.9th pct {r['p999_abs_vs_published']:.3g}.",
         ]
+        if r.get("deviation_by_mode"):
+            lines += ["", "| faket --precision | whole command s | max abs vs published | mean | 99.9th pct |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {m} | {r['seconds_by_mode'][m]:.1f} | {d['max']:.3g} | {d['mean']:.3g} | {d['p999']:.3g} |"
+                      for m, d in r["deviation_by_mode"].items()]
     lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """The published FakET command against faket's, whole commands on the same inputs (#12, target 5).
 
 usage: FAKET_PUBLISHED=/path/to/checkout python benchmarks/published.py [--size 4096] [--tilts 11]
-                                                                        [--device cuda] [--json OUT]
+                                                    [--device cuda] [--modes float32,bf16] [--json OUT]
 
 FAKET_PUBLISHED is a checkout of the published code (github.com/paloha/faket);
 its command runs as its README gives it (``python -m faket.style_transfer.cli``,
@@ -15,7 +15,8 @@ download (TORCH_HOME), so the published code loads them instead of downloading.
 
 Reported: each command's wall seconds (imports, reading, NST, writing: all of
 it), published over faket, and max / mean / 99.9th percentile of |faket -
-published| over the output.
+published| over the output; with ``--modes``, the same for ``faket stylize``
+in each further precision mode (``deviation_by_mode``, ``seconds_by_mode``).
 """
 
 from __future__ import annotations
@@ -66,8 +67,17 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return seconds
 
 
-def compare(checkout: Path, size: int, tilts: int, device: str) -> dict:
-    """Both whole commands on the same ``tilts`` x ``size``^2 series; returns the figures."""
+def _deviation(out: Path, published: np.ndarray) -> dict[str, float]:
+    from faket.io import read_mrc
+
+    diff = np.abs(read_mrc(out).astype(np.float64) - published)
+    return {"max": float(diff.max()), "mean": float(diff.mean()), "p999": float(np.quantile(diff, 0.999))}
+
+
+def compare(checkout: Path, size: int, tilts: int, device: str, modes: tuple[str, ...] = ()) -> dict:
+    """Both whole commands on the same ``tilts`` x ``size``^2 series; returns the figures.
+    modes: further ``--precision`` modes for ``faket stylize``, each one's deviation from the
+    published output reported (``deviation_by_mode``; the default mode's is always there)."""
     from faket.io import read_mrc
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,22 +99,31 @@ def compare(checkout: Path, size: int, tilts: int, device: str) -> dict:
              "--content_layers", "8", "--content_layers_weights", "100", "--model_weights", "pretrained"],
             checkout, pub_env,
         )
-        faket = _timed(
-            [sys.executable, "-m", "faket.cli", "stylize", str(p["content"]), str(p["style"]), "--init", str(p["noisy"]),
-             "-o", str(folder / "faket.mrc"), "--vgg-weights", str(p["weights"]), "--device", device],
-            folder, env,
-        )
-        diff = np.abs(read_mrc(folder / "faket.mrc").astype(np.float64) - read_mrc(folder / "published.mrc"))
+        reference = read_mrc(folder / "published.mrc").astype(np.float64)
+        seconds, deviation = {}, {}
+        for mode in ("auto", *(m for m in modes if m != "auto")):
+            out = folder / f"faket-{mode}.mrc"
+            seconds[mode] = _timed(
+                [sys.executable, "-m", "faket.cli", "stylize", str(p["content"]), str(p["style"]),
+                 "--init", str(p["noisy"]), "-o", str(out), "--vgg-weights", str(p["weights"]),
+                 "--device", device, "--precision", mode],
+                folder, env,
+            )
+            deviation[mode] = _deviation(out, reference)
+            print(f"faket --precision {mode}: {seconds[mode]:.1f} s, max abs vs published "
+                  f"{deviation[mode]['max']:.3g}", file=sys.stderr, flush=True)
     return {
         "size": size,
         "tilts": tilts,
         "device": device,
         "published_seconds": published,
-        "faket_seconds": faket,
-        "published_over_faket": published / faket,
-        "max_abs_vs_published": float(diff.max()),
-        "mean_abs_vs_published": float(diff.mean()),
-        "p999_abs_vs_published": float(np.quantile(diff, 0.999)),
+        "faket_seconds": seconds["auto"],
+        "published_over_faket": published / seconds["auto"],
+        "max_abs_vs_published": deviation["auto"]["max"],
+        "mean_abs_vs_published": deviation["auto"]["mean"],
+        "p999_abs_vs_published": deviation["auto"]["p999"],
+        "seconds_by_mode": seconds,
+        "deviation_by_mode": deviation,
     }
 
 
@@ -113,6 +132,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tilts", type=int, default=11)
     ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    ap.add_argument("--modes", default="", help="further faket --precision modes, comma list (e.g. float32,bf16)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     checkout = os.environ.get("FAKET_PUBLISHED")
@@ -120,7 +140,8 @@ def main() -> None:
         sys.exit("published.py: set FAKET_PUBLISHED to a checkout of the published code (faket/style_transfer/cli.py)")
     from bench_core import emit, machine_info
 
-    result = compare(Path(checkout), args.size, args.tilts, args.device)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    result = compare(Path(checkout), args.size, args.tilts, args.device, modes)
     result["machine"] = machine_info(args.device)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     emit(result, args.json)

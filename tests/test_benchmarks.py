@@ -69,10 +69,14 @@ def test_published_command_and_faket_agree(tmp_path):
     method's bounds on a CPU whose kernels round otherwise)."""
     out = tmp_path / "published.json"
     res = subprocess.run([sys.executable, str(BENCH / "published.py"), "--size", "64", "--tilts", "2",
-                          "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                          "--device", "cpu", "--modes", "float32", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["published_seconds"] > 0 and result["faket_seconds"] > 0
+    # each mode against the published output; on the CPU float32 is what auto resolves to
+    assert set(result["deviation_by_mode"]) == {"auto", "float32"}
+    assert result["deviation_by_mode"]["float32"] == result["deviation_by_mode"]["auto"]
     if fixture_arithmetic():  # this CPU's pinned kernels are the fixtures' (here: 2.4e-7 measured)
         assert result["max_abs_vs_published"] < 1e-5
     else:  # another CPU rounds otherwise (an H200 host's Xeon: 5.7e-5): the method's bounds
