@@ -49,9 +49,7 @@ from faket.weights import random_state_dict  # noqa: E402
 MODES = ["float32", "tf32", "bf16"]
 SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (4092, 5760)]
 #: aten operators that are the VGG-19 passes (forward and backward).
-NETWORK_OPS = re.compile(
-    r"conv|cudnn|relu|clamp_min|threshold|max_pool|avg_pool|pool2d"
-)  # ReLU runs as clamp_min_
+NETWORK_OPS = re.compile(r"conv|cudnn|relu|clamp_min|threshold|max_pool|avg_pool|pool2d")  # ReLU runs as clamp_min_
 
 
 def _stack(h: int, w: int, n: int, seed: int) -> list[np.ndarray]:
@@ -65,25 +63,15 @@ def per_tilt(sizes: list[tuple[int, int]], device: str) -> list[dict]:
         c, s, i = _stack(h, w, 2, h)
         for mode in MODES:
             t = StyleTransfer(sd, NSTSettings(precision=mode), device=device)
-            stylize_stack(c[:1], [s[:1]], i[:1], t)  # warm-up (cuDNN handles, allocator)
+            stylize_stack(c[:1], [s[:1]], i[:1], t)                  # warm-up (cuDNN handles, allocator)
             reset_peak_memory(device)
             secs = time_call(lambda t=t: stylize_stack(c, [s], i, t), device, 2) / 2
             peak = peak_memory_mb(device) / 1024
             predicted = predict_peak_bytes(h, w, 1, t.net.last) / 2**30
-            rows.append(
-                {
-                    "height": h,
-                    "width": w,
-                    "precision": mode,
-                    "seconds_per_tilt": secs,
-                    "peak_memory_gb": peak,
-                    "predicted_memory_gb": predicted,
-                    "peak_over_predicted": peak / predicted,
-                }
-            )
-            print(
-                f"{h}x{w} {mode}: {secs:.3f} s/tilt, peak {peak:.1f} GB (model {predicted:.1f})", flush=True
-            )
+            rows.append({"height": h, "width": w, "precision": mode, "seconds_per_tilt": secs,
+                         "peak_memory_gb": peak, "predicted_memory_gb": predicted,
+                         "peak_over_predicted": peak / predicted})
+            print(f"{h}x{w} {mode}: {secs:.3f} s/tilt, peak {peak:.1f} GB (model {predicted:.1f})", flush=True)
             del t
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -100,14 +88,8 @@ def layouts(device: str, sizes: list[int]) -> list[dict]:
             t = StyleTransfer(sd, NSTSettings(), device=device, channels_last=nhwc)
             stylize_stack(c[:1], [s[:1]], i[:1], t)
             secs = time_call(lambda t=t: outs.__setitem__(nhwc, stylize_stack(c, [s], i, t)), device, 1) / 2
-            rows.append(
-                {
-                    "size": size,
-                    "layout": "nhwc" if nhwc else "nchw",
-                    "precision": t.precision,
-                    "seconds_per_tilt": secs,
-                }
-            )
+            rows.append({"size": size, "layout": "nhwc" if nhwc else "nchw", "precision": t.precision,
+                         "seconds_per_tilt": secs})
             print(f"layout {rows[-1]['layout']} {size}^2: {secs:.3f} s/tilt", flush=True)
         rows[-1]["max_abs_vs_nchw"] = float(np.abs(outs[True] - outs[False]).max())
     return rows
@@ -117,21 +99,13 @@ def deviations(device: str, size: int = 1024) -> list[dict]:
     c, s, i = _stack(size, size, 2, 7)
     sd = random_state_dict(0)
     modes = ["float32"] + [m for m in MODES if m != "float32"]
-    out = {
-        m: stylize_stack(c, [s], i, StyleTransfer(sd, NSTSettings(precision=m), device=device)) for m in modes
-    }
+    out = {m: stylize_stack(c, [s], i, StyleTransfer(sd, NSTSettings(precision=m), device=device))
+           for m in modes}
     rows = []
     for m in modes:
         d = np.abs(out[m] - out["float32"])
-        rows.append(
-            {
-                "precision": m,
-                "size": size,
-                "max_abs_vs_float32": float(d.max()),
-                "mean_abs_vs_float32": float(d.mean()),
-                "p999_abs_vs_float32": float(np.quantile(d, 0.999)),
-            }
-        )
+        rows.append({"precision": m, "size": size, "max_abs_vs_float32": float(d.max()),
+                     "mean_abs_vs_float32": float(d.mean()), "p999_abs_vs_float32": float(np.quantile(d, 0.999))})
         print(f"deviation {m} vs float32 at {size}^2: max {d.max():.3g}, mean {d.mean():.3g}", flush=True)
     return rows
 
@@ -149,48 +123,27 @@ def network_fraction(device: str, size: int = 2048) -> dict:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     events = prof.key_averages()
-    ops = [
-        (e.key, e.self_device_time_total)
-        for e in events
-        if e.key.startswith("aten::") and e.self_device_time_total > 0
-    ]
+    ops = [(e.key, e.self_device_time_total) for e in events
+           if e.key.startswith("aten::") and e.self_device_time_total > 0]
     total = sum(v for _, v in ops)
     net = sum(v for k, v in ops if NETWORK_OPS.search(k))
     # host<->device copies run on the copy engines (a side stream): beside the compute, not in it
-    transfers = sum(
-        e.self_device_time_total for e in events if e.key.startswith("Memcpy") and "DtoD" not in e.key
-    )
+    transfers = sum(e.self_device_time_total for e in events if e.key.startswith("Memcpy") and "DtoD" not in e.key)
     top = sorted(ops, key=lambda kv: -kv[1])[:15]
     compute = total - transfers
-    row = {
-        "size": size,
-        "tilts": 2,
-        "precision": t.precision,
-        "gpu_ms": total / 1e3,
-        "network_ms": net / 1e3,
-        "network_fraction": net / total if total else None,
-        "transfer_ms": transfers / 1e3,
-        "network_fraction_of_compute": net / compute if compute > 0 else None,
-        "wall_ms": wall * 1e3,
-        "top_ops_ms": {k: v / 1e3 for k, v in top},
-    }
-    print(
-        f"profile {size}^2: network {net / 1e3:.0f} of {total / 1e3:.0f} ms GPU time "
-        f"({transfers / 1e3:.0f} ms host<->device copies; wall {wall * 1e3:.0f} ms)",
-        flush=True,
-    )
+    row = {"size": size, "tilts": 2, "precision": t.precision, "gpu_ms": total / 1e3,
+           "network_ms": net / 1e3, "network_fraction": net / total if total else None,
+           "transfer_ms": transfers / 1e3, "network_fraction_of_compute": net / compute if compute > 0 else None,
+           "wall_ms": wall * 1e3, "top_ops_ms": {k: v / 1e3 for k, v in top}}
+    print(f"profile {size}^2: network {net / 1e3:.0f} of {total / 1e3:.0f} ms GPU time "
+          f"({transfers / 1e3:.0f} ms host<->device copies; wall {wall * 1e3:.0f} ms)", flush=True)
     return row
 
 
 #: experiment variants: precision mode, cuDNN's fused conv + bias + ReLU, TF32 Gram matmuls, cuDNN autotuning
-VARIANTS = {
-    "published": ("tf32", False, False, False),
-    "unfused": ("tf32", False, True, False),
-    "cudnn_benchmark": ("tf32", False, True, True),
-    "default": ("tf32", True, True, False),
-    "bf16_unfused": ("bf16", False, True, False),
-    "bf16": ("bf16", True, True, False),
-}
+VARIANTS = {"published": ("tf32", False, False, False), "unfused": ("tf32", False, True, False),
+            "cudnn_benchmark": ("tf32", False, True, True), "default": ("tf32", True, True, False),
+            "bf16_unfused": ("bf16", False, True, False), "bf16": ("bf16", True, True, False)}
 
 
 def experiments(device: str, size: int) -> list[dict]:
@@ -201,9 +154,7 @@ def experiments(device: str, size: int) -> list[dict]:
     c, s, i = _stack(size, size, 2, size + 3)
     sd, rows, base = random_state_dict(0), [], None
     for name, (mode, fuse, tf32_matmul, autotune) in VARIANTS.items():
-        t = StyleTransfer(
-            sd, NSTSettings(precision=mode), device=device, fuse_conv_relu=fuse
-        )  # sets the mode's flags
+        t = StyleTransfer(sd, NSTSettings(precision=mode), device=device, fuse_conv_relu=fuse)  # sets the mode's flags
         torch.backends.cuda.matmul.allow_tf32 = tf32_matmul
         torch.backends.cudnn.benchmark = autotune
         out: dict = {}
@@ -213,19 +164,10 @@ def experiments(device: str, size: int) -> list[dict]:
         finally:
             torch.backends.cudnn.benchmark = False
         base = out["x"] if base is None else base
-        rows.append(
-            {
-                "size": size,
-                "variant": name,
-                "seconds_per_tilt": secs,
-                "max_abs_vs_published": float(np.abs(out["x"] - base).max()),
-            }
-        )
-        print(
-            f"experiment {name} {size}^2: {secs:.3f} s/tilt, max abs vs published arithmetic "
-            f"{rows[-1]['max_abs_vs_published']:.3g}",
-            flush=True,
-        )
+        rows.append({"size": size, "variant": name, "seconds_per_tilt": secs,
+                     "max_abs_vs_published": float(np.abs(out["x"] - base).max())})
+        print(f"experiment {name} {size}^2: {secs:.3f} s/tilt, max abs vs published arithmetic "
+              f"{rows[-1]['max_abs_vs_published']:.3g}", flush=True)
         del t
     return rows
 
@@ -240,35 +182,17 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
     for size, tilts in runs:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "feed.json"
-            cmd = [
-                sys.executable,
-                str(HERE / "engine_feed.py"),
-                "--size",
-                str(size),
-                "--tilts",
-                str(tilts),
-                "--real-nst",
-                "--device",
-                device,
-                "--json",
-                str(out),
-            ] + ([] if loop else ["--no-loop"])
+            cmd = [sys.executable, str(HERE / "engine_feed.py"), "--size", str(size), "--tilts", str(tilts),
+                   "--real-nst", "--device", device, "--json", str(out)] + ([] if loop else ["--no-loop"])
             subprocess.run(cmd, check=True)
             row = json.loads(out.read_text())
         row.pop("machine", None)
         rows.append(row)
-        against = (
-            f"against {row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
-            f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; "
-            if loop
-            else ""
-        )
-        print(
-            f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
-            f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
-            f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())})",
-            flush=True,
-        )
+        against = (f"against {row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
+                   f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; " if loop else "")
+        print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
+              f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
+              f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())})", flush=True)
     return rows
 
 
@@ -282,11 +206,8 @@ def published_vs_faket(device: str, size: int, tilts: int) -> list[dict] | None:
     from published import compare
 
     row = compare(Path(checkout), size, tilts, device, modes=("float32", "bf16"))
-    print(
-        f"published {tilts} x {size}^2: {row['published_seconds']:.1f} s, faket {row['faket_seconds']:.1f} s "
-        f"(x{row['published_over_faket']:.2f}), max abs {row['max_abs_vs_published']:.3g}",
-        flush=True,
-    )
+    print(f"published {tilts} x {size}^2: {row['published_seconds']:.1f} s, faket {row['faket_seconds']:.1f} s "
+          f"(x{row['published_over_faket']:.2f}), max abs {row['max_abs_vs_published']:.3g}", flush=True)
     for mode, d in row["deviation_by_mode"].items():
         print(f"  faket --precision {mode}: {row['seconds_by_mode'][mode]:.1f} s, max abs vs published "
               f"{d['max']:.3g}, mean {d['mean']:.3g}", flush=True)
@@ -295,80 +216,48 @@ def published_vs_faket(device: str, size: int, tilts: int) -> list[dict] | None:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [
-        f"# GPU benchmark: {m.get('gpu', m['cpu'])} ({result['created']}, torch {m['torch']})",
-        "",
-        "| size | precision | s/tilt | peak GB | model GB | peak / model |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['height']}x{r['width']} | {r['precision']} | {r['seconds_per_tilt']:.3f} | "
-        f"{r['peak_memory_gb']:.1f} | {r['predicted_memory_gb']:.1f} | {r['peak_over_predicted']:.2f} |"
-        for r in result.get("per_tilt", [])
-    ]
+    lines = [f"# GPU benchmark: {m.get('gpu', m['cpu'])} ({result['created']}, torch {m['torch']})", "",
+             "| size | precision | s/tilt | peak GB | model GB | peak / model |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['height']}x{r['width']} | {r['precision']} | {r['seconds_per_tilt']:.3f} | "
+              f"{r['peak_memory_gb']:.1f} | {r['predicted_memory_gb']:.1f} | {r['peak_over_predicted']:.2f} |"
+              for r in result.get("per_tilt", [])]
     if result.get("layout"):
         lines += ["", "| size | layout | s/tilt | max abs vs nchw |", "|---|---|---|---|"]
-        lines += [
-            f"| {r['size']} | {r['layout']} | {r['seconds_per_tilt']:.3f} | "
-            f"{r.get('max_abs_vs_nchw', 0):.3g} |"
-            for r in result["layout"]
-        ]
+        lines += [f"| {r['size']} | {r['layout']} | {r['seconds_per_tilt']:.3f} | "
+                  f"{r.get('max_abs_vs_nchw', 0):.3g} |" for r in result["layout"]]
     if result.get("deviation"):
         lines += ["", "| precision | max abs vs float32 | mean | 99.9th pct |", "|---|---|---|---|"]
-        lines += [
-            f"| {r['precision']} | {r['max_abs_vs_float32']:.3g} | {r['mean_abs_vs_float32']:.3g} | "
-            f"{r['p999_abs_vs_float32']:.3g} |"
-            for r in result["deviation"]
-        ]
+        lines += [f"| {r['precision']} | {r['max_abs_vs_float32']:.3g} | {r['mean_abs_vs_float32']:.3g} | "
+                  f"{r['p999_abs_vs_float32']:.3g} |" for r in result["deviation"]]
     for p in result.get("profile") or []:
         frac = "n/a" if p["network_fraction"] is None else f"{p['network_fraction']:.1%}"
         comp = p.get("network_fraction_of_compute")
-        lines += [
-            "",
-            f"Network kernels ({p['tilts']} tilts of {p['size']}^2, {p['precision']}): {frac} of "
-            f"{p['gpu_ms']:.0f} ms GPU time; {comp:.1%} of the {p['gpu_ms'] - p['transfer_ms']:.0f} ms "
-            f"without host<->device copies; wall {p['wall_ms']:.0f} ms.",
-        ]
+        lines += ["", f"Network kernels ({p['tilts']} tilts of {p['size']}^2, {p['precision']}): {frac} of "
+                  f"{p['gpu_ms']:.0f} ms GPU time; {comp:.1%} of the {p['gpu_ms'] - p['transfer_ms']:.0f} ms "
+                  f"without host<->device copies; wall {p['wall_ms']:.0f} ms."]
     if result.get("experiments"):
         lines += ["", "| size | variant | s/tilt | max abs vs published arithmetic |", "|---|---|---|---|"]
-        lines += [
-            f"| {r['size']} | {r['variant']} | {r['seconds_per_tilt']:.3f} | {r['max_abs_vs_published']:.3g} |"
-            for r in result["experiments"]
-        ]
+        lines += [f"| {r['size']} | {r['variant']} | {r['seconds_per_tilt']:.3f} | {r['max_abs_vs_published']:.3g} |"
+                  for r in result["experiments"]]
     if result.get("engine"):
-        lines += [
-            "",
-            "| engine | tilts/s | in process | engine / in process | actor NST / in process | "
-            "NST stage s | run s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {e['tilts']} x {e['size']}^2 | {e['tilts_per_second']:.2f} | "
-            f"{e['in_process_tilts_per_second']:.2f} | {e['engine_over_in_process']:.0%} | "
-            f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
-            for e in result["engine"]
-        ]
+        lines += ["", "| engine | tilts/s | in process | engine / in process | actor NST / in process | "
+                  "NST stage s | run s |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {e['tilts']} x {e['size']}^2 | {e['tilts_per_second']:.2f} | "
+                  f"{e['in_process_tilts_per_second']:.2f} | {e['engine_over_in_process']:.0%} | "
+                  f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
+                  for e in result["engine"]]
     if result.get("end_to_end"):
         lines += ["", "| whole run | seconds | NST stage s | NST tilts/s |", "|---|---|---|---|"]
-        lines += [
-            f"| {e['tilts']} x {e['size']}^2 | {e['run_seconds']:.1f} | {e['nst_stage_seconds']:.1f} | "
-            f"{e['tilts_per_second']:.2f} |"
-            for e in result["end_to_end"]
-        ]
-    for e in (result.get("engine") or []) + (result.get("end_to_end") or []):
-        if e.get("stage_seconds"):
-            lines += [
-                f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
-                + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
-            ]
+        lines += [f"| {e['tilts']} x {e['size']}^2 | {e['run_seconds']:.1f} | {e['nst_stage_seconds']:.1f} | "
+                  f"{e['tilts_per_second']:.2f} |" for e in result["end_to_end"]]
+    lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
+              for e in (result.get("engine") or []) + (result.get("end_to_end") or []) if e.get("stage_seconds")]
     for r in result.get("published") or []:
-        lines += [
-            "",
-            f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "
-            f"{r['published_seconds']:.1f} s against {r['faket_seconds']:.1f} s "
-            f"(x{r['published_over_faket']:.2f}); |faket - published| max {r['max_abs_vs_published']:.3g}, "
-            f"mean {r['mean_abs_vs_published']:.3g}, 99.9th pct {r['p999_abs_vs_published']:.3g}.",
-        ]
+        lines += ["", f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "
+                  f"{r['published_seconds']:.1f} s against {r['faket_seconds']:.1f} s "
+                  f"(x{r['published_over_faket']:.2f}); |faket - published| max {r['max_abs_vs_published']:.3g}, "
+                  f"mean {r['mean_abs_vs_published']:.3g}, 99.9th pct {r['p999_abs_vs_published']:.3g}."]
         if r.get("deviation_by_mode"):
             lines += ["", "| faket --precision | whole command s | max abs vs published | mean | 99.9th pct |",
                       "|---|---|---|---|---|"]
@@ -381,20 +270,12 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
-    ap.add_argument(
-        "--skip",
-        default="",
-        help="comma list of parts to leave out: per_tilt, engine, end_to_end, profile, experiments, deviation, layout, published",
-    )
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, engine, end_to_end, profile, experiments, deviation, layout, published")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument(
-        "--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)"
-    )
+    ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
     ap.add_argument("--engine", default="1024x41,4096x11", help="engine runs, SIZExTILTS comma list")
-    ap.add_argument(
-        "--end-to-end", default="4096x61", help="whole engine runs without the loop, SIZExTILTS list"
-    )
+    ap.add_argument("--end-to-end", default="4096x61", help="whole engine runs without the loop, SIZExTILTS list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
     device, skip = "cuda", set(args.skip.split(","))
@@ -406,36 +287,18 @@ def main() -> None:
         SIZES[:] = [(int(n.partition("x")[0]), int(n.partition("x")[2] or n)) for n in args.sizes.split(",")]
     if args.modes:
         MODES[:] = args.modes.split(",")
-    result: dict = {
-        "machine": machine_info(device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "errors": {},
-    }
-    parts = [
-        ("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
-        (
-            "engine",
-            lambda: engine_vs_in_process(
-                device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))]
-            ),
-        ),
-        (
-            "end_to_end",
-            lambda: engine_vs_in_process(
-                device,
-                [(int(a), int(b)) for a, b in (r.split("x") for r in args.end_to_end.split(","))],
-                loop=False,
-            ),
-        ),
-        ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
-        ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
-        ("deviation", lambda: deviations(device, SIZES[0][0])),
-        ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
-        (
-            "published",
-            lambda: published_vs_faket(device, 64 if args.smoke_cpu else 4096, 3 if args.smoke_cpu else 11),
-        ),
-    ]
+    result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
+    parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
+             ("engine", lambda: engine_vs_in_process(
+                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.engine.split(","))])),
+             ("end_to_end", lambda: engine_vs_in_process(
+                 device, [(int(a), int(b)) for a, b in (r.split("x") for r in args.end_to_end.split(","))], loop=False)),
+             ("profile", lambda: [network_fraction(device, h) for h, w in SIZES[1:3] if h == w]),
+             ("experiments", lambda: experiments(device, max(h for h, w in SIZES[:3] if h == w))),
+             ("deviation", lambda: deviations(device, SIZES[0][0])),
+             ("layout", lambda: layouts(device, [h for h, _ in SIZES[1 : 2 if args.quick else 3]])),
+             ("published", lambda: published_vs_faket(device, 64 if args.smoke_cpu else 4096,
+                                                      3 if args.smoke_cpu else 11))]
     gpu = result["machine"].get("gpu", "cpu-smoke")
     name = re.sub(r"[^a-z0-9]+", "", gpu.lower().replace("nvidia", ""))
     out = args.out_dir / f"gpu-{name}-{time.strftime('%Y%m%d')}"
@@ -450,7 +313,7 @@ def main() -> None:
             traceback.print_exc()
         out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         if device == "cuda":  # what a part's tensors held goes back: the published command and the
-            gc.collect()  # engine's actor are other processes on the same GPU
+            gc.collect()      # engine's actor are other processes on the same GPU
             torch.cuda.empty_cache()
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
