@@ -4,9 +4,7 @@
 # Build .gpu/ first (here, with network):
 #   ../shared/tools/gpu-bundle.sh pydantic jsonschema pytest-xdist starfile mdocfile ome-zarr-models ome-zarr tqdm
 #   rm -f .gpu/whl/{aiobotocore,botocore,s3fs,jmespath,aioitertools,iniconfig,pluggy}-*.whl  # < 64 MiB
-# and, for the published command (optional): its checkout's faket/ in .gpu/published/, and in
-# .gpu/published-deps/ torchvision 0.26.0's cp312 wheel unpacked without _C.so, image.so and
-# torchvision.libs/, its _meta_registrations.py emptied (the image's torch is 2.11+cu130)
+# and, for the published command (optional):  benchmarks/gpu_published.sh /path/to/published/checkout
 # then, e.g. (FIRST: test files to run before the rest; TEST_S=0: those alone):
 #   run(command="OUT=$OUT BENCH_S=270 BENCH_ARGS='--sizes 1024,2048,4096,4092x5760 --modes tf32,bf16
 #       --skip layout' FIRST='tests/test_transfer.py' TEST_S=150 WORKERS=14 bash benchmarks/gpu_check.sh",
