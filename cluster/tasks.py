@@ -23,7 +23,10 @@ def remote_functions():
         from faket.io import open_mrc
         from faket.noise import NoiseModel
 
-        stacks = [(open_mrc(r, role="reference"), open_mrc(c, role="noiseless")) for r, c in pairs]
+        stacks = [
+            (open_mrc(r, role="reference", workers=workers), open_mrc(c, role="noiseless", workers=workers))
+            for r, c in pairs
+        ]
         model = NoiseModel.estimate(
             [(a.data, b.data) for a, b in stacks],
             order,
@@ -76,7 +79,7 @@ def prepare_tomogram(
     angles = read_tlt(tomo.angles)
     source = tomo.volume or tomo.tilts
     assert source is not None and tomo.style is not None  # the spec checked both
-    with open_mrc(source, role="volume" if tomo.volume else "tilts") as src:
+    with open_mrc(source, role="volume" if tomo.volume else "tilts", workers=workers) as src:
         voxel = src.voxel_size[0] or 1.0
         if tomo.volume is not None:
             threads = torch.get_num_threads()  # Ray reuses this process for other tasks: restore it
@@ -97,7 +100,7 @@ def prepare_tomogram(
         content_sigma,
         workers=workers,
     )
-    with open_mrc(tomo.style, role="style") as st:
+    with open_mrc(tomo.style, role="style", workers=workers) as st:
         copy_tilts(sink, "style", st.tilt, workers)
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:

@@ -78,14 +78,19 @@ class Stack:
 
 
 def open_mrc(
-    path: str | os.PathLike, *, role: str = "input", ndim: int = 3, check_finite: bool = True
+    path: str | os.PathLike,
+    *,
+    role: str = "input",
+    ndim: int = 3,
+    check_finite: bool = True,
+    workers: int = 1,
 ) -> Stack:
     """Open an MRC file lazily and validate it.
 
     role names the input in error messages ("content", "style", ...).
     ndim: 3 for a tilt-series or volume, 2 for a single image, 0 for either.
-    check_finite streams through the data once (tilt by tilt) to refuse NaN/Inf,
-    and keeps the data's min and max from that pass (``value_range``).
+    check_finite streams through the data once (tilt by tilt, on ``workers`` threads) to
+    refuse NaN/Inf, and keeps the data's min and max from that pass (``value_range``).
     Raises FaketInputError with one line naming the file and the problem.
     """
     p = Path(path)
@@ -119,19 +124,34 @@ def open_mrc(
     vs = handle.voxel_size
     stack = Stack(p, data, (float(vs.x), float(vs.y), float(vs.z)), handle)
     if check_finite and data.dtype.kind == "f":
-        lo, hi = np.float32(np.inf), np.float32(-np.inf)
-        for i in range(data.shape[0] if data.ndim == 3 else 1):
-            part = data[i] if data.ndim == 3 else data
-            p_lo, p_hi = np.float32(part.min()), np.float32(part.max())  # NaN and Inf show here
-            if not (np.isfinite(p_lo) and np.isfinite(p_hi)):
-                stack.close()
-                where = f"tilt/slice {i}" if data.ndim == 3 else "the image"
-                raise FaketInputError(
-                    f"{role} file {p} contains NaN or Inf values in {where}: clean the input first"
-                )
-            lo, hi = min(lo, p_lo), max(hi, p_hi)
+        lo, hi, bad = _finite_range(data, workers)
+        if bad is not None:
+            stack.close()
+            where = f"tilt/slice {bad}" if data.ndim == 3 else "the image"
+            raise FaketInputError(
+                f"{role} file {p} contains NaN or Inf values in {where}: clean the input first"
+            )
         stack.value_range = (lo, hi)
     return stack
+
+
+def _finite_range(data: np.ndarray, workers: int = 1) -> tuple[np.float32, np.float32, int | None]:
+    """float32 (min, max) of ``data`` ``(n, H, W)`` or ``(H, W)``, one tilt at a time on ``workers``
+    threads, and the index of the first tilt with NaN or Inf (they show in its min or max) or None."""
+    from ._threads import for_each
+
+    parts = [data] if data.ndim != 3 else [data[i] for i in range(data.shape[0])]
+    lo, hi = np.empty(len(parts), np.float32), np.empty(len(parts), np.float32)
+
+    def one(i: int) -> None:
+        lo[i], hi[i] = np.float32(parts[i].min()), np.float32(parts[i].max())
+
+    for_each(one, range(len(parts)), workers)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    first = int(np.argmax(bad)) if bad.any() else None
+    if not len(parts):  # no tilts: the empty range
+        return np.float32(np.inf), np.float32(-np.inf), None
+    return np.float32(lo.min()), np.float32(hi.max()), first
 
 
 def read_mrc(path: str | os.PathLike, *, role: str = "input", ndim: int = 3) -> np.ndarray:

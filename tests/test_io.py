@@ -82,6 +82,12 @@ def test_open_mrc_truncated_2d_and_nan(tmp_path):
     write_mrc(tmp_path / "i.mrc", inf)
     with pytest.raises(FaketInputError, match="NaN or Inf values in tilt/slice 2"):
         open_mrc(tmp_path / "i.mrc")
+    both = np.ones((6, 8, 8), np.float32)
+    both[4, 1, 1], both[3, 0, 0] = np.nan, np.inf
+    write_mrc(tmp_path / "b.mrc", both)
+    for workers in (1, 3):  # scanned on threads, the first bad tilt is still the one named
+        with pytest.raises(FaketInputError, match="NaN or Inf values in tilt/slice 3:"):
+            open_mrc(tmp_path / "b.mrc", workers=workers)
 
 
 def test_finite_check_keeps_the_stack_range(tmp_path):
@@ -90,6 +96,8 @@ def test_finite_check_keeps_the_stack_range(tmp_path):
 
     data = np.random.default_rng(0).normal(size=(5, 16, 16)).astype(np.float32)
     with open_mrc(write_mrc(tmp_path / "r.mrc", data)) as s:
+        assert s.value_range == stack_range(data)
+    with open_mrc(tmp_path / "r.mrc", workers=3) as s:  # the tilts scanned on threads: the same
         assert s.value_range == stack_range(data)
     with open_mrc(tmp_path / "r.mrc", check_finite=False) as s:
         assert s.value_range is None
