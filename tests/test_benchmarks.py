@@ -81,3 +81,18 @@ def test_published_command_and_faket_agree(tmp_path):
         assert result["max_abs_vs_published"] < 1e-5
     else:  # another CPU rounds otherwise (an H200 host's Xeon: 5.7e-5): the method's bounds
         assert result["max_abs_vs_published"] <= 2 * 0.15 * 1 and result["mean_abs_vs_published"] <= 1e-3
+
+
+@pytest.mark.parametrize("case", ["no checkout", "no bundle"])
+def test_gpu_published_refuses_bad_input_in_one_line(tmp_path, case):
+    """benchmarks/gpu_published.sh: without a published checkout, or before the GPU bundle exists,
+    one line and exit 2, and nothing is downloaded or written."""
+    checkout = tmp_path / "published"
+    if case == "no bundle":
+        (checkout / "faket" / "style_transfer").mkdir(parents=True)
+        (checkout / "faket" / "style_transfer" / "cli.py").write_text("")
+    res = subprocess.run(["bash", str(BENCH / "gpu_published.sh"), str(checkout)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res
+    assert ("cli.py" if case == "no checkout" else "gpu-bundle.sh") in res.stderr
+    assert not (tmp_path / ".gpu").exists()
