@@ -192,7 +192,9 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
                    f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; " if loop else "")
         print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
-              f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())})", flush=True)
+              f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())}; inside: "
+              f"{', '.join(f'{k} {v:.1f}' for p in row.get('phase_seconds', {}).values() for k, v in p.items())})",
+              flush=True)
     return rows
 
 
@@ -252,6 +254,8 @@ def markdown(result: dict) -> str:
                   f"{e['tilts_per_second']:.2f} |" for e in result["end_to_end"]]
     lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
+              + "".join(f"; {stage} inside: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
+                        for stage, p in e.get("phase_seconds", {}).items() if p)
               for e in (result.get("engine") or []) + (result.get("end_to_end") or []) if e.get("stage_seconds")]
     for r in result.get("published") or []:
         lines += ["", f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "

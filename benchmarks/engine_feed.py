@@ -122,6 +122,7 @@ def main() -> None:
             "nst_stage_seconds": summary["nst_seconds"],
             "run_seconds": summary["seconds"],
             "stage_seconds": summary["stage_seconds"],
+            "phase_seconds": summary["phase_seconds"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
         }

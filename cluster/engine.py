@@ -102,15 +102,15 @@ def run_tasks(
 
 
 # --------------------------------------------------------------------------- the run
-def _noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> dict:
+def _noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> tuple[dict, dict[str, float]]:
     """The run's noise model as JSON: loaded from the spec's file, or estimated from its pairs
-    (reserved: CPUs this run's actors hold meanwhile)."""
+    (reserved: CPUs this run's actors hold meanwhile); and the estimate's wall seconds per phase."""
     from faket.noise import NoiseModel
 
     _, estimate, _, _ = remote_functions()
 
     if spec.noise_model is not None:
-        return NoiseModel.load(spec.noise_model).to_json()
+        return NoiseModel.load(spec.noise_model).to_json(), {}
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     cpus = _free_cpus(1, reserved)
     task = estimate.options(num_cpus=cpus)
@@ -120,7 +120,7 @@ def _noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> d
             f"the noise model could not be estimated ({failures['noise']}): "
             "fix the cause and rerun the same spec"
         )
-    return results["noise"]
+    return results["noise"]["model"], results["noise"]["seconds"]
 
 
 def _record_failures(root, spec: RunSpec, failed: dict[str, dict[str, str]]) -> list[dict]:
@@ -227,19 +227,23 @@ def _largest_node_cpus() -> float:
 
 def _prepare_stage(
     spec: RunSpec, policy: RetryPolicy, model_json: dict, say, reserved: float = 0.0
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, float]]:
     """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile); returns
-    the tomograms that failed."""
+    the tomograms that failed and the tasks' wall seconds per phase, summed over tomograms."""
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
     say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
     by_name = {t.name: t for t in spec.tomograms}
     cpus = _free_cpus(len(by_name), reserved)
     task = prepare.options(num_cpus=cpus)
-    _, prep_failed = run_tasks(
+    done, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus), list(by_name), policy
     )
-    return prep_failed
+    phases: dict[str, float] = {}
+    for result in done.values():
+        for phase, secs in result["seconds"].items():
+            phases[phase] = round(phases.get(phase, 0.0) + secs, 3)
+    return prep_failed, phases
 
 
 def _nst_stage(
@@ -317,9 +321,9 @@ def run(
     fleet = _early_fleet(spec, root, plan, weights.state_dict)
     try:
         reserved = fleet.cpus if fleet is not None else 0.0
-        model_json = _noise_model(spec, policy, reserved)
+        model_json, noise_phases = _noise_model(spec, policy, reserved)
         clock.lap("noise_model")
-        prep_failed = _prepare_stage(spec, policy, model_json, say, reserved)
+        prep_failed, prep_phases = _prepare_stage(spec, policy, model_json, say, reserved)
         clock.lap("prepare")
         for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
             if t.name not in prep_failed:
@@ -356,6 +360,8 @@ def run(
         **_stats_summary(stats),
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
+        # inside the noise estimate and the prepare tasks (summed over tomograms)
+        "phase_seconds": {"noise_model": noise_phases, "prepare": prep_phases},
         "reconstructions": recs,
         "exported": exported,
         "failed": _record_failures(root, spec, failed),

@@ -20,20 +20,25 @@ def remote_functions():
 
     @ray.remote(num_cpus=1, max_retries=0)
     def estimate(pairs: list, order: int, workers: int) -> dict:
+        """The noise model's JSON (``model``) and the wall seconds of opening (the files' scans)
+        and of the statistics (``seconds``)."""
         from faket.io import open_mrc
         from faket.noise import NoiseModel
 
+        lap = _Laps()
         stacks = [
             (open_mrc(r, role="reference", workers=workers), open_mrc(c, role="noiseless", workers=workers))
             for r, c in pairs
         ]
+        lap("open")
         model = NoiseModel.estimate(
             [(a.data, b.data) for a, b in stacks],
             order,
             [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
             workers,
         )
-        return model.to_json()
+        lap("statistics")
+        return {"model": model.to_json(), "seconds": lap.seconds}
 
     @ray.remote(num_cpus=1, max_retries=0)
     def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
@@ -60,20 +65,20 @@ def remote_functions():
 def prepare_tomogram(
     store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int = 1
 ) -> dict:
-    """Write noiseless, NOISY, CONTENT, style tilts and labels of one tomogram (idempotent).
+    """Write noiseless, NOISY, CONTENT, style tilts and labels of one tomogram (idempotent);
+    returns its name, tilt count and the wall seconds of each phase (``seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
     workers: the CPUs Ray gave the task; tilts are made on that many threads
     (each tilt is its own shard), a projection uses that many torch threads.
     """
-    import torch
-
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
     from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
     from faket.store import StoreSink, done_mask, keep_freed_chunk_memory, open_store, read_tilt, write_volume
 
     keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
+    lap = _Laps()
     g = open_store(store)[tomo.name]
     sink = StoreSink(g, track=("content", "noisy", "style"))  # their ranges, as they are written
     angles = read_tlt(tomo.angles)
@@ -82,6 +87,8 @@ def prepare_tomogram(
     with open_mrc(source, role="volume" if tomo.volume else "tilts", workers=workers) as src:
         voxel = src.voxel_size[0] or 1.0
         if tomo.volume is not None:
+            import torch  # only to project: importing it takes seconds (2.2 s on this VM)
+
             threads = torch.get_num_threads()  # Ray reuses this process for other tasks: restore it
             torch.set_num_threads(max(1, workers))
             try:
@@ -90,6 +97,7 @@ def prepare_tomogram(
                 torch.set_num_threads(threads)
         else:
             prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
+    lap("noiseless")
     model = NoiseModel.from_json(model_json)
     prepare_noise(
         sink,
@@ -100,11 +108,16 @@ def prepare_tomogram(
         content_sigma,
         workers=workers,
     )
+    lap("noise")
     with open_mrc(tomo.style, role="style", workers=workers) as st:
         copy_tilts(sink, "style", st.tilt, workers)
+    lap("style")
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:
             write_volume(g, "labels", lab.read())
+    lap("labels")
+    ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}
+    lap("ranges")
     attrs = {
         "angles": [float(a) for a in angles],
         "voxel_size": float(voxel),
@@ -120,9 +133,26 @@ def prepare_tomogram(
             )
             if v is not None
         },
-        "ranges": {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked},
+        "ranges": ranges,
     }
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()
     g.attrs.update(attrs)
-    return {"name": tomo.name, "n": len(angles)}
+    lap("attrs")
+    return {"name": tomo.name, "n": len(angles), "seconds": lap.seconds}
+
+
+class _Laps:
+    """Wall seconds of a task's phases: ``lap(name)`` ends the phase that began at the last lap."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = self._now()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now

@@ -111,8 +111,6 @@ def prepare_noiseless(
     """The ``noiseless`` stack: projections of ``volume`` (Z, Y, X) at ``angles`` (degrees),
     or the given noiseless tilts ``tilts(i)`` (H, W); only the tilts ``sink`` still needs.
     workers: threads that put tilts (see :func:`faket._threads.for_each`)."""
-    from .projection import project
-
     if volume is None:
         if tilts is None:
             raise ValueError("prepare_noiseless needs a volume or tilts")
@@ -120,6 +118,8 @@ def prepare_noiseless(
         return
     todo = list(sink.todo("noiseless"))
     if todo:
+        from .projection import project  # torch: seconds to import, only to project
+
         series = project(volume, angles, device=device).cpu().numpy()
         copy_tilts(sink, "noiseless", lambda i: series[i], workers)
 

@@ -87,6 +87,10 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert list(stages) == ["start", "noise_model", "prepare", "actors_up", "stylize", "finish"]
     assert min(stages.values()) >= 0 and sum(stages.values()) <= summary["seconds"] + 0.01
     assert stages["stylize"] == pytest.approx(summary["nst_seconds"], abs=1e-3)
+    phases = summary["phase_seconds"]              # inside the tasks: where the stages went
+    assert list(phases["noise_model"]) == ["open", "statistics"]
+    assert list(phases["prepare"]) == ["noiseless", "noise", "style", "labels", "ranges", "attrs"]
+    assert min(v for p in phases.values() for v in p.values()) >= 0 and phases["prepare"]["noise"] > 0
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()
