@@ -26,6 +26,7 @@ from faket.errors import FaketInputError
 from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
+from ._clock import StageClock
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import ActorPlan, Fleet, launch, plan_actors
 from .ray_setup import LOOPBACK_ENV, init_ray
@@ -314,7 +315,7 @@ def run(
     """
     from faket.store import done_mask
 
-    clock = _StageClock()
+    clock = StageClock()
     weights, plan, root = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
@@ -370,26 +371,6 @@ def run(
     if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]
     return summary
-
-
-class _StageClock:
-    """Wall seconds per stage of a run, in the order they ran (the summary's ``stage_seconds``)."""
-
-    def __init__(self) -> None:
-        self.start = self.mark = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def since(self) -> float:
-        return time.perf_counter() - self.mark
-
-    def lap(self, name: str, seconds: float | None = None) -> None:
-        """Close stage ``name``: the time since the last lap, or ``seconds`` of it (the rest stays open)."""
-        took = self.since() if seconds is None else seconds
-        self.laps[name] = round(took, 3)
-        self.mark += took
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def _stats_summary(stats) -> dict:

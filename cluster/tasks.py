@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from ._clock import StageClock
 from .spec import TomogramSpec
 
 
@@ -25,20 +26,20 @@ def remote_functions():
         from faket.io import open_mrc
         from faket.noise import NoiseModel
 
-        lap = _Laps()
+        clock = StageClock()
         stacks = [
             (open_mrc(r, role="reference", workers=workers), open_mrc(c, role="noiseless", workers=workers))
             for r, c in pairs
         ]
-        lap("open")
+        clock.lap("open")
         model = NoiseModel.estimate(
             [(a.data, b.data) for a, b in stacks],
             order,
             [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
             workers,
         )
-        lap("statistics")
-        return {"model": model.to_json(), "seconds": lap.seconds}
+        clock.lap("statistics")
+        return {"model": model.to_json(), "seconds": clock.laps}
 
     @ray.remote(num_cpus=1, max_retries=0)
     def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
@@ -78,7 +79,7 @@ def prepare_tomogram(
     from faket.store import StoreSink, done_mask, keep_freed_chunk_memory, open_store, read_tilt, write_volume
 
     keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
-    lap = _Laps()
+    clock = StageClock()
     g = open_store(store)[tomo.name]
     sink = StoreSink(g, track=("content", "noisy", "style"))  # their ranges, as they are written
     angles = read_tlt(tomo.angles)
@@ -97,7 +98,7 @@ def prepare_tomogram(
                 torch.set_num_threads(threads)
         else:
             prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
-    lap("noiseless")
+    clock.lap("noiseless")
     model = NoiseModel.from_json(model_json)
     prepare_noise(
         sink,
@@ -108,16 +109,16 @@ def prepare_tomogram(
         content_sigma,
         workers=workers,
     )
-    lap("noise")
+    clock.lap("noise")
     with open_mrc(tomo.style, role="style", workers=workers) as st:
         copy_tilts(sink, "style", st.tilt, workers)
-    lap("style")
+    clock.lap("style")
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:
             write_volume(g, "labels", lab.read())
-    lap("labels")
+    clock.lap("labels")
     ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}
-    lap("ranges")
+    clock.lap("ranges")
     attrs = {
         "angles": [float(a) for a in angles],
         "voxel_size": float(voxel),
@@ -138,21 +139,5 @@ def prepare_tomogram(
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()
     g.attrs.update(attrs)
-    lap("attrs")
-    return {"name": tomo.name, "n": len(angles), "seconds": lap.seconds}
-
-
-class _Laps:
-    """Wall seconds of a task's phases: ``lap(name)`` ends the phase that began at the last lap."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str) -> None:
-        now = self._now()
-        self.seconds[name] = round(now - self._last, 3)
-        self._last = now
+    clock.lap("attrs")
+    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps}
