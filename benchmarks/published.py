@@ -127,6 +127,12 @@ def compare(checkout: Path, size: int, tilts: int, device: str, modes: tuple[str
     }
 
 
+def _refuse(why: str) -> None:
+    """Bad input: one line, exit 2, before any work."""
+    print(f"published.py: {why}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
@@ -135,12 +141,17 @@ def main() -> None:
     ap.add_argument("--modes", default="", help="further faket --precision modes, comma list (e.g. float32,bf16)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    checkout = os.environ.get("FAKET_PUBLISHED")
-    if not checkout or not (Path(checkout) / "faket" / "style_transfer" / "cli.py").is_file():
-        sys.exit("published.py: set FAKET_PUBLISHED to a checkout of the published code (faket/style_transfer/cli.py)")
-    from bench_core import emit, machine_info
+    from faket.settings import PRECISIONS
 
     modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = [m for m in modes if m not in PRECISIONS]
+    if unknown:
+        _refuse(f"--modes {unknown[0]!r} is not a precision mode: use {', '.join(PRECISIONS)}")
+    checkout = os.environ.get("FAKET_PUBLISHED")
+    if not checkout or not (Path(checkout) / "faket" / "style_transfer" / "cli.py").is_file():
+        _refuse("set FAKET_PUBLISHED to a checkout of the published code (faket/style_transfer/cli.py)")
+    from bench_core import emit, machine_info
+
     result = compare(Path(checkout), args.size, args.tilts, args.device, modes)
     result["machine"] = machine_info(args.device)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -141,6 +141,8 @@ def _finite_range(data: np.ndarray, workers: int = 1) -> tuple[np.float32, np.fl
     from ._threads import for_each
 
     parts = [data] if data.ndim != 3 else [data[i] for i in range(data.shape[0])]
+    if not parts:  # no tilts: the empty range
+        return np.float32(np.inf), np.float32(-np.inf), None
     lo, hi = np.empty(len(parts), np.float32), np.empty(len(parts), np.float32)
 
     def one(i: int) -> None:
@@ -149,8 +151,6 @@ def _finite_range(data: np.ndarray, workers: int = 1) -> tuple[np.float32, np.fl
     for_each(one, range(len(parts)), workers)
     bad = ~(np.isfinite(lo) & np.isfinite(hi))
     first = int(np.argmax(bad)) if bad.any() else None
-    if not len(parts):  # no tilts: the empty range
-        return np.float32(np.inf), np.float32(-np.inf), None
     return np.float32(lo.min()), np.float32(hi.max()), first
 
 

@@ -126,3 +126,17 @@ def test_preparing_given_tilts_never_imports_torch(tmp_path):
     assert res.stdout.split("] ")[-1].strip() == "False", res.stdout
     g = open_store(spec.store, mode="r")["feed"]
     assert all(done_mask(g, name).all() for name in ("noiseless", "noisy", "content", "style"))
+
+
+@pytest.mark.parametrize("case", ["unknown mode", "no checkout"])
+def test_published_refuses_bad_input_in_one_line(tmp_path, case):
+    """benchmarks/published.py: an unknown --modes entry, or FAKET_PUBLISHED not naming a
+    checkout, gets one line and exit 2 before any work (nothing written)."""
+    env = {**os.environ, "FAKET_PUBLISHED": str(tmp_path / "nowhere")}
+    args = ["--modes", "float32,fp8"] if case == "unknown mode" else ["--modes", "bf16"]
+    out = tmp_path / "out.json"
+    res = subprocess.run([sys.executable, str(BENCH / "published.py"), *args, "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res
+    assert ("'fp8' is not a precision mode" if case == "unknown mode" else "FAKET_PUBLISHED") in res.stderr
+    assert not out.exists()
