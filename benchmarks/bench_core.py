@@ -98,6 +98,14 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def refuse(script: str, why: str) -> None:
+    """A benchmark's bad input: one line naming the script, exit 2, before any work."""
+    import sys
+
+    print(f"{script}: {why}", file=sys.stderr)
+    sys.exit(2)
+
+
 def emit(result: dict, path: Path | None) -> None:
     """Print a benchmark's JSON result and, given a path, write it there (folders made)."""
     import json

@@ -128,9 +128,9 @@ def compare(checkout: Path, size: int, tilts: int, device: str, modes: tuple[str
 
 
 def _refuse(why: str) -> None:
-    """Bad input: one line, exit 2, before any work."""
-    print(f"published.py: {why}", file=sys.stderr)
-    sys.exit(2)
+    from bench_core import refuse
+
+    refuse("published.py", why)
 
 
 def main() -> None:

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 from numcodecs import Blosc
 
-from ._threads import scratch
-
 _BLOSC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)  # the tilt stacks' chunks (see _lz4_shuffle)
 _INDEX_ENTRY = 16  # (offset, nbytes) as little-endian uint64
 _CRC = 4
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_local = threading.local()  # each shard thread's scratch buffers (see _scratch)
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -134,7 +133,7 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
         off, nbytes = int(entries[k, 0]), int(entries[k, 1]) - _CRC
         if nbytes <= 0:
             return False
-        blob = scratch("blob", nbytes + _CRC, np.uint8)  # this thread's buffer: no allocation per chunk
+        blob = _scratch("blob", nbytes + _CRC, np.uint8)  # this thread's buffer: no allocation per chunk
         if os.preadv(fd, [blob.data], off) != nbytes + _CRC:
             return False
         blob.flags.writeable = False  # the checksum reads read-only buffers
@@ -145,7 +144,7 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
         rows, cols = min(cy, h - r * cy), min(cx, w - c * cx)
         region = out[r * cy : r * cy + rows, c * cx : c * cx + cols]
         whole = rows == cy and cols == cx and region.flags.c_contiguous
-        tile = region if whole else scratch("tile", cy * cx, np.float32).reshape(cy, cx)
+        tile = region if whole else _scratch("tile", cy * cx, np.float32).reshape(cy, cx)
         try:
             _BLOSC.decode(blob[:nbytes], out=tile)  # the chunk straight into its place when it can
         except (RuntimeError, ValueError):  # not Blosc, or not one chunk's bytes
@@ -155,6 +154,17 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
         return True
 
     return all(_threads().map(decode, range(len(entries))))
+
+
+def _scratch(name: str, n: int, dtype: Any) -> np.ndarray:
+    """This thread's reusable 1-D buffer of ``n`` items (grown when needed, never shrunk)."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(n, dtype)
+        setattr(_local, name, buf)
+    view = buf[:n]
+    view.flags.writeable = True
+    return view
 
 
 def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
@@ -176,7 +186,7 @@ def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
         r, c = divmod(k, grid[1])
         part = tilt[r * cy : (r + 1) * cy, c * cx : (c + 1) * cx]
         if part.shape != (cy, cx) or not part.flags.c_contiguous:
-            tile = scratch("tile", cy * cx, np.float32).reshape(cy, cx)
+            tile = _scratch("tile", cy * cx, np.float32).reshape(cy, cx)
             tile[...] = fill  # edge chunks are padded to full size, as zarr does
             tile[: part.shape[0], : part.shape[1]] = part
             part = tile

@@ -18,12 +18,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ._json import dumps
-from ._threads import for_each, scratch
+from ._threads import for_each
 from .errors import FaketInputError
 
 CURVE_NAMES = ("r", "sigma", "mean", "std")
@@ -51,10 +51,8 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
     out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
 
     def one(i: int) -> None:
-        a, b = _f64("stats.reference", reference[i]), _f64("stats.noiseless", noiseless[i])
-        t = _like(a, "stats.work")
-        ma, za, sa = _centred(a, out=a, square=t)
-        mb, zb, sb = _centred(b, out=b, square=t)
+        ma, za, sa = _centred(np.asarray(reference[i], dtype=np.float64).ravel())
+        mb, zb, sb = _centred(np.asarray(noiseless[i], dtype=np.float64).ravel())
         if sa == 0 or sb == 0:
             raise FaketInputError(
                 f"tilt {i} is constant in the reference or the noiseless stack: "
@@ -62,41 +60,21 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
             )
         za /= sa  # (a - mean) / std
         zb /= sb
-        r = float(np.multiply(za, zb, out=t).mean())
+        r = float(np.mean(za * zb))
         out["r"][i] = r
-        out["sigma"][i] = _centred(np.subtract(za, np.multiply(zb, r, out=t), out=t), out=t, square=t)[2]
+        out["sigma"][i] = (za - r * zb).std()
         out["mean"][i], out["std"][i], out["clean_mean"][i], out["clean_std"][i] = ma, sa, mb, sb
 
     for_each(one, range(n), workers)
     return out
 
 
-def _centred(
-    a: np.ndarray, out: np.ndarray | None = None, square: np.ndarray | None = None
-) -> tuple[np.float64, np.ndarray, np.float64]:
+def _centred(a: np.ndarray) -> tuple[np.float64, np.ndarray, np.float64]:
     """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of a float64 array, bit for bit numpy's
-    (the same sums in the same order, tested), with one subtraction where ``np.std`` makes its own.
-
-    out: where ``a - a.mean()`` goes (``a`` itself is fine); square: a buffer for its square
-    (``out`` too, when the centred values are not wanted: they are overwritten).
-    """
+    (the same sums in the same order, tested), with one subtraction where ``np.std`` makes its own."""
     m = a.mean()
-    d = np.subtract(a, m, out=out)
-    return m, d, np.sqrt(np.add.reduce(np.multiply(d, d, out=square), axis=None) / d.size)
-
-
-def _f64(name: str, image: np.ndarray) -> np.ndarray:
-    """``image`` (any real dtype, a memory map too) as a flat float64 copy in this thread's
-    scratch buffer ``name``."""
-    arr = np.asarray(image)
-    buf = scratch(name, arr.size, np.float64)
-    np.copyto(buf, arr.reshape(-1))
-    return buf
-
-
-def _like(a: np.ndarray, name: str) -> np.ndarray:
-    """This thread's scratch buffer ``name`` with ``a``'s size and dtype (contents undefined)."""
-    return scratch(name, a.size, a.dtype).reshape(a.shape)
+    d = a - m
+    return m, d, np.sqrt(np.add.reduce(d * d, axis=None) / d.size)
 
 
 def smooth(curve: np.ndarray, order: int) -> np.ndarray:
@@ -229,26 +207,16 @@ class NoiseModel:
 
 
 # --------------------------------------------------------------------------- apply
-def tilt_noise(seed: int, tilt: int, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-    """Standard normal draws for one tilt, from (seed, tilt index): ``(H, W)`` float32
-    (into ``out``, float32 of that shape, when given: the same draws)."""
-    rng = np.random.default_rng([int(seed), int(tilt)])
-    if out is not None:
-        return rng.standard_normal(dtype=np.float32, out=out.reshape(shape))
-    return rng.standard_normal(shape, dtype=np.float32)
+def tilt_noise(seed: int, tilt: int, shape: tuple[int, int]) -> np.ndarray:
+    """Standard normal draws for one tilt, from (seed, tilt index): ``(H, W)`` float32."""
+    return np.random.default_rng([int(seed), int(tilt)]).standard_normal(shape, dtype=np.float32)
 
 
 def standardise(image: np.ndarray) -> np.ndarray:
     """Image with mean 0 and std 1 (float64); a constant image becomes zeros."""
-    return _standardise(np.array(image, dtype=np.float64))
-
-
-def _standardise(a: np.ndarray) -> np.ndarray:
-    """:func:`standardise` of a float64 array, in place."""
-    _, d, s = _centred(a, out=a, square=_like(a, "noise.work"))
+    _, d, s = _centred(np.asarray(image, dtype=np.float64))
     if not s > 0:
-        d[...] = 0
-        return d
+        return np.zeros_like(d)
     d /= s
     return d
 
@@ -260,36 +228,21 @@ def noisy_tilt(
 
     noiseless, noise: ``(H, W)``; returns float32 ``(H, W)``.
     """
-    shape = np.shape(noiseless)
-    made = _noisy(_standardise(_f64("noise.z", noiseless)), _f64("noise.noise", noise), r, sigma, mean, std)
-    return made.reshape(shape)
+    return _noisy(standardise(noiseless), np.asarray(noise, np.float64), r, sigma, mean, std)
 
 
-def _noisy(
-    z: np.ndarray,
-    noise: np.ndarray,
-    r: float,
-    sigma: float,
-    mean: float,
-    std: float,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """:func:`noisy_tilt` of a standardised tilt ``z`` and float64 ``noise`` (flat; each modality
-    of a tilt shares both): the same operations in the same order, in this thread's scratch
-    buffers; the float32 result is new, or ``out`` (float32, ``z``'s size)."""
-    x, t = _like(z, "noise.x"), _like(z, "noise.work")
-    np.multiply(z, r, out=x)
-    x += np.multiply(noise, sigma, out=t)
-    s = _centred(x, out=t, square=t)[2]
+def _noisy(z: np.ndarray, noise: np.ndarray, r: float, sigma: float, mean: float, std: float) -> np.ndarray:
+    """:func:`noisy_tilt` of a standardised tilt ``z`` and float64 ``noise`` (each modality of a
+    tilt shares both); the same operations in the same order, in place where they can be."""
+    x = z * r
+    x += noise * sigma
+    s = x.std()
     if s > 0:
         x /= s
         x *= std
     x -= x.mean()
     x += mean
-    if out is None:
-        return x.astype(np.float32)
-    np.copyto(out.reshape(x.shape), x)  # the same rounding as astype
-    return out
+    return x.astype(np.float32)
 
 
 MODALITIES = ("noisy", "content", "baseline")
@@ -323,33 +276,25 @@ def apply_tilt_modalities(
     content_sigma_factor: float = 0.25,
     baseline: dict[str, np.ndarray] | None = None,
     noise: np.ndarray | None = None,
-    into: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Several modalities of one tilt (``{modality: float32 (H, W)}``), each what
     :func:`apply_tilt` gives: the noise draw, the standardised tilt and the noise in float64
-    are made once for all of them.
-
-    into: float32 ``(H, W)`` arrays to write modalities into (those given), e.g. buffers
-    a caller reuses tilt after tilt; the others are new arrays.
-    """
-    shape = np.shape(noiseless)
-    if noise is None:  # drawn into this thread's buffer: no fresh pages per tilt
-        noise = tilt_noise(seed, tilt, shape, out=scratch("noise.draw", int(np.prod(shape)), np.float32))
-    z, noise64 = _standardise(_f64("noise.z", noiseless)), _f64("noise.noise", noise)
+    are made once for all of them."""
+    if noise is None:
+        noise = tilt_noise(seed, tilt, noiseless.shape)
+    z, noise64 = standardise(noiseless), np.asarray(noise, np.float64)
     out = {}
     for m in modalities:
         curves = model.curves if m != "baseline" else (baseline or model.baseline())
         factor = content_sigma_factor if m == "content" else 1.0
-        made = _noisy(
+        out[m] = _noisy(
             z,
             noise64,
             curves["r"][tilt],
             curves["sigma"][tilt] * factor,
             curves["mean"][tilt],
             curves["std"][tilt],
-            None if into is None else into.get(m),
         )
-        out[m] = made.reshape(shape)
     return out
 
 

@@ -53,8 +53,7 @@ class TiltSink(Protocol):
     """Where a stage puts tilts: memory, MRC writers, or the run store (``faket.store.StoreSink``).
 
     ``todo(name)`` lists the tilt indices of stack ``name`` still to make (a
-    resumed run store skips done ones); ``put`` stores one ``(H, W)`` float32 tilt and keeps
-    no reference to it (the prepare stage reuses its buffer for the next tilt).
+    resumed run store skips done ones); ``put`` stores one ``(H, W)`` float32 tilt.
     A sink that takes puts from several threads at once (``workers > 1`` below)
     must store each tilt apart, as the run store does (one shard per tilt).
     """
@@ -141,7 +140,6 @@ def prepare_noise(
     also on ``workers`` threads at once (see :func:`faket._threads.for_each`). Each noiseless
     tilt is read, and its noise drawn, once for all the modalities it still needs;
     ``advance()`` once per tilt made."""
-    from ._threads import scratch
     from .noise import apply_tilt_modalities
 
     base = model.baseline()
@@ -151,11 +149,8 @@ def prepare_noise(
             todo.setdefault(int(i), []).append(m)
 
     def one(i: int) -> int:
-        # one noise draw and one standardised tilt serve every modality; each modality is made
-        # in this thread's buffer, put, and the buffer reused for the next tilt
-        clean = noiseless(i)
-        bufs = {m: scratch(f"prepare.{m}", clean.size, np.float32).reshape(clean.shape) for m in todo[i]}
-        made = apply_tilt_modalities(clean, i, model, seed, todo[i], content_sigma, base, into=bufs)
+        # one noise draw and one standardised tilt serve every modality
+        made = apply_tilt_modalities(noiseless(i), i, model, seed, todo[i], content_sigma, base)
         for m, image in made.items():
             sink.put(m, i, image)
         return len(todo[i])

@@ -140,3 +140,33 @@ def test_published_refuses_bad_input_in_one_line(tmp_path, case):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res
     assert ("'fp8' is not a precision mode" if case == "unknown mode" else "FAKET_PUBLISHED") in res.stderr
     assert not out.exists()
+
+
+def test_bench_noise_compares_two_checkouts_interleaved(tmp_path):
+    """benchmarks/bench_noise.py times the noise statistics and NOISY + CONTENT per tilt on this
+    checkout and on another one (here a copy of this faket), and reports their ratios."""
+    import shutil
+
+    import faket
+
+    other = tmp_path / "other"
+    shutil.copytree(Path(faket.__file__).parent, other / "faket")
+    out = tmp_path / "noise.json"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_noise.py"), "--size", "48", "--tilts", "3",
+                          "--workers", "1,2", "--repeats", "1", "--against", str(other), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["this"]["noise_s_per_tilt"] > 0 and r["against"]["statistics_s_per_tilt"] > 0
+        assert set(r["ratio"]) >= {"noise_s_per_tilt", "statistics_s_per_tilt"}
+
+
+@pytest.mark.parametrize("args", [["--against", "nowhere"], ["--workers", "1,x"], ["--tilts", "0"]])
+def test_bench_noise_refuses_bad_input_in_one_line(tmp_path, args):
+    out = tmp_path / "noise.json"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_noise.py"), *args, "--json", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res
+    assert "bench_noise.py:" in res.stderr and not out.exists()

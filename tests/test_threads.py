@@ -96,23 +96,3 @@ def test_prepare_reads_each_noiseless_tilt_once_and_equals_each_modality_made_al
     for m in mods:
         for i in range(5):
             np.testing.assert_array_equal(sink.arrays[m][i], apply_tilt(clean[i], i, model, 7, m, 0.25))
-
-
-def test_scratch_is_reused_per_thread_and_released_with_its_block():
-    from faket import _threads
-
-    with _threads.scratch_released():
-        a = _threads.scratch("test.buf", 100, np.float64)
-        a[:] = 1.0
-        b = _threads.scratch("test.buf", 50, np.float64)  # the same memory, smaller view
-        assert np.shares_memory(a, b) and b.size == 50
-        assert not np.shares_memory(a, _threads.scratch("test.buf", 200, np.float64))  # grown anew
-        other: list = []
-        t = threading.Thread(target=lambda: other.append(_threads.scratch("test.buf", 100, np.float64)))
-        t.start()
-        t.join()
-        assert not np.shares_memory(other[0], _threads.scratch("test.buf", 100, np.float64))  # per thread
-    assert not hasattr(_threads._local, "test.buf")  # dropped when the block ended
-    # for_each's work in this thread (one worker) leaves no buffer behind either
-    for_each(lambda i: _threads.scratch("test.item", 10 + i, np.float32).fill(i), [0, 1, 2], 1)
-    assert not hasattr(_threads._local, "test.item")
