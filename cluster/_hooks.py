@@ -1,4 +1,4 @@
-"""The actor's test and benchmark hooks, switched on by environment variables (none in a real run)."""
+"""The engine's test and benchmark hooks, switched on by environment variables (none in a real run)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
 KERNEL_ENV = "FAKET_ENGINE_KERNEL"
 #: Test hook: a file path; after its first task an actor holds each next task until the file exists.
 HOLD_ENV = "FAKET_TEST_HOLD"
+#: Test hook: "tomogram:path"; that tomogram's prepare task waits (at most a minute) for the file.
+HOLD_PREPARE_ENV = "FAKET_TEST_HOLD_PREPARE"
 
 
 def stand_in(kernel: str, tilts: int) -> None:
@@ -35,6 +37,14 @@ def maybe_hold(tasks_started: int) -> None:
     """The HOLD_ENV hook: a test can act on a run that is known to be mid-way."""
     marker = os.environ.get(HOLD_ENV)
     while marker and tasks_started > 1 and not os.path.exists(marker):
+        time.sleep(0.02)
+
+
+def maybe_hold_prepare(tomogram: str, limit_s: float = 60.0) -> None:
+    """The HOLD_PREPARE_ENV hook: a test can see what the engine does while a tomogram prepares."""
+    name, _, marker = os.environ.get(HOLD_PREPARE_ENV, "").partition(":")
+    end = time.monotonic() + limit_s
+    while name == tomogram and not os.path.exists(marker) and time.monotonic() < end:
         time.sleep(0.02)
 
 

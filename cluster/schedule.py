@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import queue
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,39 @@ def _result(ref, names: tuple[str, ...]) -> dict:
         return {"rows": [], "skipped": [], "failed": failed, "transient": is_transient(err)}
 
 
+class JobFeed:
+    """NST jobs of tomograms as their prepare tasks end, for a run whose NST starts before its
+    prepare stage ends: the preparing thread calls ``put(name)`` for each tomogram prepared and
+    ``close()`` at the end; the scheduler takes their jobs (``make_jobs(names)``) as they come."""
+
+    def __init__(self, make_jobs: Callable[[list[str]], list[Job]]) -> None:
+        self._names: queue.Queue = queue.Queue()
+        self.make_jobs = make_jobs
+        self.open = True
+
+    def put(self, name: str) -> None:
+        self._names.put(name)
+
+    def close(self) -> None:
+        self._names.put(None)
+
+    def take(self, wait_s: float = 0.0) -> list[Job]:
+        """The jobs of the tomograms prepared since the last take; waits up to ``wait_s`` for the
+        first of them (none: returns at once)."""
+        names: list[str] = []
+        while self.open:
+            try:
+                name = self._names.get(timeout=wait_s) if wait_s > 0 else self._names.get_nowait()
+            except queue.Empty:
+                break
+            wait_s = 0.0
+            if name is None:
+                self.open = False
+            else:
+                names.append(name)
+        return self.make_jobs(names) if names else []
+
+
 class NSTScheduler:
     """Keeps every actor fed with ``in_flight`` tasks until all tilts are done or given up."""
 
@@ -236,14 +270,24 @@ class NSTScheduler:
         if retry:
             self.delayed.append((at, (tuple(retry), tilts)))
 
-    def run(self, pending: collections.deque) -> NSTStats:
-        while pending or self.queued or self.delayed:
+    def run(self, pending: collections.deque, feed: JobFeed | None = None) -> NSTStats:
+        """Every job of ``pending``, and of ``feed`` until it closes (tomograms prepared meanwhile)."""
+        feeding = lambda: feed is not None and feed.open  # noqa: E731
+        while pending or self.queued or self.delayed or feeding():
+            if feed is not None:
+                pending.extend(feed.take())
             self._submit(pending)
             if not self.queued:
-                time.sleep(max(0.0, min(at for at, _ in self.delayed) - time.monotonic()))
+                due = min((at for at, _ in self.delayed), default=time.monotonic() + 0.5)
+                wait = max(0.0, due - time.monotonic())
+                if feed is not None and feeding():
+                    pending.extend(feed.take(wait_s=max(wait, 1e-3)))  # idle until a tomogram is prepared
+                else:
+                    time.sleep(wait)
                 continue
             refs = [*self.computing, *self.queued]
-            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5 if self.delayed else None)
+            timeout = 0.05 if feeding() else 0.5 if self.delayed else None
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             for ref in ready:
                 if ref in self.computing:
                     self._computed(ref)

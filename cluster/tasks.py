@@ -9,6 +9,7 @@ import numpy as np
 import ray
 
 from ._clock import StageClock
+from ._hooks import maybe_hold_prepare
 from .spec import TomogramSpec
 
 
@@ -17,6 +18,7 @@ def remote_functions():
 
     @ray.remote(num_cpus=1, max_retries=0)
     def prepare(store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int) -> dict:
+        maybe_hold_prepare(tomo.name)
         return prepare_tomogram(store, tomo, model_json, content_sigma, workers)
 
     @ray.remote(num_cpus=1, max_retries=0)

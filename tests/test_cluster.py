@@ -378,6 +378,50 @@ def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weight
     assert _free_cpus(1) == 3 and _free_cpus(1, reserved=1) == 2 and _free_cpus(2) == 1
 
 
+def test_gpu_actors_stylize_a_prepared_tomogram_while_the_next_one_prepares(inputs, tmp_path, test_weights,
+                                                                          local_ray, monkeypatch):
+    """With GPU actors up (one GPU declared to Ray, device="cpu") and several tomograms, each
+    tomogram's NST starts as soon as it is prepared: tomo_001's prepare task is held until a tilt
+    of tomo_000 is stylised (a watcher opens the gate; the staged run would time out), and the
+    results are the single-process ones."""
+    import threading
+    import time
+
+    from faket_cluster._hooks import HOLD_PREPARE_ENV
+    from faket_cluster.engine import init_ray
+
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(HOLD_PREPARE_ENV, f"tomo_001:{gate}")
+    init_ray(num_cpus=3, num_gpus=1)
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "", 'export = "': '# export = "'}))
+    opened: list[float] = []
+
+    def watch() -> None:  # opens the gate once tomo_000 has a stylised tilt, not before
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not gate.exists():
+            try:
+                if done_mask(open_store(spec.store, mode="r")["tomo_000"], "faket").any():
+                    opened.append(time.monotonic())
+                    gate.touch()
+            except (KeyError, FileNotFoundError, ValueError):
+                pass  # the store is not laid out yet
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    summary = run(spec, say=lambda m: None)
+    watcher.join(timeout=5)
+    assert opened, "tomo_000 had no stylised tilt while tomo_001 was being prepared"
+    assert summary["pipelined"] and summary["actors_started_early"] and summary["failed"] == []
+    assert summary["done_now"] == 14 and summary["style_gram_tilts"] >= 7
+    assert summary["prepare_seconds"] > summary["stage_seconds"]["prepare"]  # the rest beside the NST
+    root = open_store(spec.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+        assert root[name].attrs["ome"]["multiscales"], name  # OME-Zarr metadata, written as it was prepared
+
+
 def _free_port() -> int:
     import socket
 
