@@ -8,6 +8,7 @@ tomograms; CPU actors would take the prepare stage's CPUs and start after it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,3 +122,25 @@ def launch(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> Fleet:
     workers, weights_ref = start_actors(spec, plan, state_dict, n)
     warming = [w.warm_up.remote(weights_ref) for w in workers]
     return Fleet(workers, weights_ref, warming, n * spec.resources.cpus_per_actor)
+
+
+def free_cpus(tasks: int, reserved: float = 0.0, settle_s: float = 1.0) -> int:
+    """CPUs for each of ``tasks`` CPU tasks (threads over tilts): the free ones shared, 1 to 16
+    each, and never more than one node has (a task runs on one node: more would wait for ever).
+
+    Ray gives back a finished task's CPUs a moment after its result (about 0.1 s here), so
+    the count is read again for up to ``settle_s`` while it is below the cluster's CPUs less
+    ``reserved`` (those this run's own actors hold).
+    """
+    expect = ray.cluster_resources().get("CPU", 1) - reserved
+    deadline = time.monotonic() + settle_s
+    while (avail := ray.available_resources().get("CPU", 0)) < expect and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # never more than the actors leave, wherever they run: a task waiting for their CPUs would
+    # wait for ever (the largest node keeps at least its CPUs less all the actors' free)
+    free = int(max(1, min(avail, expect))) // max(1, tasks)
+    return max(1, min(16, int(largest_node_cpus() - reserved), free))
+
+
+def largest_node_cpus() -> float:
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)

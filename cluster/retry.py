@@ -13,9 +13,16 @@ attempt, at most ``max_unavailable_waits`` times.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Any, Callable, Hashable, TypeVar
+
+import ray
+
+from faket.errors import FaketInputError
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -84,3 +91,52 @@ class Attempts:
         if n >= self.policy.max_attempts:
             return None
         return time.monotonic() + self.policy.delay(n)
+
+
+def run_tasks(
+    submit: Callable[[K], Any],
+    items: list[K],
+    policy: RetryPolicy,
+    at_once: int | None = None,
+    on_result: Callable[[K, Any], None] | None = None,
+) -> tuple[dict[K, Any], dict[K, str]]:
+    """Run one Ray task per item under the retry policy; returns (results, failures with errors).
+
+    at_once: at most this many items' tasks at a time, in the items' order (default: all);
+    on_result(item, result): called here as each item succeeds.
+    """
+    attempts = Attempts(policy)
+    todo = collections.deque(items)
+    limit = at_once or max(1, len(items))
+    waiting: dict = {}
+    delayed: list[tuple[float, K]] = []
+    results: dict[K, Any] = {}
+    failures: dict[K, str] = {}
+    while todo or waiting or delayed:
+        now = time.monotonic()
+        for at, item in [d for d in delayed if d[0] <= now]:
+            delayed.remove((at, item))
+            todo.appendleft(item)  # a retry goes first
+        while todo and len(waiting) < limit:
+            item = todo.popleft()
+            waiting[submit(item)] = item
+        if not waiting:
+            time.sleep(max(0.0, min(at for at, _ in delayed) - now))
+            continue
+        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.5 if delayed else None)
+        for ref in ready:
+            item = waiting.pop(ref)
+            try:
+                results[item] = ray.get(ref)
+            except Exception as err:  # FaketInputError from a task, any Ray fault
+                if not (is_fault(err) or isinstance(err, FaketInputError)):
+                    raise
+                retry_at = attempts.record(item, describe(err))
+                if retry_at is None:
+                    failures[item] = attempts.last_error[item]
+                else:
+                    delayed.append((retry_at, item))
+                continue
+            if on_result is not None:
+                on_result(item, results[item])
+    return results, failures

@@ -362,7 +362,8 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
 def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weights, local_ray):
     """With CPUs to spare, GPU actors (one GPU declared to Ray, device="cpu") start and warm up
     before the prepare stage, whose tasks get the CPUs the actor leaves; the results are the same."""
-    from faket_cluster.engine import _free_cpus, init_ray
+    from faket_cluster.engine import init_ray
+    from faket_cluster.fleet import free_cpus
 
     init_ray(num_cpus=3, num_gpus=1)
     spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "", 'export = "': '# export = "'}))
@@ -375,7 +376,7 @@ def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weight
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
     # a task's CPUs come back a moment after its result: the count waits for them
     ray.get(ray.remote(num_cpus=3)(lambda: 1).remote())
-    assert _free_cpus(1) == 3 and _free_cpus(1, reserved=1) == 2 and _free_cpus(2) == 1
+    assert free_cpus(1) == 3 and free_cpus(1, reserved=1) == 2 and free_cpus(2) == 1
 
 
 def test_gpu_actors_stylize_a_prepared_tomogram_while_the_next_one_prepares(inputs, tmp_path, test_weights,

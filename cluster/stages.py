@@ -1,0 +1,195 @@
+"""The run's stages between the start and the finish: the noise model, the prepare stage and
+the NST stage, one after the other (:func:`staged`) or, with GPU actors up and several
+tomograms, each tomogram's NST as soon as it is prepared (:func:`pipelined`).
+
+The engine's driver (:mod:`faket_cluster.engine`) runs them; they plan and schedule Ray
+tasks and move no image data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+import ray
+
+from faket.ngff import class_names, describe_tomogram
+
+from .fleet import ActorPlan, Fleet, free_cpus, largest_node_cpus, launch
+from .retry import RetryPolicy, run_tasks
+from .spec import RunSpec
+from .tasks import remote_functions
+
+if TYPE_CHECKING:
+    from .schedule import JobFeed
+
+
+class RunFailed(RuntimeError):
+    """Tilts kept failing; the message names the first tomogram and tilt."""
+
+
+def noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> tuple[dict, dict[str, float]]:
+    """The run's noise model as JSON: loaded from the spec's file, or estimated from its pairs
+    (reserved: CPUs this run's actors hold meanwhile); and the estimate's wall seconds per phase."""
+    from faket.noise import NoiseModel
+
+    _, estimate, _, _ = remote_functions()
+
+    if spec.noise_model is not None:
+        return NoiseModel.load(spec.noise_model).to_json(), {}
+    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
+    cpus = free_cpus(1, reserved)
+    task = estimate.options(num_cpus=cpus)
+    results, failures = run_tasks(lambda _: task.remote(pairs, spec.noise_order, cpus), ["noise"], policy)
+    if failures:
+        raise RunFailed(
+            f"the noise model could not be estimated ({failures['noise']}): "
+            "fix the cause and rerun the same spec"
+        )
+    return results["noise"]["model"], results["noise"]["seconds"]
+
+
+def prepare_stage(
+    spec: RunSpec,
+    policy: RetryPolicy,
+    model_json: dict,
+    say,
+    reserved: float = 0.0,
+    at_once: int | None = None,
+    on_prepared: Callable[[str], None] | None = None,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
+    tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
+    each succeeds); returns the tomograms that failed and the tasks' wall seconds per phase,
+    summed over tomograms."""
+    prepare, _, _, _ = remote_functions()
+    store = str(spec.store)
+    say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
+    by_name = {t.name: t for t in spec.tomograms}
+    cpus = free_cpus(min(at_once or len(by_name), len(by_name)), reserved)
+    task = prepare.options(num_cpus=cpus)
+    done, prep_failed = run_tasks(
+        lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus),
+        list(by_name),
+        policy,
+        at_once,
+        None if on_prepared is None else lambda n, _: on_prepared(n),
+    )
+    phases: dict[str, float] = {}
+    for result in done.values():
+        for phase, secs in result["seconds"].items():
+            phases[phase] = round(phases.get(phase, 0.0) + secs, 3)
+    return prep_failed, phases
+
+
+def nst_stage(
+    spec: RunSpec,
+    root,
+    plan: ActorPlan,
+    state_dict: dict,
+    policy: RetryPolicy,
+    progress,
+    skip,
+    say,
+    fleet: Fleet | None = None,
+    feed: JobFeed | None = None,
+):
+    """Every tilt not done yet through the actors (``fleet``: started already, or started here;
+    ``feed``: the jobs of tomograms prepared meanwhile, see :func:`pipelined`); returns (stats,
+    actors, seconds, total, done before)."""
+    from .schedule import NSTScheduler, nst_jobs
+
+    pending, total, done_before = nst_jobs(root, spec, skip, plan.count)
+    say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
+    if fleet is None:
+        fleet = launch(spec, plan, state_dict, min(plan.count, len(pending)))
+    # the NST's clock starts when the actors are up and warm, and have their first jobs
+    fleet.ready()
+    while feed is not None and feed.open and not pending:
+        pending.extend(feed.take(wait_s=0.5))
+    t_nst = time.perf_counter()
+    bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
+    with bar as advance:
+        scheduler = NSTScheduler(
+            fleet.workers, str(spec.store), spec.resources.in_flight, policy, advance, fleet.weights
+        )
+        stats = scheduler.run(pending, feed)
+    seconds = time.perf_counter() - t_nst
+    n = len(fleet.workers)
+    fleet.stop()
+    return stats, n, seconds, total, done_before
+
+
+def pipelined(
+    spec: RunSpec, root, plan: ActorPlan, weights, policy: RetryPolicy, model_json: dict, jobs: dict
+) -> tuple:
+    """The prepare stage beside the NST stage, for GPU actors started already and several
+    tomograms: tomograms are prepared one at a time per node, on all its free CPUs, and each
+    one's NST tasks are queued as soon as its prepare task ends (its value ranges are known
+    only then), so the GPUs work while the rest is prepared. ``jobs``: keyword arguments of
+    :func:`nst_stage` (progress, say, fleet). Returns (:func:`nst_stage`'s tuple, the
+    prepare stage's failures, its phase seconds, its wall seconds)."""
+    from .schedule import JobFeed, nst_jobs
+
+    names = [t.name for t in spec.tomograms]
+
+    def make_jobs(ready: list[str]) -> list:
+        for n in ready:  # OME-Zarr metadata, now that voxel sizes and labels are known
+            describe_tomogram(root[n], class_names(root[n].attrs.get("particles_csv")))
+        return list(nst_jobs(root, spec, set(names) - set(ready), plan.count)[0])
+
+    feed = JobFeed(make_jobs)
+    outcome: dict = {}
+
+    def prepare_all() -> None:
+        t0 = time.perf_counter()
+        try:
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1)
+            reserved = jobs["fleet"].cpus
+            outcome["prepare"] = prepare_stage(
+                spec, policy, model_json, jobs["say"], reserved, max(1, nodes), feed.put
+            )
+        except BaseException as err:  # raised in the driver's thread, below
+            outcome["error"] = err
+        finally:
+            outcome["seconds"] = time.perf_counter() - t0
+            feed.close()
+
+    thread = threading.Thread(target=prepare_all, name="faket-prepare-stage", daemon=True)
+    thread.start()
+    nst = nst_stage(spec, root, plan, weights.state_dict, policy, skip=set(names), feed=feed, **jobs)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return nst, *outcome["prepare"], outcome["seconds"]
+
+
+def early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Fleet | None:
+    """GPU actors started now, before the prepare stage (see :mod:`faket_cluster.fleet`), one per
+    tilt to do at most; None for CPU actors or when every tilt is done."""
+    from faket.store import done_mask
+
+    if not plan.use_gpu:
+        return None
+    todo = sum(int((~done_mask(root[t.name], "faket")).sum()) for t in spec.tomograms)
+    n = min(plan.count, todo)
+    if not n or largest_node_cpus() - n * spec.resources.cpus_per_actor < 1:
+        return None  # nothing to do, or the actors might leave the prepare stage no CPU
+    return launch(spec, plan, state_dict, n)
+
+
+def staged(
+    spec: RunSpec, root, plan: ActorPlan, weights, policy: RetryPolicy, model_json: dict, jobs: dict
+) -> tuple:
+    """The prepare stage, then the NST stage; arguments and result as :func:`pipelined`."""
+    t0 = time.perf_counter()
+    reserved = jobs["fleet"].cpus if jobs["fleet"] is not None else 0.0
+    prep_failed, prep_phases = prepare_stage(spec, policy, model_json, jobs["say"], reserved)
+    prep_seconds = time.perf_counter() - t0
+    for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
+        if t.name not in prep_failed:
+            describe_tomogram(root[t.name], class_names(root[t.name].attrs.get("particles_csv")))
+    nst = nst_stage(spec, root, plan, weights.state_dict, policy, skip=set(prep_failed), **jobs)
+    return nst, prep_failed, prep_phases, prep_seconds
