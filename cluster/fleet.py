@@ -144,3 +144,8 @@ def free_cpus(tasks: int, reserved: float = 0.0, settle_s: float = 1.0) -> int:
 
 def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+
+
+def cpu_nodes() -> int:
+    """The live nodes with at least one CPU (at least 1)."""
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1))

@@ -280,7 +280,7 @@ class NSTScheduler:
             if not self.queued:
                 due = min((at for at, _ in self.delayed), default=time.monotonic() + 0.5)
                 wait = max(0.0, due - time.monotonic())
-                if feed is not None and feeding():
+                if feed is not None and feed.open:
                     pending.extend(feed.take(wait_s=max(wait, 1e-3)))  # idle until a tomogram is prepared
                 else:
                     time.sleep(wait)

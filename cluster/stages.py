@@ -13,11 +13,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-import ray
-
 from faket.ngff import class_names, describe_tomogram
 
-from .fleet import ActorPlan, Fleet, free_cpus, largest_node_cpus, launch
+from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
 from .retry import RetryPolicy, run_tasks
 from .spec import RunSpec
 from .tasks import remote_functions
@@ -146,10 +144,9 @@ def pipelined(
     def prepare_all() -> None:
         t0 = time.perf_counter()
         try:
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1)
             reserved = jobs["fleet"].cpus
             outcome["prepare"] = prepare_stage(
-                spec, policy, model_json, jobs["say"], reserved, max(1, nodes), feed.put
+                spec, policy, model_json, jobs["say"], reserved, cpu_nodes(), feed.put
             )
         except BaseException as err:  # raised in the driver's thread, below
             outcome["error"] = err

@@ -39,3 +39,38 @@ def test_which_errors_are_faults_and_which_transient():
     assert is_fault(unavailable) and is_transient(unavailable)
     assert is_fault(died) and not is_transient(died)
     assert not is_fault(ValueError("a bug")) and not is_transient(ValueError("a bug"))
+
+
+def test_run_tasks_keeps_to_its_limit_retries_first_and_reports_each_result(tmp_path, monkeypatch):
+    """run_tasks with at_once=1 (the pipelined prepare stage): one task at a time, in order; while
+    a failed task waits out its backoff the next item runs, and once due the retry goes before
+    the items still queued; on_result sees each success as it comes."""
+    from faket_cluster.ray_setup import init_ray
+    from faket_cluster.retry import run_tasks
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    init_ray(num_cpus=2)
+    try:
+        @ray.remote(num_cpus=1, max_retries=0)
+        def work(item: str, folder: str) -> tuple[float, float]:
+            import os
+
+            start = time.time()
+            time.sleep(0.2)
+            marker = os.path.join(folder, item)
+            if item == "b" and not os.path.exists(marker):  # b fails its first attempt
+                open(marker, "w").close()
+                raise ray.exceptions.RayError("b failed once")
+            return start, time.time()
+
+        seen: list[str] = []
+        results, failures = run_tasks(lambda i: work.remote(i, str(tmp_path)), ["a", "b", "c", "d"],
+                                      RetryPolicy(max_attempts=2, backoff_s=0.05), at_once=1,
+                                      on_result=lambda item, _: seen.append(item))
+    finally:
+        ray.shutdown()
+    assert failures == {} and seen == ["a", "c", "b", "d"]
+    spans = sorted(results.values())
+    assert all(end <= nxt_start + 0.05 for (_, end), (nxt_start, _) in zip(spans, spans[1:]))
