@@ -166,18 +166,24 @@ def run(
     from faket.store import done_mask
 
     clock = StageClock()
+    early = stages.noise_model_beside_start(spec, address)
     weights, plan, root = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
     fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
     try:
         reserved = fleet.cpus if fleet is not None else 0.0
-        model_json, noise_phases = stages.noise_model(spec, policy, reserved)
+        ready = stages.prepared(root, spec)  # a resume prepares only the rest
+        model_json, noise_phases = (
+            stages.noise_model(spec, policy, reserved, early)
+            if len(ready) < len(spec.tomograms)
+            else (None, {})
+        )
         clock.lap("noise_model")
         together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
         jobs = {"progress": progress, "say": say, "fleet": fleet}
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
-            spec, root, plan, weights, policy, model_json, jobs
+            spec, root, plan, weights, policy, model_json, jobs, ready
         )
         stats, n_actors, nst_seconds, total, done_before = nst
         # pipelined: the prepare stage until the first tomogram's NST (the rest ran beside it)
@@ -210,6 +216,9 @@ def run(
         # the NST began as the first tomogram was prepared, beside the others' prepare tasks
         "pipelined": together,
         "prepare_seconds": round(prep_seconds, 3),  # the whole prepare stage's wall time
+        # the noise model was estimated in the driver while the local Ray started
+        "noise_model_beside_start": bool(noise_phases) and early is not None and early.exception() is None,
+        "prepared_before": sorted(ready),  # tomograms a resume found prepared: no task, no noise model
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
         **_stats_summary(stats),
         "seconds": clock.total(),

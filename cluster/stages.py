@@ -9,16 +9,21 @@ tasks and move no image data.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable
 
+import ray
+
 from faket.ngff import class_names, describe_tomogram
+from faket.pipeline import Stage
 
 from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
 from .retry import RetryPolicy, run_tasks
 from .spec import RunSpec
-from .tasks import remote_functions
+from .tasks import estimate_noise_model, remote_functions, spec_attrs
 
 if TYPE_CHECKING:
     from .schedule import JobFeed
@@ -28,15 +33,53 @@ class RunFailed(RuntimeError):
     """Tilts kept failing; the message names the first tomogram and tilt."""
 
 
-def noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> tuple[dict, dict[str, float]]:
+def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | None:
+    """The noise model estimated in a thread of the driver while a local Ray starts (seconds of
+    mostly waiting: 6-7 s on an H100 machine and on a 2-core VM); None where the run joins a
+    running cluster, loads its model from a file, or resumes a store whose tomograms are all
+    prepared. The estimate is the Ray task's, on all of this machine's CPUs."""
+    if spec.noise_model is not None or address or spec.resources.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    if ray.is_initialized():
+        return None
+    if spec.store.exists():
+        from faket.store import open_store
+
+        try:
+            if len(prepared(open_store(spec.store, mode="r"), spec)) == len(spec.tomograms):
+                return None
+        except Exception:  # not a run store: the start refuses it, and the thread dies with the driver
+            return None
+    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
+    workers = len(os.sched_getaffinity(0))
+    result: Future = Future()
+
+    def body() -> None:
+        try:
+            result.set_result(estimate_noise_model(pairs, spec.noise_order, workers))
+        except BaseException as err:  # the Ray task tries again, under the run's retry policy
+            result.set_exception(err)
+
+    threading.Thread(target=body, name="faket-noise-model", daemon=True).start()
+    return result
+
+
+def noise_model(
+    spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0, early: Future | None = None
+) -> tuple[dict, dict[str, float]]:
     """The run's noise model as JSON: loaded from the spec's file, or estimated from its pairs
-    (reserved: CPUs this run's actors hold meanwhile); and the estimate's wall seconds per phase."""
+    (``early``: by :func:`noise_model_beside_start`; otherwise, or where that failed, by a Ray
+    task; reserved: CPUs this run's actors hold meanwhile); and the estimate's wall seconds per
+    phase."""
     from faket.noise import NoiseModel
 
     _, estimate, _, _ = remote_functions()
 
     if spec.noise_model is not None:
         return NoiseModel.load(spec.noise_model).to_json(), {}
+    if early is not None and early.exception() is None:
+        out = early.result()
+        return out["model"], out["seconds"]
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     cpus = free_cpus(1, reserved)
     task = estimate.options(num_cpus=cpus)
@@ -49,23 +92,50 @@ def noise_model(spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0) -> tu
     return results["noise"]["model"], results["noise"]["seconds"]
 
 
+def prepared(root, spec: RunSpec) -> frozenset[str]:
+    """The tomograms whose prepare stage is complete in the store: every tilt of its stacks (and
+    the labels) written and the stacks' value ranges recorded. A resume skips their prepare
+    tasks, and the noise model too when every tomogram is prepared."""
+    from faket.store import done_mask
+
+    def complete(g) -> bool:
+        arrays = [a for a in Stage.PREPARE.arrays if a in g]
+        return "ranges" in g.attrs and all(done_mask(g, a).all() for a in arrays)
+
+    return frozenset(t.name for t in spec.tomograms if t.name in root and complete(root[t.name]))
+
+
 def prepare_stage(
     spec: RunSpec,
+    root,
     policy: RetryPolicy,
-    model_json: dict,
+    model_json: dict | None,
     say,
     reserved: float = 0.0,
     at_once: int | None = None,
     on_prepared: Callable[[str], None] | None = None,
+    ready: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
     tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
-    each succeeds); returns the tomograms that failed and the tasks' wall seconds per phase,
-    summed over tomograms."""
+    each succeeds; ``ready``: tomograms prepared already (:func:`prepared`), which get no task,
+    only their spec's attributes refreshed); returns the tomograms that failed and the tasks'
+    wall seconds per phase, summed over tomograms."""
+    from faket.io import read_tlt
+
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
-    say(f"preparing {len(spec.tomograms)} tomogram(s) in {store}")
-    by_name = {t.name: t for t in spec.tomograms}
+    for t in spec.tomograms:
+        if t.name in ready:
+            root[t.name].attrs.update(spec_attrs(t, read_tlt(t.angles)))
+            if on_prepared is not None:
+                on_prepared(t.name)
+    by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
+    before = f", {len(ready)} prepared already" if ready else ""
+    say(f"preparing {len(by_name)} tomogram(s) in {store}{before}")
+    if not by_name:
+        return {}, {}
+    assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
     cpus = free_cpus(min(at_once or len(by_name), len(by_name)), reserved)
     task = prepare.options(num_cpus=cpus)
     done, prep_failed = run_tasks(
@@ -121,7 +191,14 @@ def nst_stage(
 
 
 def pipelined(
-    spec: RunSpec, root, plan: ActorPlan, weights, policy: RetryPolicy, model_json: dict, jobs: dict
+    spec: RunSpec,
+    root,
+    plan: ActorPlan,
+    weights,
+    policy: RetryPolicy,
+    model_json: dict | None,
+    jobs: dict,
+    ready: frozenset[str] = frozenset(),
 ) -> tuple:
     """The prepare stage beside the NST stage, for GPU actors started already and several
     tomograms: tomograms are prepared one at a time per node, on all its free CPUs, and each
@@ -146,7 +223,7 @@ def pipelined(
         try:
             reserved = jobs["fleet"].cpus
             outcome["prepare"] = prepare_stage(
-                spec, policy, model_json, jobs["say"], reserved, cpu_nodes(), feed.put
+                spec, root, policy, model_json, jobs["say"], reserved, cpu_nodes(), feed.put, ready
             )
         except BaseException as err:  # raised in the driver's thread, below
             outcome["error"] = err
@@ -178,12 +255,21 @@ def early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Fleet
 
 
 def staged(
-    spec: RunSpec, root, plan: ActorPlan, weights, policy: RetryPolicy, model_json: dict, jobs: dict
+    spec: RunSpec,
+    root,
+    plan: ActorPlan,
+    weights,
+    policy: RetryPolicy,
+    model_json: dict | None,
+    jobs: dict,
+    ready: frozenset[str] = frozenset(),
 ) -> tuple:
     """The prepare stage, then the NST stage; arguments and result as :func:`pipelined`."""
     t0 = time.perf_counter()
     reserved = jobs["fleet"].cpus if jobs["fleet"] is not None else 0.0
-    prep_failed, prep_phases = prepare_stage(spec, policy, model_json, jobs["say"], reserved)
+    prep_failed, prep_phases = prepare_stage(
+        spec, root, policy, model_json, jobs["say"], reserved, ready=ready
+    )
     prep_seconds = time.perf_counter() - t0
     for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
         if t.name not in prep_failed:

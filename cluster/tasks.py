@@ -5,6 +5,8 @@ Workers only write into arrays the driver created (:mod:`faket_cluster.layout`).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import ray
 
@@ -23,25 +25,7 @@ def remote_functions():
 
     @ray.remote(num_cpus=1, max_retries=0)
     def estimate(pairs: list, order: int, workers: int) -> dict:
-        """The noise model's JSON (``model``) and the wall seconds of opening (the files' scans)
-        and of the statistics (``seconds``)."""
-        from faket.io import open_mrc
-        from faket.noise import NoiseModel
-
-        clock = StageClock()
-        stacks = [
-            (open_mrc(r, role="reference", workers=workers), open_mrc(c, role="noiseless", workers=workers))
-            for r, c in pairs
-        ]
-        clock.lap("open")
-        model = NoiseModel.estimate(
-            [(a.data, b.data) for a, b in stacks],
-            order,
-            [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
-            workers,
-        )
-        clock.lap("statistics")
-        return {"model": model.to_json(), "seconds": clock.laps}
+        return estimate_noise_model(pairs, order, workers)
 
     @ray.remote(num_cpus=1, max_retries=0)
     def reconstruct_task(store: str, name: str, settings, angles: list) -> list:
@@ -63,6 +47,32 @@ def remote_functions():
         return [str(p) for p in export_store(store, out, names, overwrite=True)]
 
     return prepare, estimate, reconstruct_task, export_task
+
+
+def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
+    """The noise model's JSON (``model``) from (reference, noiseless) file pairs, and the wall
+    seconds of opening them (the files' scans) and of the statistics (``seconds``)."""
+    from faket.io import open_mrc
+    from faket.noise import NoiseModel
+
+    clock = StageClock()
+    with contextlib.ExitStack() as files:  # closed after: the driver may be the caller
+        stacks = [
+            (
+                files.enter_context(open_mrc(r, role="reference", workers=workers)),
+                files.enter_context(open_mrc(c, role="noiseless", workers=workers)),
+            )
+            for r, c in pairs
+        ]
+        clock.lap("open")
+        model = NoiseModel.estimate(
+            [(a.data, b.data) for a, b in stacks],
+            order,
+            [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
+            workers,
+        )
+        clock.lap("statistics")
+        return {"model": model.to_json(), "seconds": clock.laps}
 
 
 def prepare_tomogram(
@@ -121,9 +131,16 @@ def prepare_tomogram(
     clock.lap("labels")
     ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}
     clock.lap("ranges")
+    g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})
+    clock.lap("attrs")
+    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps}
+
+
+def spec_attrs(tomo: TomogramSpec, angles) -> dict:
+    """A tomogram group's attributes that come from its spec alone (no image data): written by
+    its prepare task, and refreshed by the driver where that task is skipped (prepared already)."""
     attrs = {
         "angles": [float(a) for a in angles],
-        "voxel_size": float(voxel),
         "seed": tomo.seed,
         "dose_per_tilt": tomo.dose_per_tilt,
         "sources": {
@@ -136,10 +153,7 @@ def prepare_tomogram(
             )
             if v is not None
         },
-        "ranges": ranges,
     }
     if tomo.particles is not None:
         attrs["particles_csv"] = tomo.particles.read_text()
-    g.attrs.update(attrs)
-    clock.lap("attrs")
-    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps}
+    return attrs

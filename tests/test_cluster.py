@@ -98,8 +98,15 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
         assert root[name]["reconstruction"].shape == (16, 32, 32)
         assert (tmp_path / "mrc" / name / "faket.mrc").exists()
+    assert summary["prepared_before"] == []
+    assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
+    open_store(spec.store)["tomo_000"].attrs["sources"] = {}   # from the spec: refreshed below
     again = run(spec, say=lambda m: None)
     assert again["done_now"] == 0 and again["done_before"] == 14
+    # every tomogram prepared already: no prepare task and no noise model
+    assert again["prepared_before"] == ["tomo_000", "tomo_001"]
+    assert again["phase_seconds"] == {"noise_model": {}, "prepare": {}}
+    assert open_store(spec.store, mode="r")["tomo_000"].attrs["sources"]["style"].endswith(".mrc")
     # A deleted and a truncated tilt, their done flags still set: the resume finds and redoes them
     clean = {(n, a): np.asarray(root[n][a][:]) for n in ("tomo_000", "tomo_001")
              for a in ("noisy", "faket", "reconstruction")}
@@ -110,6 +117,10 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     said: list[str] = []
     repaired = run(spec, say=said.append)
     assert repaired["done_now"] == 1 and repaired["done_before"] == 13, (repaired, said)
+    assert repaired["prepared_before"] == ["tomo_000"]   # tomo_001's NOISY tilt is made again
+    assert repaired["phase_seconds"]["noise_model"]["statistics"] > 0
+    # Ray was up already: the Ray task estimated it, the same model (tomo_001's NOISY equals below)
+    assert not repaired["noise_model_beside_start"]
     assert any("2 done tilt(s) or volume(s) missing or corrupt" in m for m in said), said
     root = open_store(spec.store, mode="r")
     for (n, a), want in clean.items():
@@ -505,6 +516,7 @@ def test_ray_job_submit_end_to_end(inputs, tmp_path, test_weights):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
     root = open_store(tmp_path / "run.zarr", mode="r")
+    assert root.attrs["last_run"]["noise_model_beside_start"] is False   # a cluster: the Ray task's
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()
         got = np.asarray(root[name]["faket"][:])
