@@ -104,11 +104,13 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
     return [recs[n] for n in complete if n in recs], exported, failed
 
 
-def _distrust_damaged(root, spec: RunSpec, say) -> None:
-    """On resume, done tilts whose data is missing or does not decode are done again."""
+def _distrust_damaged(root, spec: RunSpec, say, problems: list | None = None) -> None:
+    """On resume, done tilts whose data is missing or does not decode are done again
+    (``problems``: :func:`faket.store_check.verify_store`'s, found already while Ray started)."""
     from faket.store_check import clear_problems, verify_store
 
-    problems = verify_store(root, [t.name for t in spec.tomograms])
+    if problems is None:
+        problems = verify_store(root, [t.name for t in spec.tomograms])
     if problems:
         say(
             f"{len(problems)} done tilt(s) or volume(s) missing or corrupt in the store, recomputing them: "
@@ -120,25 +122,33 @@ def _distrust_damaged(root, spec: RunSpec, say) -> None:
 
 def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
     """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet."""
+    from faket._threads import beside
     from faket.store import open_store
+    from faket.store_check import verify_store
     from faket.weights import resolve_weights
 
     from .layout import check_resume, lay_out
 
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
+    checked = None
     if spec.store.exists():  # refuse a changed spec before touching anything
-        check_resume(open_store(spec.store, mode="r"), spec, weights.identity, restart)
+        stored = open_store(spec.store, mode="r")
+        check_resume(stored, spec, weights.identity, restart)
+        if restart is None:  # nothing is reset below: read every done tilt back while Ray starts
+            names = [t.name for t in spec.tomograms if t.name in stored]
+            checked = beside(lambda: verify_store(stored, names), "faket-verify-store")
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
+    problems = checked.result() if checked is not None else None  # read before anything is written
     resumed = spec.store.exists()
     root = open_store(str(spec.store))
     lay_out(root, spec, weights.identity, restart)
     if resumed:
-        _distrust_damaged(root, spec, say)
+        _distrust_damaged(root, spec, say, problems)
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import ray
 
+from faket._threads import beside
 from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
@@ -52,16 +53,8 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
             return None
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     workers = len(os.sched_getaffinity(0))
-    result: Future = Future()
-
-    def body() -> None:
-        try:
-            result.set_result(estimate_noise_model(pairs, spec.noise_order, workers))
-        except BaseException as err:  # the Ray task tries again, under the run's retry policy
-            result.set_exception(err)
-
-    threading.Thread(target=body, name="faket-noise-model", daemon=True).start()
-    return result
+    # where it fails, the Ray task tries again, under the run's retry policy
+    return beside(lambda: estimate_noise_model(pairs, spec.noise_order, workers), "faket-noise-model")
 
 
 def noise_model(

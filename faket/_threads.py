@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -34,3 +35,21 @@ def for_each(
     with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="faket-prepare") as pool:
         for done in as_completed([pool.submit(work, item) for item in items]):
             steps(done.result())
+
+
+def beside(work: Callable[[], T], name: str) -> Future[T]:
+    """``work()`` in a daemon thread, started now: its result, or what it raised, in a Future.
+
+    For work that overlaps a wait of the caller (a local Ray starting); a daemon thread, so
+    a caller that exits early (bad input) does not wait for it.
+    """
+    result: Future[T] = Future()
+
+    def body() -> None:
+        try:
+            result.set_result(work())
+        except BaseException as err:  # the caller decides: retry, fall back or raise
+            result.set_exception(err)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return result

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from faket._threads import for_each
+from faket._threads import beside, for_each
 from faket.noise import NoiseModel, tilt_stats
 from faket.pipeline import copy_tilts, prepare_noise
 
@@ -96,3 +96,24 @@ def test_prepare_reads_each_noiseless_tilt_once_and_equals_each_modality_made_al
     for m in mods:
         for i in range(5):
             np.testing.assert_array_equal(sink.arrays[m][i], apply_tilt(clean[i], i, model, 7, m, 0.25))
+
+
+def test_beside_runs_in_a_daemon_thread_and_hands_back_result_or_error():
+    release = threading.Event()
+    names: list = []
+
+    def work() -> int:
+        names.append((threading.current_thread().name, threading.current_thread().daemon))
+        release.wait(10)
+        return 7
+
+    fut = beside(work, "faket-test")
+    assert not fut.done()                  # started, not waited for: the caller goes on
+    release.set()
+    assert fut.result(timeout=10) == 7 and names == [("faket-test", True)]
+
+    def fail() -> None:
+        raise ValueError("bad pair")
+
+    err = beside(fail, "faket-test").exception(timeout=10)
+    assert isinstance(err, ValueError) and str(err) == "bad pair"
