@@ -123,6 +123,7 @@ def main() -> None:
             "run_seconds": summary["seconds"],
             "stage_seconds": summary["stage_seconds"],
             "phase_seconds": summary["phase_seconds"],
+            "noise_model_beside_start": summary["noise_model_beside_start"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
         }
