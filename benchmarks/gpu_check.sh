@@ -29,6 +29,15 @@ fi
 # shellcheck disable=SC2086
 timeout "${BENCH_S:-170}" python3 benchmarks/bench_gpu.py --out-dir "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
+# PIPE_ARGS: several tomograms through the GPU actor, each one's NST once prepared against staged,
+# e.g. "--size 4096 --tilts 11 --tomograms 3 --repeats 1" (benchmarks/engine_pipeline.py)
+if [ -n "${PIPE_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${PIPE_S:-150}" python3 benchmarks/engine_pipeline.py --device cuda $PIPE_ARGS \
+        --json "$OUT/pipeline.json" > "$OUT/pipeline.log" 2>&1
+    echo "pipeline rc=$?" >> "$OUT/pipeline.log"
+    tail -3 "$OUT/pipeline.log"
+fi
 # -k: the copick test installs copick with pip, and the GPU machine has no network
 PYTEST=(python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" --durations=10
         -k "not copick")

@@ -172,7 +172,11 @@ def test_bench_noise_refuses_bad_input_in_one_line(tmp_path, args):
     assert "bench_noise.py:" in res.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("args", [["--tomograms", "1"], ["--kernel-seconds", "-1"]])
+@pytest.mark.parametrize("args", [
+    ["--tomograms", "1"], ["--kernel-seconds", "-1"],
+    pytest.param(["--device", "cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                reason="a CUDA device: the run would start")),
+])
 def test_engine_pipeline_refuses_bad_input_in_one_line(tmp_path, args):
     res = subprocess.run([sys.executable, str(BENCH / "engine_pipeline.py"), *args], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
