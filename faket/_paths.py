@@ -141,8 +141,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     for q in (tmp, old):
         if q.exists():
             shutil.rmtree(q)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         yield tmp
         moved = p.exists()
         if moved:

@@ -182,12 +182,16 @@ class MrcWriter:
         self.shape = tuple(int(s) for s in shape)
         self._tmp = _tmp_name(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._mrc = mrcfile.new_mmap(self._tmp, shape=self.shape, mrc_mode=2, overwrite=True)
-        if volume:
-            self._mrc.set_volume()
-        else:
-            self._mrc.set_image_stack()
-        self._mrc.voxel_size = voxel_size
+        try:  # an interrupt (Ctrl-C, SIGTERM) here, before the with block, must not leave the file
+            self._mrc = mrcfile.new_mmap(self._tmp, shape=self.shape, mrc_mode=2, overwrite=True)
+            if volume:
+                self._mrc.set_volume()
+            else:
+                self._mrc.set_image_stack()
+            self._mrc.voxel_size = voxel_size
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
         self._written = np.zeros(self.shape[0], dtype=bool)
         self._min = np.full(self.shape[0], np.inf)
         self._max = np.full(self.shape[0], -np.inf)
@@ -227,16 +231,18 @@ class MrcWriter:
         """Finish the header and rename the file onto its final path."""
         try:
             self._finish()
+            os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
-        os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         """Discard the temporary file; the final path is left as it was."""
-        with contextlib.suppress(Exception):
-            self._mrc.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            with contextlib.suppress(Exception):
+                self._mrc.close()
+        finally:  # also where an interrupt comes during the close
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> MrcWriter:
         return self

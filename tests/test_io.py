@@ -49,6 +49,30 @@ def test_writer_failure_keeps_existing_file(tmp_path):
     assert np.array_equal(read_mrc(target), old)
 
 
+@pytest.mark.parametrize("where", ["set_image_stack", "close"])
+def test_an_interrupt_while_the_writer_opens_or_discards_leaves_no_file(tmp_path, monkeypatch, where):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) as the temporary file is made, before the with
+    block is entered, or while a failed write closes it: neither it nor the target is left."""
+    from mrcfile.mrcmemmap import MrcMemmap
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = tmp_path / "out.mrc"
+    if where == "close":   # the write fails, then its clean-up is interrupted
+        monkeypatch.setattr(MrcMemmap, "close", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            with MrcWriter(target, (2, 3, 3)) as w:
+                w.write(0, np.zeros((3, 3)))
+                raise RuntimeError("crash mid-way")
+    else:
+        monkeypatch.setattr(MrcMemmap, where, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            MrcWriter(target, (2, 3, 3))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda p: None, "does not exist"),
     (lambda p: p.write_bytes(b"hello"), "not a readable MRC"),
