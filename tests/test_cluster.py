@@ -121,6 +121,18 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert repaired["phase_seconds"]["noise_model"]["statistics"] > 0
     # Ray was up already: the Ray task estimated it, the same model (tomo_001's NOISY equals below)
     assert not repaired["noise_model_beside_start"]
+    # an estimate beside the start that failed: the Ray task makes the same model instead
+    from concurrent.futures import Future
+
+    from faket_cluster import stages
+    from faket_cluster.engine import policy_of
+    from faket_cluster.tasks import estimate_noise_model
+
+    failed: Future = Future()
+    failed.set_exception(OSError("the driver could not read a pair"))
+    model, phases = stages.noise_model(spec, policy_of(spec), 0.0, failed)
+    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
+    assert model == estimate_noise_model(pairs, spec.noise_order, 1)["model"] and phases["statistics"] > 0
     assert any("2 done tilt(s) or volume(s) missing or corrupt" in m for m in said), said
     root = open_store(spec.store, mode="r")
     for (n, a), want in clean.items():
