@@ -75,8 +75,32 @@ def _record_failures(root, spec: RunSpec, failed: dict[str, dict[str, str]]) -> 
     return rows
 
 
-def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) -> tuple[list, list, dict]:
-    """Reconstruction and export of the complete tomograms; returns (shapes, files, failures)."""
+def _all_done(root, spec: RunSpec, ready: frozenset[str]) -> bool:
+    """Whether every stage of every tomogram is done in the store (``ready``: those prepared)."""
+    from faket.store import done_mask
+
+    stages_done = ["faket", *(["reconstruction"] if spec.reconstruction is not None else [])]
+    names = [t.name for t in spec.tomograms]
+    return set(names) <= ready and all(done_mask(root[n], s).all() for n in names for s in stages_done)
+
+
+def _current_export(root, spec: RunSpec, names: list[str]) -> list[str] | None:
+    """The files of the store's last export where they are what an export now would write: the
+    same folder and tomograms, every file still there (the run found nothing to do, so the
+    store is as it was then: see ``run``)."""
+    last = root.attrs.get("export")
+    if not last or last.get("folder") != str(spec.export) or last.get("tomograms") != names:
+        return None
+    files = list(last.get("files", []))
+    return files if all(Path(f).is_file() for f in files) else None
+
+
+def _finish(
+    root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say, unchanged: bool = False
+) -> tuple[list, list, dict, bool]:
+    """Reconstruction and export of the complete tomograms; returns (shapes, files, failures,
+    whether the export was kept). unchanged: the run wrote nothing into the store, so a current
+    export is kept as it is."""
     from faket.store import done_mask
 
     _, _, reconstruct_task, export_task = remote_functions()
@@ -93,7 +117,11 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
         failed.update({n: {Stage.RECONSTRUCT.value: why} for n, why in rec_failed.items()})
     exported: list = []
     ready = [n for n in complete if n not in failed]
-    if spec.export is not None and ready:
+    current = _current_export(root, spec, ready) if unchanged and spec.export is not None else None
+    if current is not None:
+        say(f"MRC files in {spec.export} are current: the store has not changed since they were exported")
+        exported = current
+    elif spec.export is not None and ready:
         say(f"exporting MRC files to {spec.export}")
         files, exp_failed = run_tasks(
             lambda _: export_task.remote(store, str(spec.export), ready), ["export"], policy
@@ -101,7 +129,9 @@ def _finish(root, spec: RunSpec, complete: list[str], policy: RetryPolicy, say) 
         exported = files.get("export", [])
         for n in ready if exp_failed else []:
             failed.setdefault(n, {})[Stage.EXPORT.value] = exp_failed["export"]
-    return [recs[n] for n in complete if n in recs], exported, failed
+        if not exp_failed:
+            root.attrs["export"] = {"folder": str(spec.export), "tomograms": ready, "files": exported}
+    return [recs[n] for n in complete if n in recs], exported, failed, current is not None
 
 
 def _distrust_damaged(root, spec: RunSpec, say, problems: list | None = None) -> None:
@@ -180,10 +210,13 @@ def run(
     weights, plan, root = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
+    ready = stages.prepared(root, spec)  # a resume prepares only the rest
+    unchanged = restart is None and _all_done(root, spec, ready)
+    if not unchanged:  # this run writes into the store: its MRC files are exported again
+        root.attrs["export"] = None
     fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
     try:
         reserved = fleet.cpus if fleet is not None else 0.0
-        ready = stages.prepared(root, spec)  # a resume prepares only the rest
         model_json, noise_phases = (
             stages.noise_model(spec, policy, reserved, early)
             if len(ready) < len(spec.tomograms)
@@ -209,7 +242,7 @@ def run(
     complete = [
         t.name for t in spec.tomograms if t.name not in failed and done_mask(root[t.name], "faket").all()
     ]
-    recs, exported, late = _finish(root, spec, complete, policy, say)
+    recs, exported, late, kept = _finish(root, spec, complete, policy, say, unchanged)
     clock.lap("finish")
     for name, why in late.items():
         failed.setdefault(name, {}).update(why)
@@ -237,6 +270,7 @@ def run(
         "phase_seconds": {"noise_model": noise_phases, "prepare": prep_phases},
         "reconstructions": recs,
         "exported": exported,
+        "export_kept": kept,  # the MRC files were current already: not written again
         "failed": _record_failures(root, spec, failed),
     }
     root.attrs["last_run"] = {k: v for k, v in summary.items() if k not in ("exported", "compute")}

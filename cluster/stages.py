@@ -124,10 +124,11 @@ def prepare_stage(
             if on_prepared is not None:
                 on_prepared(t.name)
     by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
+    if not by_name:
+        say(f"all {len(ready)} tomogram(s) in {store} prepared already")
+        return {}, {}
     before = f", {len(ready)} prepared already" if ready else ""
     say(f"preparing {len(by_name)} tomogram(s) in {store}{before}")
-    if not by_name:
-        return {}, {}
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
     cpus = free_cpus(min(at_once or len(by_name), len(by_name)), reserved)
     task = prepare.options(num_cpus=cpus)

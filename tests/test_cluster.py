@@ -101,8 +101,13 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
     open_store(spec.store)["tomo_000"].attrs["sources"] = {}   # from the spec: refreshed below
+    exported = tmp_path / "mrc" / "tomo_000" / "faket.mrc"
+    stamp = exported.stat().st_mtime_ns
     again = run(spec, say=lambda m: None)
     assert again["done_now"] == 0 and again["done_before"] == 14
+    # nothing written into the store: the MRC files of the first run are current and kept
+    assert not summary["export_kept"] and again["export_kept"] and exported.stat().st_mtime_ns == stamp
+    assert sorted(again["exported"]) == sorted(summary["exported"])
     # every tomogram prepared already: no prepare task and no noise model
     assert again["prepared_before"] == ["tomo_000", "tomo_001"]
     assert again["phase_seconds"] == {"noise_model": {}, "prepare": {}}
@@ -118,6 +123,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     repaired = run(spec, say=said.append)
     assert repaired["done_now"] == 1 and repaired["done_before"] == 13, (repaired, said)
     assert repaired["prepared_before"] == ["tomo_000"]   # tomo_001's NOISY tilt is made again
+    assert not repaired["export_kept"] and exported.stat().st_mtime_ns != stamp   # exported again
     assert repaired["phase_seconds"]["noise_model"]["statistics"] > 0
     # Ray was up already: the Ray task estimated it, the same model (tomo_001's NOISY equals below)
     assert not repaired["noise_model_beside_start"]
@@ -713,3 +719,22 @@ def test_cli_demo_and_engine_give_equal_results(tmp_path, weights_file, local_ra
                     "-o", tmp_path / "cli.mrc", "--vgg-weights", weights_file, "--device", "cpu", "--reproducible")
     assert cli.returncode == 0, cli.stderr
     assert np.array_equal(read_mrc(tmp_path / "cli.mrc"), np.asarray(g["faket"][:]))
+
+
+def test_an_export_is_current_only_with_the_same_folder_tomograms_and_every_file(tmp_path):
+    from types import SimpleNamespace
+
+    from faket_cluster.engine import _current_export
+
+    files = [tmp_path / "mrc" / "t0" / "faket.mrc", tmp_path / "mrc" / "t0" / "noisy.mrc"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    record = {"folder": str(tmp_path / "mrc"), "tomograms": ["t0"], "files": [str(f) for f in files]}
+    root, spec = SimpleNamespace(attrs={"export": record}), SimpleNamespace(export=tmp_path / "mrc")
+    assert _current_export(root, spec, ["t0"]) == record["files"]
+    assert _current_export(root, spec, ["t0", "t1"]) is None                          # another set
+    assert _current_export(root, SimpleNamespace(export=tmp_path / "out"), ["t0"]) is None  # moved
+    assert _current_export(SimpleNamespace(attrs={"export": None}), spec, ["t0"]) is None  # written since
+    files[1].unlink()
+    assert _current_export(root, spec, ["t0"]) is None                                # a file gone
