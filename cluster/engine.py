@@ -151,7 +151,9 @@ def _distrust_damaged(root, spec: RunSpec, say, problems: list | None = None) ->
 
 
 def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
-    """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet."""
+    """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet
+    but what runs while a local Ray starts, once the spec is accepted: the noise model
+    (:func:`stages.noise_model_beside_start`, returned last) and a resume's read-back."""
     from faket._threads import beside
     from faket.store import open_store
     from faket.store_check import verify_store
@@ -169,6 +171,7 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
             checked = beside(lambda: verify_store(stored, names), "faket-verify-store")
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
+    early = stages.noise_model_beside_start(spec, address)
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
@@ -182,7 +185,7 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
     )
-    return weights, plan, root
+    return weights, plan, root, early
 
 
 def run(
@@ -206,8 +209,7 @@ def run(
     from faket.store import done_mask
 
     clock = StageClock()
-    early = stages.noise_model_beside_start(spec, address)
-    weights, plan, root = _start(spec, address, actors, restart, say)
+    weights, plan, root, early = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
     ready = stages.prepared(root, spec)  # a resume prepares only the rest
