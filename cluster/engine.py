@@ -153,7 +153,8 @@ def _distrust_damaged(root, spec: RunSpec, say, problems: list | None = None) ->
 def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
     """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet
     but what runs while a local Ray starts, once the spec is accepted: the noise model
-    (:func:`stages.noise_model_beside_start`, returned last) and a resume's read-back."""
+    (:func:`stages.noise_model_beside_start`) and a resume's read-back. Returns (weights,
+    actor plan, store root, the noise model's Future or None, the tomograms prepared already)."""
     from faket._threads import beside
     from faket.store import open_store
     from faket.store_check import verify_store
@@ -162,16 +163,17 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     from .layout import check_resume, lay_out
 
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
-    checked = None
+    checked, ready = None, frozenset[str]()
     if spec.store.exists():  # refuse a changed spec before touching anything
         stored = open_store(spec.store, mode="r")
         check_resume(stored, spec, weights.identity, restart)
         if restart is None:  # nothing is reset below: read every done tilt back while Ray starts
             names = [t.name for t in spec.tomograms if t.name in stored]
             checked = beside(lambda: verify_store(stored, names), "faket-verify-store")
+            ready = stages.prepared(stored, spec)
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
-    early = stages.noise_model_beside_start(spec, address)
+    early = stages.noise_model_beside_start(spec, address) if len(ready) < len(spec.tomograms) else None
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
@@ -182,10 +184,12 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     lay_out(root, spec, weights.identity, restart)
     if resumed:
         _distrust_damaged(root, spec, say, problems)
+    if resumed and (restart is not None or problems):  # flags were reset: prepared is read again
+        ready = stages.prepared(root, spec)
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
     )
-    return weights, plan, root, early
+    return weights, plan, root, early, ready
 
 
 def run(
@@ -209,10 +213,9 @@ def run(
     from faket.store import done_mask
 
     clock = StageClock()
-    weights, plan, root, early = _start(spec, address, actors, restart, say)
+    weights, plan, root, early, ready = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
-    ready = stages.prepared(root, spec)  # a resume prepares only the rest
     unchanged = restart is None and _all_done(root, spec, ready)
     if not unchanged:  # this run writes into the store: its MRC files are exported again
         root.attrs["export"] = None
