@@ -53,11 +53,13 @@ def measure(size: int, tilts: int, count: int, staged: bool, device: str = "cpu"
         spec_path = write_inputs(Path(tmp), size, tilts, device=device)
         tomograms_spec(spec_path, count)
         init_ray(num_cpus=os.cpu_count() or 2, num_gpus=1)
+        spec = load_spec(spec_path)
         try:
-            summary = run(load_spec(spec_path), say=lambda m: print(m, file=sys.stderr))
+            summary = run(spec, say=lambda m: print(m, file=sys.stderr))
         finally:
             ray.shutdown()
             os.environ.pop(STAGED_ENV, None)
+        store_bytes = sum(f.stat().st_size for f in Path(spec.store).rglob("*") if f.is_file())
     return {
         "pipelined": summary["pipelined"],
         "run_seconds": round(summary["seconds"], 2),
@@ -65,6 +67,8 @@ def measure(size: int, tilts: int, count: int, staged: bool, device: str = "cpu"
         "prepare_seconds": summary["prepare_seconds"],
         "nst_seconds": round(summary["nst_seconds"], 2),
         "done_now": summary["done_now"],
+        "prepare_phase_seconds": summary["phase_seconds"]["prepare"],
+        "store_bytes": store_bytes,
     }
 
 

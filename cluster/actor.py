@@ -92,19 +92,20 @@ class NSTWorker:
     def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
         """A task's inputs from the store: style tilts once, content and start per tomogram, and
         whether each tomogram's tilts are all done already (a retry: it is skipped)."""
-        from faket.store import done_mask
+        from faket.store import done_mask, style_group
 
         root = self._root(store)
         first = root[names[0]]
+        styles = style_group(root, first)  # the members share it (see schedule.nst_jobs)
         # the stacks are read side by side (reading and decoding run without Python's lock)
         take = self._buffers.take
-        stacks = {("style", ""): self._readers.submit(read_tilts, first["style"], tilts, take)}
+        stacks = {("style", ""): self._readers.submit(read_tilts, styles["style"], tilts, take)}
         for name in names:
             for key in ("content", "noisy"):
                 stacks[(key, name)] = self._readers.submit(read_tilts, root[name][key], tilts, take)
         data = {
             "style": stacks[("style", "")].result(),
-            "style_range": first.attrs["ranges"]["style"],
+            "style_range": styles.attrs["ranges"]["style"],
             "size": first["content"].shape[-2:],
             "members": {},
             "done": {name: bool(done_mask(root[name], "faket", tilts).all()) for name in names},

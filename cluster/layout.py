@@ -5,7 +5,8 @@ tomogram (workers only write), and compares the settings each stage ran with
 (recorded in the tomogram group's ``settings`` attribute) to the spec's. A
 resume with other settings is refused, naming the changed keys, unless the
 stage is restarted on purpose (``--restart-stage``), which clears the done
-flags of that stage and every later one.
+flags of that stage and every later one. Tomograms styled by the same file share one copy of
+its style stack (:func:`style_holders`).
 """
 
 from __future__ import annotations
@@ -64,10 +65,35 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _create_arrays(g, spec: RunSpec, tomo: TomogramSpec) -> None:
+def style_holders(root, spec: RunSpec) -> dict[str, str]:
+    """Each tomogram of the spec and the tomogram whose group holds its style stack: itself, or
+    the first tomogram of the spec styled by the same file (path, size and shape). A group that
+    holds a copy already (an earlier run's) keeps it; a tomogram shares only with one in the
+    spec, so that the copy is prepared by this run where it is not done."""
+
+    def key(t: TomogramSpec) -> tuple:
+        p = Path(t.style).resolve()  # type: ignore[arg-type]  # the spec requires a style
+        return str(p), p.stat().st_size if p.exists() else None, t.style_shape
+
+    def holds(t: TomogramSpec) -> bool:
+        return t.name in root and "style" in root[t.name]
+
+    first: dict[tuple, str] = {}
+    for t in spec.tomograms:
+        if holds(t):
+            first.setdefault(key(t), t.name)
+    return {t.name: t.name if holds(t) else first.setdefault(key(t), t.name) for t in spec.tomograms}
+
+
+def _create_arrays(g, spec: RunSpec, tomo: TomogramSpec, style_holder: str) -> None:
     for stage in ("noiseless", "noisy", "content", "faket"):
         create_stack(g, stage, tomo.shape)
-    create_stack(g, "style", tomo.style_shape)
+    if style_holder == tomo.name:
+        create_stack(g, "style", tomo.style_shape)
+        if "style_from" in g.attrs:
+            del g.attrs["style_from"]
+    else:
+        g.attrs["style_from"] = style_holder
     if tomo.labels_shape is not None:
         create_volume(g, "labels", tomo.labels_shape)
     if spec.reconstruction is not None:
@@ -101,9 +127,10 @@ def lay_out(root, spec: RunSpec, weights_identity: dict, restart: Stage | None =
     """Create every tomogram's arrays and flags, record settings; clear what a restart redoes."""
     check_resume(root, spec, weights_identity, restart)
     redo = restart.and_later() if restart is not None else []
+    holders = style_holders(root, spec)
     for tomo in spec.tomograms:
         g = root.require_group(tomo.name)
-        _create_arrays(g, spec, tomo)
+        _create_arrays(g, spec, tomo, holders[tomo.name])
         for stage in redo:
             for name in stage.arrays:
                 reset_done(g, name)

@@ -22,6 +22,7 @@ from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
 from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
+from .layout import style_holders
 from .retry import RetryPolicy, run_tasks
 from .spec import RunSpec
 from .tasks import estimate_noise_model, remote_functions, spec_attrs
@@ -83,11 +84,44 @@ def prepared(root, spec: RunSpec) -> frozenset[str]:
     tasks, and the noise model too when every tomogram is prepared."""
     from faket.store import done_mask
 
-    def complete(g) -> bool:
-        arrays = [a for a in Stage.PREPARE.arrays if a in g]
-        return "ranges" in g.attrs and all(done_mask(g, a).all() for a in arrays)
+    holders = style_holders(root, spec)
 
-    return frozenset(t.name for t in spec.tomograms if t.name in root and complete(root[t.name]))
+    def complete(name: str) -> bool:
+        g, holder = root[name], holders[name]
+        if "ranges" not in g.attrs or holder not in root or "style" not in root[holder]:
+            return False
+        h = root[holder]
+        arrays = [(g, a) for a in Stage.PREPARE.arrays if a != "style" and a in g] + [(h, "style")]
+        return "style" in h.attrs.get("ranges", {}) and all(done_mask(x, a).all() for x, a in arrays)
+
+    return frozenset(t.name for t in spec.tomograms if t.name in root and complete(t.name))
+
+
+class _StyleGate:
+    """Passes each prepared tomogram on once the tomogram holding its style stack is prepared
+    too (``holders``: tomogram -> holder, :func:`faket_cluster.layout.style_holders`)."""
+
+    def __init__(self, holders: dict[str, str], on_prepared: Callable[[str], None] | None) -> None:
+        self.holders, self.on_prepared = holders, on_prepared
+        self.done: set[str] = set()
+        self.waiting: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.done.add(name)
+        self.waiting.append(name)
+        passed = [n for n in self.waiting if self.holders[n] in self.done]
+        self.waiting = [n for n in self.waiting if n not in passed]
+        for n in passed:
+            if self.on_prepared is not None:
+                self.on_prepared(n)
+
+    def failed(self, failures: dict[str, str]) -> dict[str, str]:
+        """``failures`` and the tomograms whose style stack's holder is among them."""
+        out = dict(failures)
+        for n, holder in self.holders.items():
+            if holder in failures and n not in failures:
+                out[n] = f"its style stack is held by tomogram {holder}, which was not prepared"
+        return out
 
 
 def prepare_stage(
@@ -103,18 +137,20 @@ def prepare_stage(
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
     tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
-    each succeeds; ``ready``: tomograms prepared already (:func:`prepared`), which get no task,
-    only their spec's attributes refreshed); returns the tomograms that failed and the tasks'
-    wall seconds per phase, summed over tomograms."""
+    each succeeds and the tomogram holding its style stack has; ``ready``: tomograms prepared
+    already (:func:`prepared`), which get no task, only their spec's attributes refreshed);
+    returns the tomograms that failed (or whose style stack's holder did) and the tasks' wall
+    seconds per phase, summed over tomograms."""
     from faket.io import read_tlt
 
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
+    holders = {t.name: root[t.name].attrs.get("style_from", t.name) for t in spec.tomograms}
+    gate = _StyleGate(holders, on_prepared)
     for t in spec.tomograms:
         if t.name in ready:
             root[t.name].attrs.update(spec_attrs(t, read_tlt(t.angles)))
-            if on_prepared is not None:
-                on_prepared(t.name)
+            gate(t.name)
     by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
     if not by_name:
         say(f"all {len(ready)} tomogram(s) in {store} prepared already")
@@ -129,8 +165,9 @@ def prepare_stage(
         list(by_name),
         policy,
         at_once,
-        None if on_prepared is None else lambda n, _: on_prepared(n),
+        lambda n, _: gate(n),
     )
+    prep_failed = gate.failed(prep_failed)
     phases: dict[str, float] = {}
     for result in done.values():
         for phase, secs in result["seconds"].items():

@@ -78,8 +78,9 @@ def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
 def prepare_tomogram(
     store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int = 1
 ) -> dict:
-    """Write noiseless, NOISY, CONTENT, style tilts and labels of one tomogram (idempotent);
-    returns its name, tilt count and the wall seconds of each phase (``seconds``).
+    """Write noiseless, NOISY, CONTENT, style tilts (where its group holds the style stack) and
+    labels of one tomogram (idempotent); returns its name, tilt count and the wall seconds of
+    each phase (``seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
     workers: the CPUs Ray gave the task; tilts are made on that many threads
@@ -93,7 +94,9 @@ def prepare_tomogram(
     keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
     clock = StageClock()
     g = open_store(store)[tomo.name]
-    sink = StoreSink(g, track=("content", "noisy", "style"))  # their ranges, as they are written
+    holds_style = "style" in g  # or another tomogram of the run holds the same style stack
+    # their ranges, as they are written
+    sink = StoreSink(g, track=("content", "noisy", "style") if holds_style else ("content", "noisy"))
     angles = read_tlt(tomo.angles)
     source = tomo.volume or tomo.tilts
     assert source is not None and tomo.style is not None  # the spec checked both
@@ -122,8 +125,9 @@ def prepare_tomogram(
         workers=workers,
     )
     clock.lap("noise")
-    with open_mrc(tomo.style, role="style", workers=workers) as st:
-        copy_tilts(sink, "style", st.tilt, workers)
+    if holds_style:
+        with open_mrc(tomo.style, role="style", workers=workers) as st:
+            copy_tilts(sink, "style", st.tilt, workers)
     clock.lap("style")
     if tomo.labels is not None and not done_mask(g, "labels").all():
         with open_mrc(tomo.labels, role="labels") as lab:

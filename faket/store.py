@@ -5,7 +5,7 @@ Layout of a store (one per run)::
     run.zarr/                  attrs: format, version, spec, compute, last_run
       <tomogram>/              attrs: angles, voxel_size, seeds, sources, particles,
                                       settings (per stage), failures, ome (NGFF 0.5)
-        noiseless, noisy, content, style, faket    (n, Y, X) float32
+        noiseless, noisy, content, style, faket    (n, Y, X) float32 (style: see below)
         done_<stage>                                (n,) uint8, one chunk per tilt
         reconstruction                              (Z, Y, X) float32
         reconstruction_2x, reconstruction_4x        its binned levels (NGFF multiscale)
@@ -13,6 +13,10 @@ Layout of a store (one per run)::
         done_reconstruction, done_labels            (1,) uint8
 
 Each tomogram group is an OME-Zarr image (:mod:`faket.ngff`).
+
+Tomograms styled by the same file keep one copy of its style stack: the first
+of them holds it, the others name that tomogram in their ``style_from``
+attribute (:func:`style_group`).
 
 The driver creates every array and done flag before any worker runs
 (:func:`create_stack`, :func:`create_volume`); workers only write
@@ -148,6 +152,20 @@ def _flags(group, name: str, n: int):
     if flag in group:
         return _check_shape(group, flag, (n,))
     return group.create_array(flag, shape=(n,), dtype="uint8", chunks=(1,), fill_value=0)
+
+
+def style_group(root, group):
+    """The group that holds the style stack of tomogram group ``group`` (of store ``root``):
+    the group itself, or the tomogram its ``style_from`` attribute names."""
+    if "style" in group:
+        return group
+    owner = group.attrs.get("style_from")
+    if owner is None or owner not in root:
+        raise FaketInputError(
+            f"store group {group.path} has no style stack and names none to share "
+            f"(style_from: {owner!r}): rerun the spec that made it"
+        )
+    return root[owner]
 
 
 def create_stack(group, name: str, shape: tuple[int, int, int]):

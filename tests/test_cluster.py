@@ -23,7 +23,7 @@ from faket_cluster.spec import load_spec  # noqa: E402
 from faket.errors import FaketInputError  # noqa: E402
 from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
-from faket.store import done_mask, open_store  # noqa: E402
+from faket.store import done_mask, open_store, style_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ANGLES = (-45.0, 45.0, 15.0)
@@ -60,8 +60,10 @@ def _reference(store: Path, name: str, weights) -> np.ndarray:
     """The single-process result, with the actors' thread count (1 CPU each): same kernels."""
     import torch
 
-    g = open_store(store, mode="r")[name]
-    c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
+    root = open_store(store, mode="r")
+    g = root[name]
+    c, i = (np.asarray(g[k][:]) for k in ("content", "noisy"))
+    s = np.asarray(style_group(root, g)["style"][:])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -98,6 +100,9 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
         assert root[name]["reconstruction"].shape == (16, 32, 32)
         assert (tmp_path / "mrc" / name / "faket.mrc").exists()
+    # one copy of the style stack both are styled by: in the first one's group, and its export
+    assert "style" not in root["tomo_001"] and root["tomo_001"].attrs["style_from"] == "tomo_000"
+    assert [(tmp_path / "mrc" / n / "style.mrc").exists() for n in ("tomo_000", "tomo_001")] == [True, False]
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
     open_store(spec.store)["tomo_000"].attrs["sources"] = {}   # from the spec: refreshed below
@@ -656,6 +661,64 @@ def test_installed_under_its_own_name(tmp_path):
     res = subprocess.run([FAKET, "run", "--help"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "run spec" in res.stdout.lower(), res.stderr
+
+
+def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
+    """The first tomogram of a style holds its stack; the others are prepared only with it; a
+    store that holds copies already keeps them; a holder left out of the spec is not relied on."""
+    import dataclasses
+
+    from faket.pipeline import Stage
+    from faket.store import create_stack, write_tilt
+    from faket.weights import resolve_weights
+    from faket_cluster.layout import lay_out, style_holders
+    from faket_cluster.stages import prepared
+
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    identity = resolve_weights(spec.weights).identity
+    root = open_store(spec.store, mode="w")
+    lay_out(root, spec, identity)
+    first, second = root["tomo_000"], root["tomo_001"]
+    assert "style" in first and "style" not in second and style_group(root, second).path == first.path
+    for name in [a for a in Stage.PREPARE.arrays if a != "style" and a in second]:
+        flags = second[f"done_{name}"]
+        flags[:] = np.ones(flags.shape, np.uint8)
+    second.attrs["ranges"] = {"content": [0.0, 1.0], "noisy": [0.0, 1.0]}
+    assert prepared(root, spec) == frozenset()          # its holder's style stack is not written yet
+    for i in range(first["style"].shape[0]):
+        write_tilt(first, "style", i, np.ones(first["style"].shape[1:], np.float32))
+    first.attrs["ranges"] = {"style": [1.0, 1.0]}
+    assert prepared(root, spec) == frozenset({"tomo_001"})
+    # the holder left out of the spec: the other gets a copy of its own, to prepare
+    alone = dataclasses.replace(spec, tomograms=spec.tomograms[1:])
+    assert style_holders(root, alone) == {"tomo_001": "tomo_001"} and prepared(root, alone) == frozenset()
+    lay_out(root, alone, identity)
+    assert "style" in root["tomo_001"] and "style_from" not in root["tomo_001"].attrs
+    # a group holding a copy (a store of an earlier version) keeps it, with the holder back in
+    lay_out(root, spec, identity)
+    assert "style" in root["tomo_001"] and style_holders(root, spec) == {"tomo_000": "tomo_000",
+                                                                        "tomo_001": "tomo_001"}
+    other = open_store(tmp_path / "old.zarr", mode="w")
+    create_stack(other.require_group("tomo_001"), "style", spec.tomograms[1].style_shape)
+    assert style_holders(other, spec) == {"tomo_000": "tomo_001", "tomo_001": "tomo_001"}
+
+
+def test_a_tomogram_goes_to_the_nst_once_its_style_holder_is_prepared():
+    from faket_cluster.stages import _StyleGate
+
+    passed: list[str] = []
+    gate = _StyleGate({"a": "a", "b": "a", "c": "c", "d": "a"}, passed.append)
+    gate("b")
+    gate("c")
+    assert passed == ["c"]                     # b waits for a, which holds its style stack
+    gate("a")
+    gate("d")
+    assert passed == ["c", "b", "a", "d"]
+    assert gate.failed({"a": "OSError: disk full"}) == {
+        "a": "OSError: disk full",
+        "b": "its style stack is held by tomogram a, which was not prepared",
+        "d": "its style stack is held by tomogram a, which was not prepared",
+    }
 
 
 def test_resume_with_changed_settings_refuses_naming_the_key(inputs, tmp_path):
