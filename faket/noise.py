@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ._json import dumps
+from ._pairwise import BLOCK, blocked_sum, blocks
 from ._threads import for_each
 from .errors import FaketInputError
 
@@ -51,18 +52,14 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
     out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
 
     def one(i: int) -> None:
-        ma, za, sa = _centred(np.asarray(reference[i], dtype=np.float64).ravel())
-        mb, zb, sb = _centred(np.asarray(noiseless[i], dtype=np.float64).ravel())
+        ma, za, sa = _centred(reference[i])
+        mb, zb, sb = _centred(noiseless[i])
         if sa == 0 or sb == 0:
             raise FaketInputError(
                 f"tilt {i} is constant in the reference or the noiseless stack: "
                 "noise statistics need contrast in both"
             )
-        za /= sa  # (a - mean) / std
-        zb /= sb
-        r = float(np.mean(za * zb))
-        out["r"][i] = r
-        out["sigma"][i] = (za - r * zb).std()
+        out["r"][i], out["sigma"][i] = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb)
         out["mean"][i], out["std"][i], out["clean_mean"][i], out["clean_std"][i] = ma, sa, mb, sb
 
     for_each(one, range(n), workers)
@@ -70,11 +67,55 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
 
 
 def _centred(a: np.ndarray) -> tuple[np.float64, np.ndarray, np.float64]:
-    """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of a float64 array, bit for bit numpy's
-    (the same sums in the same order, tested), with one subtraction where ``np.std`` makes its own."""
-    m = a.mean()
-    d = a - m
-    return m, d, np.sqrt(np.add.reduce(d * d, axis=None) / d.size)
+    """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of an image in float64 (``a`` of any float
+    type), bit for bit numpy's on ``a.astype(np.float64)`` (the same sums in the same order,
+    tested), in two passes over the pixels, a cache-sized block at a time."""
+    flat = np.asarray(a).reshape(-1)
+    d = np.empty(flat.size)
+
+    def load(start: int, stop: int) -> np.ndarray:
+        d[start:stop] = flat[start:stop]
+        return d[start:stop]
+
+    m = blocked_sum(flat.size, load) / flat.size
+    return m, d.reshape(np.shape(a)), _deviation(d, m, centre=True)
+
+
+def _deviation(x: np.ndarray, m: np.float64, centre: bool = False) -> np.float64:
+    """``x.std()`` of a flat float64 array whose mean is ``m``, bit for bit; centre: ``x``
+    becomes ``x - m`` on the way."""
+    scratch = np.empty(min(x.size, BLOCK))
+
+    def squares(start: int, stop: int) -> np.ndarray:
+        w = scratch[: stop - start]
+        if centre:
+            x[start:stop] -= m
+            np.multiply(x[start:stop], x[start:stop], out=w)
+        else:
+            np.subtract(x[start:stop], m, out=w)
+            w *= w
+        return w
+
+    return np.sqrt(blocked_sum(x.size, squares) / x.size)
+
+
+def _correlation(za: np.ndarray, zb: np.ndarray, sa: np.float64, sb: np.float64) -> tuple[float, float]:
+    """r and sigma of two centred flat tilts and their stds: ``za /= sa``, ``zb /= sb``,
+    ``r = mean(za * zb)``, ``sigma = (za - r * zb).std()``, bit for bit (``za`` is overwritten)."""
+    scratch = np.empty(min(za.size, BLOCK))
+
+    def products(start: int, stop: int) -> np.ndarray:
+        za[start:stop] /= sa  # (a - mean) / std
+        zb[start:stop] /= sb
+        return np.multiply(za[start:stop], zb[start:stop], out=scratch[: stop - start])
+
+    r = float(blocked_sum(za.size, products) / za.size)
+
+    def residual(start: int, stop: int) -> np.ndarray:
+        w = np.multiply(zb[start:stop], r, out=scratch[: stop - start])
+        return np.subtract(za[start:stop], w, out=za[start:stop])
+
+    return r, float(_deviation(za, blocked_sum(za.size, residual) / za.size))
 
 
 def smooth(curve: np.ndarray, order: int) -> np.ndarray:
@@ -214,7 +255,7 @@ def tilt_noise(seed: int, tilt: int, shape: tuple[int, int]) -> np.ndarray:
 
 def standardise(image: np.ndarray) -> np.ndarray:
     """Image with mean 0 and std 1 (float64); a constant image becomes zeros."""
-    _, d, s = _centred(np.asarray(image, dtype=np.float64))
+    _, d, s = _centred(image)
     if not s > 0:
         return np.zeros_like(d)
     d /= s
@@ -228,21 +269,51 @@ def noisy_tilt(
 
     noiseless, noise: ``(H, W)``; returns float32 ``(H, W)``.
     """
-    return _noisy(standardise(noiseless), np.asarray(noise, np.float64), r, sigma, mean, std)
+    return _noisy(standardise(noiseless), noise, r, sigma, mean, std)
 
 
-def _noisy(z: np.ndarray, noise: np.ndarray, r: float, sigma: float, mean: float, std: float) -> np.ndarray:
-    """:func:`noisy_tilt` of a standardised tilt ``z`` and float64 ``noise`` (each modality of a
-    tilt shares both); the same operations in the same order, in place where they can be."""
-    x = z * r
-    x += noise * sigma
-    s = x.std()
-    if s > 0:
-        x /= s
-        x *= std
-    x -= x.mean()
-    x += mean
-    return x.astype(np.float32)
+def _noisy(
+    z: np.ndarray,
+    noise: np.ndarray,
+    r: float,
+    sigma: float,
+    mean: float,
+    std: float,
+    work: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`noisy_tilt` of a standardised tilt ``z`` (float64) and its ``noise`` (each modality
+    of a tilt shares both): the plain formulas' values bit for bit, in four passes over the
+    pixels, a cache-sized block at a time (:mod:`faket._pairwise`). work: a float64 array of
+    ``z.size`` to compute in (the modalities of a tilt share one), or None."""
+    zf, nf = z.reshape(-1), np.asarray(noise).reshape(-1)
+    n = zf.size
+    x, scratch = np.empty(n) if work is None else work, np.empty(min(n, BLOCK))
+
+    def mix(start: int, stop: int) -> np.ndarray:  # z * r + noise * sigma
+        w = scratch[: stop - start]
+        w[...] = nf[start:stop]  # to float64, then times sigma: as the whole array would be
+        w *= sigma
+        v = np.multiply(zf[start:stop], r, out=x[start:stop])
+        v += w
+        return v
+
+    m = blocked_sum(n, mix) / n
+    s = _deviation(x, m)
+
+    def scale(start: int, stop: int) -> np.ndarray:  # the std first
+        v = x[start:stop]
+        if s > 0:
+            v /= s
+            v *= std
+        return v
+
+    m = blocked_sum(n, scale) / n
+    out = np.empty(n, np.float32)
+    for start in blocks(n):  # then the mean
+        w = np.subtract(x[start : start + BLOCK], m, out=scratch[: min(BLOCK, n - start)])
+        w += mean
+        out[start : start + BLOCK] = w
+    return out.reshape(z.shape)
 
 
 MODALITIES = ("noisy", "content", "baseline")
@@ -282,18 +353,20 @@ def apply_tilt_modalities(
     are made once for all of them."""
     if noise is None:
         noise = tilt_noise(seed, tilt, noiseless.shape)
-    z, noise64 = standardise(noiseless), np.asarray(noise, np.float64)
+    z = standardise(noiseless)
+    work = np.empty(z.size)
     out = {}
     for m in modalities:
         curves = model.curves if m != "baseline" else (baseline or model.baseline())
         factor = content_sigma_factor if m == "content" else 1.0
         out[m] = _noisy(
             z,
-            noise64,
+            noise,
             curves["r"][tilt],
             curves["sigma"][tilt] * factor,
             curves["mean"][tilt],
             curves["std"][tilt],
+            work,
         )
     return out
 

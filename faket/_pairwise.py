@@ -1,0 +1,46 @@
+"""Sums of float64 values made block by block, equal bit for bit to numpy's sum of the whole array.
+
+numpy sums a contiguous float64 array pairwise: ``n`` elements, if more than 128, are split at
+``n // 2`` rounded down to a multiple of 8, each part is summed the same way and the two sums
+are added. :func:`blocked_sum` follows the same splits down to parts of at most ``block``
+elements and has numpy sum each part, so a pass that makes values a block at a time (while
+they are in the CPU's cache) sums them in that same pass and still gives ``np.add.reduce`` of
+the whole array (tested against it). The noise model's passes over 4096^2 tilts use it:
+each elementwise step over the whole tilt would read and write 134 MB of float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+#: Values per block: 256 KB of float64, which stays in a core's L2 cache.
+BLOCK = 1 << 15
+#: numpy sums at most this many elements without splitting them (its PW_BLOCKSIZE).
+_NUMPY_PAIRWISE_LEAF = 128
+
+
+def blocked_sum(n: int, values: Callable[[int, int], np.ndarray], block: int = BLOCK) -> np.float64:
+    """The sum of ``n`` float64 values, ``values(start, stop)`` giving those of ``[start, stop)``.
+
+    ``values`` is called on consecutive ranges that cover ``[0, n)`` in order, each at most
+    ``block`` long; what it returns (float64, ``(stop - start,)``, e.g. a view of a scratch
+    buffer) is summed before the next call. The result equals ``np.add.reduce`` over the
+    concatenated values bit for bit.
+    """
+    block = max(block, _NUMPY_PAIRWISE_LEAF)
+
+    def part(start: int, m: int) -> np.float64:
+        if m <= block:
+            return np.add.reduce(values(start, start + m), initial=0.0)
+        half = m // 2
+        half -= half % 8
+        return part(start, half) + part(start + half, m - half)
+
+    return part(0, n)
+
+
+def blocks(n: int, block: int = BLOCK) -> range:
+    """Start indices of consecutive blocks of ``block`` elements covering ``[0, n)``."""
+    return range(0, n, max(block, _NUMPY_PAIRWISE_LEAF))
