@@ -164,12 +164,14 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
 
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
     checked, ready = None, frozenset[str]()
+    redoes_prepare = restart is not None and Stage.PREPARE in restart.and_later()
     if spec.store.exists():  # refuse a changed spec before touching anything
         stored = open_store(spec.store, mode="r")
         check_resume(stored, spec, weights.identity, restart)
         if restart is None:  # nothing is reset below: read every done tilt back while Ray starts
             names = [t.name for t in spec.tomograms if t.name in stored]
             checked = beside(lambda: verify_store(stored, names), "faket-verify-store")
+        if not redoes_prepare:  # its flags stay as they are
             ready = stages.prepared(stored, spec)
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
@@ -184,7 +186,7 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     lay_out(root, spec, weights.identity, restart)
     if resumed:
         _distrust_damaged(root, spec, say, problems)
-    if resumed and (restart is not None or problems):  # flags were reset: prepared is read again
+    if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
         ready = stages.prepared(root, spec)
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}

@@ -79,7 +79,7 @@ def local_ray():
         ray.shutdown()
 
 
-def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights, local_ray):
+def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights, local_ray, monkeypatch):
     spec = load_spec(_spec_copy(inputs, tmp_path))
     summary = run(spec, say=lambda m: None)
     assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
@@ -159,6 +159,20 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert json.loads(res.stdout.split("\n", 1)[1])["done_now"] == 1   # the rerun's summary
     root = open_store(spec.store, mode="r")
     assert np.array_equal(np.asarray(root["tomo_000"]["faket"][:]), clean[("tomo_000", "faket")])
+    # --restart-stage stylize: every tilt styled again from the stacks prepared already; no
+    # prepare task, and no noise model, not even in a thread beside Ray's start
+    from faket.pipeline import Stage
+
+    asked: list[str] = []
+    beside_start = stages.noise_model_beside_start
+    monkeypatch.setattr(stages, "noise_model_beside_start",
+                        lambda *a: asked.append("early") or beside_start(*a))
+    redone = run(spec, say=lambda m: None, restart=Stage.STYLIZE)
+    assert redone["done_now"] == 14 and redone["prepared_before"] == ["tomo_000", "tomo_001"]
+    assert redone["phase_seconds"] == {"noise_model": {}, "prepare": {}} and asked == []
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(open_store(spec.store, mode="r")[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
 
 
 def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
