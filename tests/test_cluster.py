@@ -703,6 +703,12 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
         write_tilt(first, "style", i, np.ones(first["style"].shape[1:], np.float32))
     first.attrs["ranges"] = {"style": [1.0, 1.0]}
     assert prepared(root, spec) == frozenset({"tomo_001"})
+    # `faket report` of the other tomogram compares with the holder's copy
+    from faket.report import find_store_tomogram
+
+    second["done_faket"][:] = np.ones(second["done_faket"].shape, np.uint8)
+    reference = find_store_tomogram(spec.store, "tomo_001").stacks["reference"]
+    assert reference.shape == first["style"].shape and np.asarray(reference[0]).min() == 1.0
     # the holder left out of the spec: the other gets a copy of its own, to prepare
     alone = dataclasses.replace(spec, tomograms=spec.tomograms[1:])
     assert style_holders(root, alone) == {"tomo_001": "tomo_001"} and prepared(root, alone) == frozenset()
