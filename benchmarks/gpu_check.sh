@@ -38,6 +38,13 @@ if [ -n "${PIPE_ARGS:-}" ]; then
     echo "pipeline rc=$?" >> "$OUT/pipeline.log"
     tail -3 "$OUT/pipeline.log"
 fi
+# NOISE_ARGS: the noise step's CPU work per tilt on this machine's cores, e.g. "--size 4096 --tilts 14
+# --workers 1,14 --repeats 1" (benchmarks/bench_noise.py; its JSON goes to the end of bench.log)
+if [ -n "${NOISE_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${NOISE_S:-90}" python3 benchmarks/bench_noise.py $NOISE_ARGS >> "$OUT/bench.log" 2>&1
+    echo "noise rc=$?" >> "$OUT/bench.log"
+fi
 # -k: the copick test installs copick with pip, and the GPU machine has no network
 PYTEST=(python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" --durations=10
         -k "not copick")
