@@ -92,11 +92,11 @@ class NSTWorker:
     def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
         """A task's inputs from the store: style tilts once, content and start per tomogram, and
         whether each tomogram's tilts are all done already (a retry: it is skipped)."""
-        from faket.store import done_mask, style_group
+        from faket.store import done_mask, holder
 
         root = self._root(store)
         first = root[names[0]]
-        styles = style_group(root, first)  # the members share it (see schedule.nst_jobs)
+        styles = holder(root, first, "style")  # the members share it (see schedule.nst_jobs)
         # the stacks are read side by side (reading and decoding run without Python's lock)
         take = self._buffers.take
         stacks = {("style", ""): self._readers.submit(read_tilts, styles["style"], tilts, take)}

@@ -5,8 +5,8 @@ tomogram (workers only write), and compares the settings each stage ran with
 (recorded in the tomogram group's ``settings`` attribute) to the spec's. A
 resume with other settings is refused, naming the changed keys, unless the
 stage is restarted on purpose (``--restart-stage``), which clears the done
-flags of that stage and every later one. Tomograms styled by the same file share one copy of
-its style stack (:func:`style_holders`).
+flags of that stage and every later one. Tomograms made from the same source share one copy of
+their noiseless stack, tomograms styled by the same file one of its style stack (:func:`holders`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from faket.errors import FaketInputError
 from faket.pipeline import Stage
-from faket.store import changed_settings, create_stack, create_volume, reset_done
+from faket.store import SHARED_STACKS, changed_settings, create_stack, create_volume, reset_done
 
 from .spec import RunSpec, TomogramSpec
 
@@ -65,35 +65,52 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def style_holders(root, spec: RunSpec) -> dict[str, str]:
-    """Each tomogram of the spec and the tomogram whose group holds its style stack: itself, or
-    the first tomogram of the spec styled by the same file (path, size and shape). A group that
-    holds a copy already (an earlier run's) keeps it; a tomogram shares only with one in the
-    spec, so that the copy is prepared by this run where it is not done."""
+def holders(root, spec: RunSpec) -> dict[str, dict[str, str]]:
+    """Each tomogram of the spec, and for each of its shared stacks (noiseless, style) the
+    tomogram whose group holds it: itself, or the first tomogram of the spec made from the same
+    source and angles (noiseless) or styled by the same file (style), a file being its path,
+    size and shape. A group that holds a copy already (an earlier run's) keeps it; a tomogram
+    shares only with one in the spec, so that the copy is prepared by this run where it is not
+    done."""
+    from faket.io import read_tlt
 
-    def key(t: TomogramSpec) -> tuple:
-        p = Path(t.style).resolve()  # type: ignore[arg-type]  # the spec requires a style
-        return str(p), p.stat().st_size if p.exists() else None, t.style_shape
+    def file_key(path, shape) -> tuple:
+        p = Path(path).resolve()
+        return str(p), p.stat().st_size if p.exists() else None, tuple(shape)
 
-    def holds(t: TomogramSpec) -> bool:
-        return t.name in root and "style" in root[t.name]
+    def keys(t: TomogramSpec) -> dict[str, tuple]:
+        kind, source = ("volume", t.volume) if t.volume is not None else ("tilts", t.tilts)
+        angles = tuple(float(a) for a in read_tlt(t.angles))
+        return {
+            "noiseless": (kind, file_key(source, t.shape), angles),
+            "style": file_key(t.style, t.style_shape),
+        }
 
-    first: dict[tuple, str] = {}
-    for t in spec.tomograms:
-        if holds(t):
-            first.setdefault(key(t), t.name)
-    return {t.name: t.name if holds(t) else first.setdefault(key(t), t.name) for t in spec.tomograms}
+    key = {t.name: keys(t) for t in spec.tomograms}
+    out: dict[str, dict[str, str]] = {t.name: {} for t in spec.tomograms}
+    for stack in SHARED_STACKS:
+        holds = {t.name for t in spec.tomograms if t.name in root and stack in root[t.name]}
+        first: dict[tuple, str] = {}
+        for t in spec.tomograms:
+            if t.name in holds:
+                first.setdefault(key[t.name][stack], t.name)
+        for t in spec.tomograms:
+            out[t.name][stack] = t.name if t.name in holds else first.setdefault(key[t.name][stack], t.name)
+    return out
 
 
-def _create_arrays(g, spec: RunSpec, tomo: TomogramSpec, style_holder: str) -> None:
-    for stage in ("noiseless", "noisy", "content", "faket"):
-        create_stack(g, stage, tomo.shape)
-    if style_holder == tomo.name:
-        create_stack(g, "style", tomo.style_shape)
-        if "style_from" in g.attrs:
-            del g.attrs["style_from"]
-    else:
-        g.attrs["style_from"] = style_holder
+def _create_arrays(g, spec: RunSpec, tomo: TomogramSpec, held: dict[str, str]) -> None:
+    shapes = {"noiseless": tomo.shape, "style": tomo.style_shape}
+    for stack in ("noisy", "content", "faket"):
+        create_stack(g, stack, tomo.shape)
+    for stack, by in held.items():
+        if by == tomo.name:
+            create_stack(g, stack, shapes[stack])
+    elsewhere = {stack: by for stack, by in held.items() if by != tomo.name}
+    if elsewhere:
+        g.attrs["held_by"] = elsewhere
+    elif "held_by" in g.attrs:
+        del g.attrs["held_by"]
     if tomo.labels_shape is not None:
         create_volume(g, "labels", tomo.labels_shape)
     if spec.reconstruction is not None:
@@ -127,10 +144,10 @@ def lay_out(root, spec: RunSpec, weights_identity: dict, restart: Stage | None =
     """Create every tomogram's arrays and flags, record settings; clear what a restart redoes."""
     check_resume(root, spec, weights_identity, restart)
     redo = restart.and_later() if restart is not None else []
-    holders = style_holders(root, spec)
+    held = holders(root, spec)
     for tomo in spec.tomograms:
         g = root.require_group(tomo.name)
-        _create_arrays(g, spec, tomo, holders[tomo.name])
+        _create_arrays(g, spec, tomo, held[tomo.name])
         for stage in redo:
             for name in stage.arrays:
                 reset_done(g, name)

@@ -93,17 +93,34 @@ class Attempts:
         return time.monotonic() + self.policy.delay(n)
 
 
+def _next_item(todo: collections.deque, after: dict, results: dict, failures: dict[Any, str]):
+    """The first item of ``todo`` that waits for no other item's success (taken off ``todo``);
+    items whose prerequisite failed are failed on the way. None when none may start now."""
+    for item in list(todo):
+        first = after.get(item)
+        if first is not None and first in failures:
+            todo.remove(item)
+            failures[item] = f"it needs {first} first, which failed: {failures[first]}"
+        elif first is None or first in results:
+            todo.remove(item)
+            return item
+    return None
+
+
 def run_tasks(
     submit: Callable[[K], Any],
     items: list[K],
     policy: RetryPolicy,
     at_once: int | None = None,
     on_result: Callable[[K, Any], None] | None = None,
+    after: dict[K, K] | None = None,
 ) -> tuple[dict[K, Any], dict[K, str]]:
     """Run one Ray task per item under the retry policy; returns (results, failures with errors).
 
     at_once: at most this many items' tasks at a time, in the items' order (default: all);
-    on_result(item, result): called here as each item succeeds.
+    on_result(item, result): called here as each item succeeds; after: item -> another item
+    (of ``items``) whose task must succeed before its own starts (where that one fails, so
+    does the item, without a task).
     """
     attempts = Attempts(policy)
     todo = collections.deque(items)
@@ -117,10 +134,17 @@ def run_tasks(
         for at, item in [d for d in delayed if d[0] <= now]:
             delayed.remove((at, item))
             todo.appendleft(item)  # a retry goes first
-        while todo and len(waiting) < limit:
-            item = todo.popleft()
+        while len(waiting) < limit:
+            item = _next_item(todo, after or {}, results, failures)
+            if item is None:
+                break
             waiting[submit(item)] = item
         if not waiting:
+            if not delayed:  # what is left waits for something that is not among the items
+                failures.update(
+                    {item: f"it needs {(after or {}).get(item)} first, which did not run" for item in todo}
+                )
+                break
             time.sleep(max(0.0, min(at for at, _ in delayed) - now))
             continue
         ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.5 if delayed else None)

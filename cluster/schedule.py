@@ -128,7 +128,7 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
     computed once. Tomograms in ``skip`` (not prepared) get no tasks. Each task
     has ``[resources] batch`` tilts, or :func:`tilts_per_task` for ``actors``.
     """
-    from faket.store import done_mask, style_group
+    from faket.store import done_mask, holder
 
     res = spec.resources
     pending: collections.deque = collections.deque()
@@ -140,7 +140,11 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
         total += len(mask)
         done_before += int(mask.sum())
         if t.name not in skip:
-            key = (str(Path(str(t.style)).resolve()), style_group(root, g)["style"].shape, g["content"].shape)
+            key = (
+                str(Path(str(t.style)).resolve()),
+                holder(root, g, "style")["style"].shape,
+                g["content"].shape,
+            )
             groups.setdefault(key, []).append(t.name)
     chunks = [
         ms[m0 : m0 + res.share_style] for ms in groups.values() for m0 in range(0, len(ms), res.share_style)

@@ -22,7 +22,7 @@ from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
 from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
-from .layout import style_holders
+from .layout import holders
 from .retry import RetryPolicy, run_tasks
 from .spec import RunSpec
 from .tasks import estimate_noise_model, remote_functions, spec_attrs
@@ -82,24 +82,29 @@ def prepared(root, spec: RunSpec) -> frozenset[str]:
     """The tomograms whose prepare stage is complete in the store: every tilt of its stacks (and
     the labels) written and the stacks' value ranges recorded. A resume skips their prepare
     tasks, and the noise model too when every tomogram is prepared."""
-    from faket.store import done_mask
+    from faket.store import SHARED_STACKS, done_mask
 
-    holders = style_holders(root, spec)
+    held = holders(root, spec)
 
     def complete(name: str) -> bool:
-        g, holder = root[name], holders[name]
-        if "ranges" not in g.attrs or holder not in root or "style" not in root[holder]:
+        g = root[name]
+        if "ranges" not in g.attrs:
             return False
-        h = root[holder]
-        arrays = [(g, a) for a in Stage.PREPARE.arrays if a != "style" and a in g] + [(h, "style")]
-        return "style" in h.attrs.get("ranges", {}) and all(done_mask(x, a).all() for x, a in arrays)
+        arrays = [(g, a) for a in Stage.PREPARE.arrays if a not in SHARED_STACKS and a in g]
+        for stack in SHARED_STACKS:  # the copies it shares (or holds)
+            by = held[name][stack]
+            if by not in root or stack not in root[by]:
+                return False
+            arrays.append((root[by], stack))
+        style_ranges = root[held[name]["style"]].attrs.get("ranges", {})
+        return "style" in style_ranges and all(done_mask(x, a).all() for x, a in arrays)
 
     return frozenset(t.name for t in spec.tomograms if t.name in root and complete(t.name))
 
 
 class _StyleGate:
     """Passes each prepared tomogram on once the tomogram holding its style stack is prepared
-    too (``holders``: tomogram -> holder, :func:`faket_cluster.layout.style_holders`)."""
+    too (``holders``: tomogram -> the style stack's holder, :func:`faket_cluster.layout.holders`)."""
 
     def __init__(self, holders: dict[str, str], on_prepared: Callable[[str], None] | None) -> None:
         self.holders, self.on_prepared = holders, on_prepared
@@ -138,15 +143,16 @@ def prepare_stage(
     """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
     tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
     each succeeds and the tomogram holding its style stack has; ``ready``: tomograms prepared
-    already (:func:`prepared`), which get no task, only their spec's attributes refreshed);
-    returns the tomograms that failed (or whose style stack's holder did) and the tasks' wall
-    seconds per phase, summed over tomograms."""
+    already (:func:`prepared`), which get no task, only their spec's attributes refreshed). A
+    tomogram whose noiseless stack another one holds is prepared after it. Returns the
+    tomograms that failed (or whose holder did) and the tasks' wall seconds per phase, summed
+    over tomograms."""
     from faket.io import read_tlt
 
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
-    holders = {t.name: root[t.name].attrs.get("style_from", t.name) for t in spec.tomograms}
-    gate = _StyleGate(holders, on_prepared)
+    held_by = {t.name: root[t.name].attrs.get("held_by", {}) for t in spec.tomograms}
+    gate = _StyleGate({n: by.get("style", n) for n, by in held_by.items()}, on_prepared)
     for t in spec.tomograms:
         if t.name in ready:
             root[t.name].attrs.update(spec_attrs(t, read_tlt(t.angles)))
@@ -160,12 +166,17 @@ def prepare_stage(
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
     cpus = free_cpus(min(at_once or len(by_name), len(by_name)), reserved)
     task = prepare.options(num_cpus=cpus)
+    # a tomogram whose noiseless stack another one holds makes its noise from that copy: after it
+    after = {
+        n: by["noiseless"] for n, by in held_by.items() if n in by_name and by.get("noiseless") in by_name
+    }
     done, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus),
         list(by_name),
         policy,
         at_once,
         lambda n, _: gate(n),
+        after,
     )
     prep_failed = gate.failed(prep_failed)
     phases: dict[str, float] = {}

@@ -78,9 +78,9 @@ def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
 def prepare_tomogram(
     store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int = 1
 ) -> dict:
-    """Write noiseless, NOISY, CONTENT, style tilts (where its group holds the style stack) and
-    labels of one tomogram (idempotent); returns its name, tilt count and the wall seconds of
-    each phase (``seconds``).
+    """Write noiseless and style tilts (where its group holds those stacks: see
+    :func:`faket.store.holder`), NOISY, CONTENT and labels of one tomogram (idempotent); returns
+    its name, tilt count and the wall seconds of each phase (``seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
     workers: the CPUs Ray gave the task; tilts are made on that many threads
@@ -88,36 +88,35 @@ def prepare_tomogram(
     """
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
-    from faket.pipeline import copy_tilts, prepare_noise, prepare_noiseless
-    from faket.store import StoreSink, done_mask, keep_freed_chunk_memory, open_store, read_tilt, write_volume
+    from faket.pipeline import copy_tilts, prepare_noise
+    from faket.store import (
+        StoreSink,
+        done_mask,
+        holder,
+        keep_freed_chunk_memory,
+        open_store,
+        read_tilt,
+        write_volume,
+    )
 
     keep_freed_chunk_memory()  # a Ray worker process, reused for task after task
     clock = StageClock()
-    g = open_store(store)[tomo.name]
+    root = open_store(store)
+    g = root[tomo.name]
     holds_style = "style" in g  # or another tomogram of the run holds the same style stack
     # their ranges, as they are written
     sink = StoreSink(g, track=("content", "noisy", "style") if holds_style else ("content", "noisy"))
     angles = read_tlt(tomo.angles)
-    source = tomo.volume or tomo.tilts
-    assert source is not None and tomo.style is not None  # the spec checked both
-    with open_mrc(source, role="volume" if tomo.volume else "tilts", workers=workers) as src:
-        voxel = src.voxel_size[0] or 1.0
-        if tomo.volume is not None:
-            import torch  # only to project: importing it takes seconds (2.2 s on this VM)
-
-            threads = torch.get_num_threads()  # Ray reuses this process for other tasks: restore it
-            torch.set_num_threads(max(1, workers))
-            try:
-                prepare_noiseless(sink, angles, volume=src.data, workers=workers)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
+    if "noiseless" in g:
+        clean, voxel = g, _noiseless(sink, tomo, angles, workers)
+    else:  # another tomogram of the run holds the same projections, prepared before this one
+        clean = holder(root, g, "noiseless")
+        voxel = float(clean.attrs["voxel_size"])
     clock.lap("noiseless")
     model = NoiseModel.from_json(model_json)
     prepare_noise(
         sink,
-        lambda i: read_tilt(g["noiseless"], i),
+        lambda i: read_tilt(clean["noiseless"], i),
         model,
         tomo.seed,
         ("noisy", "content"),
@@ -126,6 +125,7 @@ def prepare_tomogram(
     )
     clock.lap("noise")
     if holds_style:
+        assert tomo.style is not None  # the spec checked it
         with open_mrc(tomo.style, role="style", workers=workers) as st:
             copy_tilts(sink, "style", st.tilt, workers)
     clock.lap("style")
@@ -138,6 +138,30 @@ def prepare_tomogram(
     g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})
     clock.lap("attrs")
     return {"name": tomo.name, "n": len(angles), "seconds": clock.laps}
+
+
+def _noiseless(sink, tomo: TomogramSpec, angles, workers: int) -> float:
+    """The noiseless tilts a tomogram's group still needs, projected from its volume or copied
+    from its tilts; returns the source's voxel size."""
+    from faket.io import open_mrc
+    from faket.pipeline import prepare_noiseless
+
+    source = tomo.volume or tomo.tilts
+    assert source is not None  # the spec checked it
+    with open_mrc(source, role="volume" if tomo.volume else "tilts", workers=workers) as src:
+        voxel = src.voxel_size[0] or 1.0
+        if tomo.volume is None:
+            prepare_noiseless(sink, angles, tilts=src.tilt, workers=workers)
+            return voxel
+        import torch  # only to project: importing it takes seconds (2.2 s on this VM)
+
+        threads = torch.get_num_threads()  # Ray reuses this process for other tasks: restore it
+        torch.set_num_threads(max(1, workers))
+        try:
+            prepare_noiseless(sink, angles, volume=src.data, workers=workers)
+        finally:
+            torch.set_num_threads(threads)
+    return voxel
 
 
 def spec_attrs(tomo: TomogramSpec, angles) -> dict:

@@ -75,7 +75,7 @@ def _open(source, role: str, check_finite: bool = True):
 
 def find_store_tomogram(store: Path, tomogram: str | None = None) -> ReportInputs:
     """The stacks of one tomogram of a faket run store (default: the first)."""
-    from .store import done_mask, open_store, style_group, tomograms
+    from .store import done_mask, holder, open_store, tomograms
 
     root = open_store(store, mode="r")
     names = tomograms(root)
@@ -85,9 +85,17 @@ def find_store_tomogram(store: Path, tomogram: str | None = None) -> ReportInput
     if name not in names:
         raise FaketInputError(f"store {store} has no tomogram {name!r} (it has: {', '.join(names)})")
     g = root[name]
-    stacks = {m: g[m] for m in ("noiseless", "noisy", "faket") if m in g}
-    if "style" in g or "style_from" in g.attrs:
-        stacks["reference"] = style_group(root, g)["style"]
+    shared = g.attrs.get("held_by", {})  # stacks another tomogram of the store holds
+    stacks = {
+        m: holder(root, g, k)[k]
+        for m, k in (
+            ("noiseless", "noiseless"),
+            ("noisy", "noisy"),
+            ("faket", "faket"),
+            ("reference", "style"),
+        )
+        if k in g or k in shared
+    }
     if "faket" in stacks and not done_mask(g, "faket").all():
         raise FaketInputError(f"{name}/faket in {store} is not complete: finish the run first")
     recs = {"faket": g["reconstruction"]} if "reconstruction" in g else {}

@@ -14,9 +14,11 @@ Layout of a store (one per run)::
 
 Each tomogram group is an OME-Zarr image (:mod:`faket.ngff`).
 
-Tomograms styled by the same file keep one copy of its style stack: the first
-of them holds it, the others name that tomogram in their ``style_from``
-attribute (:func:`style_group`).
+Tomograms made from the same source (volume or tilts, and angles) keep one
+copy of their noiseless stack, and tomograms styled by the same file one copy
+of its style stack: the first of them holds it, the others name that tomogram
+in their ``held_by`` attribute (``{"noiseless": ..., "style": ...}``, see
+:func:`holder`).
 
 The driver creates every array and done flag before any worker runs
 (:func:`create_stack`, :func:`create_volume`); workers only write
@@ -53,6 +55,8 @@ FORMAT = "faket-run-store"
 FORMAT_VERSION = 3
 TILT_TILE = TILE_GRID
 STAGES = ("noiseless", "noisy", "content", "style", "faket")
+#: Stacks that tomograms made from the same inputs share, one copy held by one of them.
+SHARED_STACKS = ("noiseless", "style")
 VOLUMES = ("labels", "reconstruction")
 #: Where each volume lives in its tomogram group: the labels as an NGFF image-label.
 VOLUME_PATHS = {"labels": "labels/classes/0", "reconstruction": "reconstruction"}
@@ -154,16 +158,17 @@ def _flags(group, name: str, n: int):
     return group.create_array(flag, shape=(n,), dtype="uint8", chunks=(1,), fill_value=0)
 
 
-def style_group(root, group):
-    """The group that holds the style stack of tomogram group ``group`` (of store ``root``):
-    the group itself, or the tomogram its ``style_from`` attribute names."""
-    if "style" in group:
+def holder(root, group, stack: str):
+    """The group that holds stack ``stack`` (one of :data:`SHARED_STACKS`) of tomogram group
+    ``group`` of store ``root``: the group itself, or the tomogram its ``held_by`` attribute
+    names for that stack."""
+    if stack in group:
         return group
-    owner = group.attrs.get("style_from")
+    owner = group.attrs.get("held_by", {}).get(stack)
     if owner is None or owner not in root:
         raise FaketInputError(
-            f"store group {group.path} has no style stack and names none to share "
-            f"(style_from: {owner!r}): rerun the spec that made it"
+            f"store group {group.path} has no {stack} stack and names none to share "
+            f"(held_by: {owner!r}): rerun the spec that made it"
         )
     return root[owner]
 

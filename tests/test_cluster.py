@@ -23,7 +23,7 @@ from faket_cluster.spec import load_spec  # noqa: E402
 from faket.errors import FaketInputError  # noqa: E402
 from faket.nst import StyleTransfer, stylize_stack  # noqa: E402
 from faket.settings import NSTSettings  # noqa: E402
-from faket.store import done_mask, open_store, style_group  # noqa: E402
+from faket.store import done_mask, open_store, holder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ANGLES = (-45.0, 45.0, 15.0)
@@ -63,7 +63,7 @@ def _reference(store: Path, name: str, weights) -> np.ndarray:
     root = open_store(store, mode="r")
     g = root[name]
     c, i = (np.asarray(g[k][:]) for k in ("content", "noisy"))
-    s = np.asarray(style_group(root, g)["style"][:])
+    s = np.asarray(holder(root, g, "style")["style"][:])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -101,7 +101,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
         assert root[name]["reconstruction"].shape == (16, 32, 32)
         assert (tmp_path / "mrc" / name / "faket.mrc").exists()
     # one copy of the style stack both are styled by: in the first one's group, and its export
-    assert "style" not in root["tomo_001"] and root["tomo_001"].attrs["style_from"] == "tomo_000"
+    assert "style" not in root["tomo_001"] and root["tomo_001"].attrs["held_by"] == {"style": "tomo_000"}
     assert [(tmp_path / "mrc" / n / "style.mrc").exists() for n in ("tomo_000", "tomo_001")] == [True, False]
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
@@ -685,7 +685,7 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
     from faket.pipeline import Stage
     from faket.store import create_stack, write_tilt
     from faket.weights import resolve_weights
-    from faket_cluster.layout import lay_out, style_holders
+    from faket_cluster.layout import holders, lay_out
     from faket_cluster.stages import prepared
 
     spec = load_spec(_spec_copy(inputs, tmp_path))
@@ -693,7 +693,7 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
     root = open_store(spec.store, mode="w")
     lay_out(root, spec, identity)
     first, second = root["tomo_000"], root["tomo_001"]
-    assert "style" in first and "style" not in second and style_group(root, second).path == first.path
+    assert "style" in first and "style" not in second and holder(root, second, "style").path == first.path
     for name in [a for a in Stage.PREPARE.arrays if a != "style" and a in second]:
         flags = second[f"done_{name}"]
         flags[:] = np.ones(flags.shape, np.uint8)
@@ -711,16 +711,44 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
     assert reference.shape == first["style"].shape and np.asarray(reference[0]).min() == 1.0
     # the holder left out of the spec: the other gets a copy of its own, to prepare
     alone = dataclasses.replace(spec, tomograms=spec.tomograms[1:])
-    assert style_holders(root, alone) == {"tomo_001": "tomo_001"} and prepared(root, alone) == frozenset()
+    own = {"noiseless": "tomo_001", "style": "tomo_001"}
+    assert holders(root, alone) == {"tomo_001": own} and prepared(root, alone) == frozenset()
     lay_out(root, alone, identity)
-    assert "style" in root["tomo_001"] and "style_from" not in root["tomo_001"].attrs
+    assert "style" in root["tomo_001"] and "held_by" not in root["tomo_001"].attrs
     # a group holding a copy (a store of an earlier version) keeps it, with the holder back in
     lay_out(root, spec, identity)
-    assert "style" in root["tomo_001"] and style_holders(root, spec) == {"tomo_000": "tomo_000",
-                                                                        "tomo_001": "tomo_001"}
+    assert "style" in root["tomo_001"] and holders(root, spec)["tomo_001"] == own
     other = open_store(tmp_path / "old.zarr", mode="w")
     create_stack(other.require_group("tomo_001"), "style", spec.tomograms[1].style_shape)
-    assert style_holders(other, spec) == {"tomo_000": "tomo_001", "tomo_001": "tomo_001"}
+    assert {n: h["style"] for n, h in holders(other, spec).items()} == {"tomo_000": "tomo_001",
+                                                                       "tomo_001": "tomo_001"}
+
+
+def test_seeds_of_one_volume_share_its_projections(inputs, tmp_path, test_weights, local_ray):
+    """Two tomograms of one volume and angles (a manifest's seeds): the first holds the noiseless
+    stack, the second is prepared after it and makes its noise from that copy, the draws its
+    own seed's; both are styled as in one process."""
+    from faket.noise import NoiseModel, apply_tilt_modalities
+    from faket_cluster.tasks import estimate_noise_model
+
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"tomo_001_volume": "tomo_000_volume",
+                                                      'export = "': '# export = "'}))
+    summary = run(spec, say=lambda m: None)
+    assert summary["done_now"] == 14
+    root = open_store(spec.store, mode="r")
+    first, second = root["tomo_000"], root["tomo_001"]
+    assert "noiseless" not in second and second.attrs["held_by"] == {"noiseless": "tomo_000", "style": "tomo_000"}
+    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
+    model = NoiseModel.from_json(estimate_noise_model(pairs, spec.noise_order, 1)["model"])
+    seed = second.attrs["seed"]
+    assert seed != first.attrs["seed"]
+    made = apply_tilt_modalities(np.asarray(first["noiseless"][2]), 2, model, seed, ["noisy"],
+                                 spec.content_sigma)
+    assert np.array_equal(made["noisy"], np.asarray(second["noisy"][2]))
+    assert not np.array_equal(np.asarray(first["noisy"][2]), np.asarray(second["noisy"][2]))
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
 
 
 def test_a_tomogram_goes_to_the_nst_once_its_style_holder_is_prepared():

@@ -74,3 +74,38 @@ def test_run_tasks_keeps_to_its_limit_retries_first_and_reports_each_result(tmp_
     assert failures == {} and seen == ["a", "c", "b", "d"]
     spans = sorted(results.values())
     assert all(end <= nxt_start + 0.05 for (_, end), (nxt_start, _) in zip(spans, spans[1:]))
+
+
+def test_run_tasks_starts_an_item_after_the_one_it_needs(tmp_path, monkeypatch):
+    """run_tasks(after=): b starts once a has succeeded, though all may run at once; d, which
+    needs c, fails without a task where c fails (a tomogram prepared from another's noiseless
+    stack)."""
+    from faket_cluster.ray_setup import init_ray
+    from faket_cluster.retry import run_tasks
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    init_ray(num_cpus=2)
+    try:
+        @ray.remote(num_cpus=0.5, max_retries=0)
+        def work(item: str) -> tuple[float, float]:
+            start = time.time()
+            time.sleep(0.3)
+            if item == "c":
+                raise ray.exceptions.RayError("c cannot be made")
+            return start, time.time()
+
+        submitted: list[str] = []
+
+        def submit(item: str):
+            submitted.append(item)
+            return work.remote(item)
+
+        results, failures = run_tasks(submit, ["b", "a", "d", "c"], RetryPolicy(max_attempts=1),
+                                      after={"b": "a", "d": "c"})
+    finally:
+        ray.shutdown()
+    assert sorted(results) == ["a", "b"] and results["b"][0] >= results["a"][1]
+    assert sorted(failures) == ["c", "d"] and "d" not in submitted
+    assert failures["d"].startswith("it needs c first, which failed: ") and "cannot be made" in failures["d"]
