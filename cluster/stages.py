@@ -164,12 +164,14 @@ def prepare_stage(
     before = f", {len(ready)} prepared already" if ready else ""
     say(f"preparing {len(by_name)} tomogram(s) in {store}{before}")
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
-    cpus = free_cpus(min(at_once or len(by_name), len(by_name)), reserved)
-    task = prepare.options(num_cpus=cpus)
     # a tomogram whose noiseless stack another one holds makes its noise from that copy: after it
     after = {
         n: by["noiseless"] for n, by in held_by.items() if n in by_name and by.get("noiseless") in by_name
     }
+    # the CPUs shared by the tasks that can start at once (the later ones queue for them)
+    first = len(by_name) - len(after)
+    cpus = free_cpus(min(at_once or first, first), reserved)
+    task = prepare.options(num_cpus=cpus)
     done, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus),
         list(by_name),
