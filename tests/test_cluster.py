@@ -176,10 +176,17 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
 
 
 def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeypatch):
+    """An actor dies mid-task: the run still ends complete and right. Its two tomograms are seeds
+    of one volume (a manifest's seeds): the first holds the noiseless stack, the second is
+    prepared after it and makes its noise from that copy, with its own seed's draws."""
+    from faket.noise import NoiseModel, apply_tilt_modalities
+    from faket_cluster.tasks import estimate_noise_model
+
     marker = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
     spec = load_spec(_spec_copy(inputs, tmp_path, **{'export = "': '# export = "',
-                                                      "[resources]": "[resources]\nshare_style = 1"}))
+                                                      "[resources]": "[resources]\nshare_style = 1",
+                                                      "tomo_001_volume": "tomo_000_volume"}))
     summary = run(spec, say=lambda m: None)
     assert marker.exists()                                # an actor did die mid-task
     assert summary["done_now"] == 14
@@ -188,6 +195,15 @@ def test_actor_killed_mid_run(inputs, tmp_path, test_weights, local_ray, monkeyp
     for name in ("tomo_000", "tomo_001"):
         got = np.asarray(root[name]["faket"][:])
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+    first, second = root["tomo_000"], root["tomo_001"]
+    assert "noiseless" not in second and second.attrs["held_by"] == {"noiseless": "tomo_000", "style": "tomo_000"}
+    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
+    model = NoiseModel.from_json(estimate_noise_model(pairs, spec.noise_order, 1)["model"])
+    assert second.attrs["seed"] != first.attrs["seed"]
+    made = apply_tilt_modalities(np.asarray(first["noiseless"][2]), 2, model, second.attrs["seed"], ["noisy"],
+                                 spec.content_sigma)
+    assert np.array_equal(made["noisy"], np.asarray(second["noisy"][2]))
+    assert not np.array_equal(np.asarray(first["noisy"][2]), np.asarray(second["noisy"][2]))
 
 
 def _actor_pids() -> list[int]:
@@ -722,33 +738,6 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
     create_stack(other.require_group("tomo_001"), "style", spec.tomograms[1].style_shape)
     assert {n: h["style"] for n, h in holders(other, spec).items()} == {"tomo_000": "tomo_001",
                                                                        "tomo_001": "tomo_001"}
-
-
-def test_seeds_of_one_volume_share_its_projections(inputs, tmp_path, test_weights, local_ray):
-    """Two tomograms of one volume and angles (a manifest's seeds): the first holds the noiseless
-    stack, the second is prepared after it and makes its noise from that copy, the draws its
-    own seed's; both are styled as in one process."""
-    from faket.noise import NoiseModel, apply_tilt_modalities
-    from faket_cluster.tasks import estimate_noise_model
-
-    spec = load_spec(_spec_copy(inputs, tmp_path, **{"tomo_001_volume": "tomo_000_volume",
-                                                      'export = "': '# export = "'}))
-    summary = run(spec, say=lambda m: None)
-    assert summary["done_now"] == 14
-    root = open_store(spec.store, mode="r")
-    first, second = root["tomo_000"], root["tomo_001"]
-    assert "noiseless" not in second and second.attrs["held_by"] == {"noiseless": "tomo_000", "style": "tomo_000"}
-    pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
-    model = NoiseModel.from_json(estimate_noise_model(pairs, spec.noise_order, 1)["model"])
-    seed = second.attrs["seed"]
-    assert seed != first.attrs["seed"]
-    made = apply_tilt_modalities(np.asarray(first["noiseless"][2]), 2, model, seed, ["noisy"],
-                                 spec.content_sigma)
-    assert np.array_equal(made["noisy"], np.asarray(second["noisy"][2]))
-    assert not np.array_equal(np.asarray(first["noisy"][2]), np.asarray(second["noisy"][2]))
-    for name in ("tomo_000", "tomo_001"):
-        got = np.asarray(root[name]["faket"][:])
-        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
 
 
 def test_a_tomogram_goes_to_the_nst_once_its_style_holder_is_prepared():
