@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-#: Values per block: 256 KB of float64, which stays in a core's L2 cache.
+#: Values per block: 256 KB of float64, about the size of a core's L2 cache.
 BLOCK = 1 << 15
 #: numpy sums at most this many elements without splitting them (its PW_BLOCKSIZE).
 _NUMPY_PAIRWISE_LEAF = 128

@@ -725,6 +725,13 @@ def test_tomograms_styled_by_one_file_share_one_style_stack(inputs, tmp_path):
     second["done_faket"][:] = np.ones(second["done_faket"].shape, np.uint8)
     reference = find_store_tomogram(spec.store, "tomo_001").stacks["reference"]
     assert reference.shape == first["style"].shape and np.asarray(reference[0]).min() == 1.0
+    # a holder the store lacks (a damaged store): one line and exit 2, nothing written
+    second.attrs["held_by"] = {"style": "tomo_gone"}
+    res = subprocess.run([FAKET, "report", str(spec.store), "--tomogram", "tomo_001", "-o", str(tmp_path / "rep")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "has no style stack" in res.stderr and "tomo_gone" in res.stderr and not (tmp_path / "rep").exists()
+    second.attrs["held_by"] = {"style": "tomo_000"}
     # the holder left out of the spec: the other gets a copy of its own, to prepare
     alone = dataclasses.replace(spec, tomograms=spec.tomograms[1:])
     own = {"noiseless": "tomo_001", "style": "tomo_001"}
