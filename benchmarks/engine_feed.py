@@ -14,7 +14,13 @@ With ``--kernel-seconds S`` the identity comes after S seconds per tilt that hol
 no CPU (``sleep:S``), a GPU's NST time: ``kernel_busy`` is the share of the NST
 stage such a device computes (the H100's S: 0.030 at 1024^2, 0.374 at 4096^2),
 a CPU proxy of the engine over the in-process loop. ``--kernel spin`` spends the
-S seconds in Python, holding its lock, as a thread launching small GPU kernels does.
+S seconds in Python, holding its lock, as a thread launching small GPU kernels does;
+``--kernel launch`` spends them as tiny torch ops (as many as take S seconds in this
+process alone), each letting go of the lock and taking it back, as a GPU NST's
+launching thread does: ``actor_kernel_over_in_process`` is the actor's time for them over
+this process's, and ``launch_thread_seconds`` splits the actor thread's time into on a CPU,
+waiting for one, and blocked (on Python's lock: what the actor's reading and writing
+threads cost the NST, without a GPU).
 
 With ``--real-nst`` the NST is real and the same stacks are also stylised by a
 plain in-process loop (``faket.nst.stylize_stack``, one thread per actor CPU,
@@ -79,6 +85,30 @@ angles = "angles.tlt"
     return spec
 
 
+def _calibrated_ops(seconds: float) -> tuple[int, float]:
+    """How many tiny torch ops (``cluster._hooks.launches``) take ``seconds`` in this process
+    alone, with the actor's one torch thread; returns (ops, seconds per op, best of 5)."""
+    import torch
+
+    from faket_cluster._hooks import launches
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    launches(2000)  # warm-up
+    per_op = min(launches(20000) / 20000 for _ in range(5))
+    torch.set_num_threads(threads)
+    return max(1, round(seconds / per_op)), per_op
+
+
+def _launch_thread(log: Path) -> dict:
+    """The actor's launching thread over all its kernels: wall, on a CPU, waiting for a CPU, and
+    the rest, blocked (on Python's lock, which its reading and writing threads hold)."""
+    wall, cpu, queued = np.loadtxt(log, ndmin=2).sum(axis=0)
+    log.unlink()
+    log.parent.rmdir()
+    return {"wall": wall, "cpu": cpu, "runqueue": queued, "blocked": wall - cpu - queued}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024)
@@ -86,9 +116,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="tilts per task (resources.batch; default: the engine's choice)")
     ap.add_argument("--kernel-seconds", type=float, default=0.0,
                     help="the identity after this many seconds per tilt, holding no CPU: a GPU's NST time")
-    ap.add_argument("--kernel", choices=["sleep", "spin"], default="sleep",
-                    help="how the kernel seconds pass: asleep, or spinning in Python holding its lock "
-                    "(a thread launching small GPU kernels)")
+    ap.add_argument("--kernel", choices=["sleep", "spin", "launch"], default="sleep",
+                    help="how the kernel seconds pass: asleep, spinning in Python holding its lock, or "
+                    "as tiny torch ops that each let go of the lock and take it back (a thread launching "
+                    "small GPU kernels)")
     ap.add_argument("--real-nst", action="store_true", help="the real NST, against an in-process loop")
     ap.add_argument("--no-loop", action="store_true",
                     help="with --real-nst: the engine alone, without the in-process loop (a whole run's seconds)")
@@ -96,8 +127,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ops, op_seconds, launch_log = 0, 0.0, Path(os.devnull)
     if not args.real_nst:
-        os.environ["FAKET_ENGINE_KERNEL"] = f"{args.kernel}:{args.kernel_seconds}" if args.kernel_seconds else "identity"  # the local Ray's workers inherit it
+        kernel = f"{args.kernel}:{args.kernel_seconds}" if args.kernel_seconds else "identity"
+        if args.kernel == "launch" and args.kernel_seconds:
+            ops, op_seconds = _calibrated_ops(args.kernel_seconds)
+            kernel = f"launch:{ops}"
+            launch_log = Path(tempfile.mkdtemp()) / "launches.txt"
+            os.environ["FAKET_ENGINE_LAUNCH_LOG"] = str(launch_log)
+        os.environ["FAKET_ENGINE_KERNEL"] = kernel  # the local Ray's workers inherit it
     import ray
     import torch
     from bench_core import emit, machine_info
@@ -133,6 +171,15 @@ def main() -> None:
             # engine keeps busy (1.0 = every read and write hidden behind the kernel)
             result["kernel_seconds"] = args.kernel_seconds
             result["kernel_busy"] = args.tilts * args.kernel_seconds / summary["nst_seconds"]
+        if ops:
+            # the actor's time per tilt for the ops over theirs in this process alone: what its
+            # launching thread loses to its reading and writing threads (the H100's NST at 1024^2:
+            # 1.19, gpu-h100-20261126g)
+            result["kernel_ops"] = ops
+            result["kernel_in_process_seconds"] = ops * op_seconds
+            per_tilt = summary["compute_seconds"] / args.tilts
+            result["actor_kernel_over_in_process"] = per_tilt / (ops * op_seconds)
+            result["launch_thread_seconds"] = _launch_thread(launch_log)
         if args.real_nst:
             result["actor_compute_seconds"] = summary["compute_seconds"]
         if args.real_nst and not args.no_loop:

@@ -2,7 +2,7 @@
 # One call on a lent GPU machine, with .gpu/ carried: install, `make bench-gpu`'s benchmark, then the
 # test suite in parallel. Results under $OUT (at most 8 files come back: keep to those written here).
 # Build .gpu/ first (here, with network):
-#   ../shared/tools/gpu-bundle.sh pydantic jsonschema pytest-xdist starfile mdocfile ome-zarr-models ome-zarr tqdm
+#   ../shared/tools/gpu-bundle.sh pydantic jsonschema pytest-xdist starfile mdocfile ome-zarr-models ome-zarr tqdm crc32c
 #   rm -f .gpu/whl/{aiobotocore,botocore,s3fs,jmespath,aioitertools,iniconfig,pluggy}-*.whl  # < 64 MiB
 # and, for the published command (optional):  benchmarks/gpu_published.sh /path/to/published/checkout
 # then, e.g. (FIRST: test files to run before the rest; TEST_S=0: those alone):

@@ -13,8 +13,12 @@ FAIL_TILT_ENV = "FAKET_TEST_FAIL_TILT"
 #: Benchmark hook: "identity" replaces the NST by the identity (benchmarks/engine_feed.py measures
 #: the engine's data path alone); "sleep:S" by the identity after S seconds per tilt, a stand-in
 #: for a GPU's compute that holds no CPU (benchmarks/engine_scaling.py: k actors on k GPUs);
-#: "spin:S" spends them in Python instead, like a thread launching small GPU kernels.
+#: "spin:S" spends them in Python instead, like a thread launching small GPU kernels;
+#: "launch:N" runs N one-element torch ops per tilt, each letting go of Python's lock and taking it
+#: back, as a thread launching a GPU's kernels does (engine_feed.py --kernel launch).
 KERNEL_ENV = "FAKET_ENGINE_KERNEL"
+#: Benchmark hook: a file where each "launch:N" kernel appends its thread's wall, CPU and run-queue seconds.
+LAUNCH_LOG_ENV = "FAKET_ENGINE_LAUNCH_LOG"
 #: Test hook: a file path; after its first task an actor holds each next task until the file exists.
 HOLD_ENV = "FAKET_TEST_HOLD"
 #: Test hook: "tomogram:path"; that tomogram's prepare task waits (at most a minute) for the file.
@@ -22,8 +26,12 @@ HOLD_PREPARE_ENV = "FAKET_TEST_HOLD_PREPARE"
 
 
 def stand_in(kernel: str, tilts: int) -> None:
-    """KERNEL_ENV's device time for ``tilts`` tilts: slept (``sleep:S``) or spun in Python,
-    holding its lock as a thread that launches GPU kernels does (``spin:S``)."""
+    """KERNEL_ENV's device time for ``tilts`` tilts: slept (``sleep:S``), spun in Python,
+    holding its lock as a thread that launches GPU kernels does (``spin:S``), or spent in
+    ``launch:N`` tiny torch ops per tilt (see :func:`launches`)."""
+    if kernel.startswith("launch:"):
+        launches(int(kernel.partition(":")[2]) * tilts)
+        return
     seconds = float(kernel.partition(":")[2] or 0) * tilts
     if not kernel.startswith("spin:"):
         time.sleep(seconds)
@@ -31,6 +39,38 @@ def stand_in(kernel: str, tilts: int) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def launches(n: int) -> float:
+    """``n`` in-place adds to a one-element CPU tensor; returns their seconds. Each op lets go of
+    Python's lock while it runs and takes it back after, as each kernel launch of a GPU's NST
+    does: the time a GPU actor's launching thread loses to its other threads shows here. Where
+    LAUNCH_LOG_ENV names a file, a line "wall cpu runqueue" (seconds) is appended to it: what
+    the thread computed, waited for a CPU, and the rest, blocked (on Python's lock)."""
+    import torch
+
+    x = torch.zeros(1)
+    cpu0, queued0 = _thread_schedstat()
+    start = time.perf_counter()
+    for _ in range(n):
+        x.add_(1.0)
+    wall = time.perf_counter() - start
+    log = os.environ.get(LAUNCH_LOG_ENV)
+    if log:
+        cpu1, queued1 = _thread_schedstat()
+        with open(log, "a") as f:
+            f.write(f"{wall:.6f} {cpu1 - cpu0:.6f} {queued1 - queued0:.6f}\n")
+    return wall
+
+
+def _thread_schedstat() -> tuple[float, float]:
+    """This thread's seconds on a CPU and waiting for one while runnable (Linux; zeros elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, queued, _ = f.read().split()
+    except OSError:
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(queued) / 1e9
 
 
 def maybe_hold(tasks_started: int) -> None:

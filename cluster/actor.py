@@ -268,7 +268,7 @@ class NSTWorker:
         root = self._root(store)
         style = data["style"]
         kernel = os.environ.get(KERNEL_ENV, "")
-        identity = kernel == "identity" or kernel.startswith(("sleep:", "spin:"))
+        identity = kernel == "identity" or kernel.startswith(("sleep:", "spin:", "launch:"))
         transfer = None if identity else self._model(weights)
         t_compute = time.perf_counter()
         # the task's tilts go through the network in NST batches (settings.batch_size), each with

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, t
     assert_golden(read_mrc(out), read_mrc(golden["expected_iter1_step0.15"]), 0.15, 1)
 
 
-@pytest.mark.parametrize("kernel", [[], ["--kernel-seconds", "0.02", "--kernel", "spin"]])
+@pytest.mark.parametrize("kernel", [[], ["--kernel-seconds", "0.02", "--kernel", "launch"]])
 def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     """benchmarks/engine_feed.py (the engine's data path, #12's CPU proxy) runs and reports; with
     a stand-in device time it reports the share of the NST stage that device would be busy."""
@@ -56,9 +57,29 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     assert result["tilts"] == 4 and result["tilts_per_second"] > 0
     assert set(result["stage_seconds"]) >= {"prepare", "stylize"}
     if kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
-        assert result["kernel"] == "spin" and 0 < result["kernel_busy"] <= 1
+        assert result["kernel"] == "launch" and 0 < result["kernel_busy"] <= 1
+        assert result["kernel_ops"] > 0 and result["actor_kernel_over_in_process"] > 0
+        thread = result["launch_thread_seconds"]  # the actor's launching thread, its 4 tilts' ops
+        assert thread["wall"] > 0 and thread["cpu"] + thread["runqueue"] <= thread["wall"] * 1.05
     else:
         assert result["kernel"] == "identity" and "kernel_busy" not in result
+
+
+def test_stand_in_kernels_spend_their_time(tmp_path, monkeypatch):
+    """The engine's stand-in device times: spun in Python, or as tiny torch ops whose thread's
+    wall, CPU and run-queue seconds go to the launch log."""
+    from faket_cluster._hooks import LAUNCH_LOG_ENV, stand_in
+
+    start = time.perf_counter()
+    stand_in("spin:0.01", 3)
+    assert time.perf_counter() - start >= 0.03
+    log = tmp_path / "launches.txt"
+    monkeypatch.setenv(LAUNCH_LOG_ENV, str(log))
+    stand_in("launch:2000", 2)
+    stand_in("launch:10", 1)
+    lines = [list(map(float, line.split())) for line in log.read_text().splitlines()]
+    assert len(lines) == 2 and all(len(v) == 3 and v[0] > 0 for v in lines)
+    assert lines[0][0] > lines[1][0]  # 4000 ops take longer than 10
 
 
 @pytest.mark.skipif(not os.environ.get("FAKET_PUBLISHED"),

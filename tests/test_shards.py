@@ -163,3 +163,17 @@ print(kept, before, after)
     if kept != "True":
         pytest.skip("not glibc's malloc")
     assert float(after) < 100 < float(before), res.stdout
+
+
+def test_checksums_are_zarrs_and_computed_without_pythons_lock():
+    """The shard reader and writer checksum with the ``crc32c`` package (it lets go of Python's
+    lock for large buffers; zarr's ``google_crc32c`` holds it), and get zarr's values."""
+    import google_crc32c
+
+    from faket._shards import _checksum, _crc32c
+
+    assert _crc32c.__module__.partition(".")[0] == "crc32c"  # a dependency: not the fallback
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 4099, 1 << 16, 3_000_001):
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert _checksum(data) == google_crc32c.value(data.tobytes())
