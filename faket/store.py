@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._flags import read_flags, set_flags  # done flags read and set without zarr's Python
 from ._shards import keep_freed_chunk_memory as keep_freed_chunk_memory  # for long-lived store writers
 from ._shards import read_tilt as read_tilt  # part of this module's API: one tilt, decoded on threads
 from ._shards import write_tilt_data
@@ -232,8 +233,7 @@ def done_mask(group, stage: str, tilts: Sequence[int] | None = None) -> np.ndarr
     if name not in group:
         n = group[stage].shape[0] if stage not in VOLUMES and stage in group else 1
         return np.zeros(n if tilts is None else len(tilts), dtype=bool)
-    flags = group[name]
-    return np.asarray(flags[:] if tilts is None else flags.oindex[list(tilts)]).astype(bool)
+    return read_flags(group[name], tilts).astype(bool)
 
 
 def _flag_array(group, name: str):
@@ -261,7 +261,7 @@ def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     """Write one tilt of a stage, then mark it done (idempotent; creates nothing)."""
     flags = _flag_array(group, stage)
     write_tilt_data(group[stage], index, np.asarray(image, dtype=np.float32))
-    flags[index] = 1
+    set_flags(flags, [index])
 
 
 def write_tilts(group, stage: str, indices: Sequence[int], images: np.ndarray, submit=None) -> Any:
@@ -282,7 +282,7 @@ def write_tilts(group, stage: str, indices: Sequence[int], images: np.ndarray, s
     def mark() -> None:
         for p in parts:
             p.result()
-        flags.oindex[[int(i) for i in indices]] = 1
+        set_flags(flags, indices)
 
     whole = run(mark)
     if submit is None:
@@ -380,7 +380,7 @@ def write_volume(group, name: str, data: np.ndarray) -> None:
         from .ngff import write_pyramid
 
         write_pyramid(group, values)
-    flags[0] = 1
+    set_flags(flags, [0])
 
 
 def reset_done(group, name: str) -> None:
