@@ -13,36 +13,18 @@ errors); tests compare the two.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._shards import _write_atomic
-
-_cache: dict[tuple[int, str], tuple[Any, tuple[Path, Any] | None]] = {}
-_cache_lock = threading.Lock()
+from ._shards import _write_atomic, per_array
 
 
+@per_array
 def _layout(arr: Any) -> tuple[Path, Any] | None:
     """The flag array's folder and its zstd codec (numcodecs) when it has the layout of
     faket's done flags; None for anything else (zarr reads and writes it)."""
-    meta = arr.metadata
-    key = (id(meta), str(getattr(arr.store, "root", "")) + "/" + arr.path)
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None and hit[0] is meta:  # the same metadata object, not a reused id
-        return hit[1]
-    found = _find_layout(arr)
-    with _cache_lock:
-        if len(_cache) > 4096:
-            _cache.clear()
-        _cache[key] = (meta, found)
-    return found
-
-
-def _find_layout(arr: Any) -> tuple[Path, Any] | None:
     try:
         from numcodecs import Zstd
         from zarr.codecs import BytesCodec, ZstdCodec

@@ -18,7 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from numcodecs import Blosc
@@ -34,6 +34,7 @@ _CRC = 4
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _local = threading.local()  # each shard thread's scratch buffers (see _scratch)
+T = TypeVar("T")
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -44,6 +45,30 @@ def _threads() -> ThreadPoolExecutor:
         return _pool
 
 
+def per_array(find: Callable[[Any], T]) -> Callable[[Any], T]:
+    """``find(arr)`` of a zarr array, worked out once per array: kept by its metadata object
+    (zarr's metadata is immutable; a reopened array gets a new one) and its path."""
+    cache: dict[tuple[int, str], tuple[Any, T]] = {}
+    lock = threading.Lock()
+
+    def cached(arr: Any) -> T:
+        meta = arr.metadata
+        key = (id(meta), f"{getattr(arr.store, 'root', '')}/{arr.path}")
+        with lock:
+            hit = cache.get(key)
+        if hit is not None and hit[0] is meta:  # the same metadata, not an id used again
+            return hit[1]
+        found = find(arr)
+        with lock:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = (meta, found)
+        return found
+
+    return cached
+
+
+@per_array
 def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
     """The array's folder and chunk (rows, cols) when it has the tilt layout this reader knows."""
     try:

@@ -177,3 +177,17 @@ def test_checksums_are_zarrs_and_computed_without_pythons_lock():
     for n in (0, 1, 7, 4099, 1 << 16, 3_000_001):
         data = rng.integers(0, 256, n, dtype=np.uint8)
         assert _checksum(data) == google_crc32c.value(data.tobytes())
+
+
+def test_an_arrays_layout_is_worked_out_once_per_array(tmp_path):
+    """per_array keeps what it found by the array's metadata: again for a reopened array, whose
+    metadata zarr reads anew (a store changed in between is seen), and not for the same one."""
+    from faket._shards import per_array
+
+    calls: list[str] = []
+    found = per_array(lambda arr: calls.append(arr.path) or arr.shape)
+    root = open_store(tmp_path / "run.zarr")
+    arr = create_stack(root.create_group("tomo"), "noisy", (2, 8, 8))
+    assert found(arr) == found(arr) == (2, 8, 8) and calls == ["tomo/noisy"]
+    again = open_store(tmp_path / "run.zarr")["tomo/noisy"]
+    assert found(again) == (2, 8, 8) and calls == ["tomo/noisy"] * 2
