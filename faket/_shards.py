@@ -153,30 +153,68 @@ def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+def tilt_sound(arr: Any, index: int) -> bool | None:
+    """Whether tilt ``index``'s shard is whole and every checksum in it holds (its index's and
+    each chunk's), read without decoding: True, or False where zarr's read would find more to
+    say (damage, or an empty chunk); None where the array has another layout or the shard
+    is missing."""
+    layout = _layout(arr)
+    if layout is None:
+        return None
+    try:
+        fd = os.open(layout[0] / "c" / str(int(index)) / "0" / "0", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        (cy, cx), (h, w) = layout[1], arr.shape[1:]
+        entries = _shard_entries(fd, (-(-h // cy), -(-w // cx)))
+        if entries is None:
+            return False
+        return all(_chunk_bytes(fd, entries, k) is not None for k in range(len(entries)))
+    finally:
+        os.close(fd)
+
+
+def _shard_entries(fd: int, grid: tuple[int, int]) -> np.ndarray | None:
+    """An open shard file's index, ``(chunks, 2)`` (offset, bytes); None if the index's checksum
+    does not hold, a chunk is empty (all fill value) or an entry points outside the file."""
+    size = os.fstat(fd).st_size
+    n_index = grid[0] * grid[1] * _INDEX_ENTRY + _CRC
+    index = os.pread(fd, n_index, size - n_index) if size >= n_index else b""
+    if len(index) != n_index or not _crc_ok(index):
+        return None
+    entries = np.frombuffer(index[:-_CRC], dtype="<u8").reshape(-1, 2)
+    if (entries == np.iinfo(np.uint64).max).any() or ((entries[:, 0] + entries[:, 1]) > size).any():
+        return None
+    return entries
+
+
+def _chunk_bytes(fd: int, entries: np.ndarray, k: int) -> np.ndarray | None:
+    """Chunk ``k``'s encoded bytes (in this thread's scratch buffer, read-only), or None if they
+    cannot be read whole or their checksum does not hold."""
+    off, nbytes = int(entries[k, 0]), int(entries[k, 1]) - _CRC
+    if nbytes <= 0:
+        return None
+    blob = _scratch("blob", nbytes + _CRC, np.uint8)  # this thread's buffer: no allocation per chunk
+    if os.preadv(fd, [blob.data], off) != nbytes + _CRC:
+        return None
+    blob.flags.writeable = False  # the checksum reads read-only buffers
+    crc = int.from_bytes(blob[nbytes:].tobytes(), "little")
+    return blob[:nbytes] if _checksum(blob[:nbytes]) == crc else None
+
+
 def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
     """The tilt in an open shard file into ``out``, its chunks read (pread) and decoded on threads;
     False if the shard is not whole and sound (an empty chunk, an index or checksum that does not hold)."""
     h, w = out.shape
     grid = (-(-h // cy), -(-w // cx))
-    size = os.fstat(fd).st_size
-    n_index = grid[0] * grid[1] * _INDEX_ENTRY + _CRC
-    index = os.pread(fd, n_index, size - n_index) if size >= n_index else b""
-    if len(index) != n_index or not _crc_ok(index):
+    entries = _shard_entries(fd, grid)
+    if entries is None:
         return False
-    entries = np.frombuffer(index[:-_CRC], dtype="<u8").reshape(-1, 2)
-    if (entries == np.iinfo(np.uint64).max).any() or ((entries[:, 0] + entries[:, 1]) > size).any():
-        return False  # an empty chunk (all fill value), or an index that points outside the file
 
     def decode(k: int) -> bool:
-        off, nbytes = int(entries[k, 0]), int(entries[k, 1]) - _CRC
-        if nbytes <= 0:
-            return False
-        blob = _scratch("blob", nbytes + _CRC, np.uint8)  # this thread's buffer: no allocation per chunk
-        if os.preadv(fd, [blob.data], off) != nbytes + _CRC:
-            return False
-        blob.flags.writeable = False  # the checksum reads read-only buffers
-        crc = int.from_bytes(blob[nbytes:].tobytes(), "little")
-        if _checksum(blob[:nbytes]) != crc:
+        data = _chunk_bytes(fd, entries, k)
+        if data is None:
             return False
         r, c = divmod(k, grid[1])
         rows, cols = min(cy, h - r * cy), min(cx, w - c * cx)
@@ -184,7 +222,7 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
         whole = rows == cy and cols == cx and region.flags.c_contiguous
         tile = region if whole else _scratch("tile", cy * cx, np.float32).reshape(cy, cx)
         try:
-            _BLOSC.decode(blob[:nbytes], out=tile)  # the chunk straight into its place when it can
+            _BLOSC.decode(data, out=tile)  # the chunk straight into its place when it can
         except (RuntimeError, ValueError):  # not Blosc, or not one chunk's bytes
             return False
         if not whole:

@@ -191,3 +191,25 @@ def test_an_arrays_layout_is_worked_out_once_per_array(tmp_path):
     assert found(arr) == found(arr) == (2, 8, 8) and calls == ["tomo/noisy"]
     again = open_store(tmp_path / "run.zarr")["tomo/noisy"]
     assert found(again) == (2, 8, 8) and calls == ["tomo/noisy"] * 2
+
+
+def test_a_tilt_is_sound_when_every_checksum_in_its_shard_holds(group, tmp_path):
+    """tilt_sound checks the shard's index and each chunk's checksum without decoding: a byte
+    changed in any chunk or in the index is found, as zarr's read finds it."""
+    from faket._shards import tilt_sound
+
+    arr = create_stack(group, "noisy", (3, 1500, 1100))  # 2 x 2 chunks per tilt
+    for i in range(2):
+        write_tilt(group, "noisy", i, np.random.default_rng(i).random((1500, 1100), np.float32))
+    assert tilt_sound(arr, 0) is True and tilt_sound(arr, 1) is True
+    assert tilt_sound(arr, 2) is None  # never written: zarr's fill value, no shard to check
+    for i, where in ((0, -30), (1, -300)):  # into the index; into the last chunk's bytes
+        path = _shard(tmp_path, "noisy", i)
+        data = bytearray(path.read_bytes())
+        data[where] ^= 0xFF
+        path.write_bytes(bytes(data))
+        assert tilt_sound(arr, i) is False
+        with pytest.raises(Exception):
+            np.asarray(arr[i])  # zarr finds it too
+    volume = create_volume(group, "reconstruction", (4, 8, 8))
+    assert tilt_sound(volume, 0) is None  # another layout: left to zarr
