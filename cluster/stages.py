@@ -203,10 +203,12 @@ def nst_stage(
     """Every tilt not done yet through the actors (``fleet``: started already, or started here;
     ``feed``: the jobs of tomograms prepared meanwhile, see :func:`pipelined`); returns (stats,
     actors, seconds, total, done before)."""
-    from .schedule import NSTScheduler, nst_jobs
+    from .schedule import NSTScheduler, NSTStats, nst_jobs
 
     pending, total, done_before = nst_jobs(root, spec, skip, plan.count)
     say(f"{total} tilts, {done_before} already done, {total - done_before} to do, {plan.count} actor(s)")
+    if fleet is None and feed is None and not pending:  # nothing to do: no actor, no weights to send
+        return NSTStats(), 0, 0.0, total, done_before
     if fleet is None:
         fleet = launch(spec, plan, state_dict, min(plan.count, len(pending)))
     # the NST's clock starts when the actors are up and warm, and have their first jobs

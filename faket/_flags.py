@@ -22,9 +22,9 @@ from ._shards import _write_atomic, per_array
 
 
 @per_array
-def _layout(arr: Any) -> tuple[Path, Any] | None:
-    """The flag array's folder and its zstd codec (numcodecs) when it has the layout of
-    faket's done flags; None for anything else (zarr reads and writes it)."""
+def _layout(arr: Any) -> tuple[Path, Any, bytes] | None:
+    """The flag array's folder, its zstd codec (numcodecs) and the codec's bytes for 1 when it
+    has the layout of faket's done flags; None for anything else (zarr reads and writes it)."""
     try:
         from numcodecs import Zstd
         from zarr.codecs import BytesCodec, ZstdCodec
@@ -44,8 +44,9 @@ def _layout(arr: Any) -> tuple[Path, Any] | None:
             and encode((12,)) == "c/12"
         ):
             return None
-        zstd = m.codecs[1]
-        return Path(arr.store.root) / arr.path, Zstd(level=zstd.level, checksum=zstd.checksum)
+        settings = m.codecs[1]
+        zstd = Zstd(level=settings.level, checksum=settings.checksum)
+        return Path(arr.store.root) / arr.path, zstd, bytes(zstd.encode(np.ones(1, np.uint8)))
     except Exception:  # an attribute this zarr version names otherwise: zarr's own path
         return None
 
@@ -56,14 +57,14 @@ def read_flags(arr: Any, tilts: Sequence[int] | None = None) -> np.ndarray:
     layout = _layout(arr)
     if layout is None:
         return np.asarray(arr[:] if tilts is None else arr.oindex[list(idx)], np.uint8)
-    folder, zstd = layout
+    folder, zstd, one = layout
     out = np.zeros(len(idx), np.uint8)
     for k, i in enumerate(idx):
         try:
             data = (folder / "c" / str(i)).read_bytes()
         except FileNotFoundError:  # never set, or cleared: the fill value
             continue
-        value = _decoded(zstd, data)
+        value = 1 if data == one else _decoded(zstd, data)
         out[k] = value if value is not None else np.asarray(arr[i])  # zarr's value, or its error
     return out
 
@@ -83,7 +84,6 @@ def set_flags(arr: Any, tilts: Sequence[int]) -> None:
     if layout is None:
         arr.oindex[idx] = 1
         return
-    folder, zstd = layout
-    one = zstd.encode(np.ones(1, np.uint8))
+    folder, _, one = layout
     for i in idx:
         _write_atomic(folder / "c" / str(i), [one])
