@@ -11,6 +11,7 @@ napari (napari-ome-zarr) open it.
 from __future__ import annotations
 
 import colorsys
+import json
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,11 @@ def class_names(particles_csv: str | None) -> dict[int, str]:
 
 
 def describe_tomogram(g, class_names: dict[int, str] | None = None) -> None:
-    """Write the NGFF metadata of one tomogram group (the driver, after its data is prepared)."""
-    g.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": tomogram_multiscales(g)}
+    """Write the NGFF metadata of one tomogram group (the driver, after its data is prepared);
+    a group that holds it already is not written again (a resume describes every tomogram)."""
+    ome = json.loads(json.dumps({"version": NGFF_VERSION, "multiscales": tomogram_multiscales(g)}))
+    if g.attrs.get("ome") != ome:
+        g.attrs["ome"] = ome
     labels = g["labels"] if VOLUME_PATHS["labels"] in g else None
     if labels is not None and "ome" not in labels.attrs and done_mask(g, "labels").all():
         # once per store: the label values are read from the whole volume

@@ -49,6 +49,16 @@ def store(tmp_path_factory):
     return tmp / "run.zarr", ph
 
 
+def test_a_described_tomogram_is_not_written_again(store):
+    """A resume describes every tomogram: one whose NGFF metadata is current keeps its file."""
+    path, _ = store
+    meta = path / "tomo_000" / "zarr.json"
+    before = (meta.read_bytes(), meta.stat().st_mtime_ns)
+    g = open_store(path)["tomo_000"]
+    describe_tomogram(g, class_names(g.attrs["particles_csv"]))
+    assert (meta.read_bytes(), meta.stat().st_mtime_ns) == before
+
+
 def voxel_size_of(path) -> float:
     with open_mrc(path) as m:
         return float(m.voxel_size[0])
