@@ -134,9 +134,10 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
     pending: collections.deque = collections.deque()
     total = done_before = 0
     groups: dict = {}
+    masks: dict[str, np.ndarray] = {}  # each tomogram's done flags, read once
     for t in spec.tomograms:
         g = root[t.name]
-        mask = done_mask(g, "faket")
+        mask = masks[t.name] = done_mask(g, "faket")
         total += len(mask)
         done_before += int(mask.sum())
         if t.name not in skip:
@@ -150,8 +151,7 @@ def nst_jobs(root, spec: RunSpec, skip: set[str], actors: int = 1) -> tuple[coll
         ms[m0 : m0 + res.share_style] for ms in groups.values() for m0 in range(0, len(ms), res.share_style)
     ]
     for c, names in enumerate(chunks):
-        masks = {n: done_mask(root[n], "faket") for n in names}
-        todo = [int(i) for i in np.flatnonzero(~np.all(list(masks.values()), axis=0))]
+        todo = [int(i) for i in np.flatnonzero(~np.all([masks[n] for n in names], axis=0))]
         h, w = root[names[0]]["content"].shape[1:]
         step = spec.nst.batch_size
         per = res.batch or tilts_per_task(len(todo), len(names), 4 * h * w, step, actors)
