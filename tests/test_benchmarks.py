@@ -60,7 +60,8 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
         assert result["kernel"] == "launch" and 0 < result["kernel_busy"] <= 1
         assert result["kernel_ops"] > 0 and result["actor_kernel_over_in_process"] > 0
         thread = result["launch_thread_seconds"]  # the actor's launching thread, its 4 tilts' ops
-        assert thread["wall"] > 0 and thread["cpu"] + thread["runqueue"] <= thread["wall"] * 1.05
+        # the kernel's counters lag by up to a clock tick at each reading: 0.1 s of slack
+        assert thread["wall"] > 0 and 0 < thread["cpu"] + thread["runqueue"] <= thread["wall"] + 0.1
     else:
         assert result["kernel"] == "identity" and "kernel_busy" not in result
 
