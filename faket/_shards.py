@@ -136,13 +136,7 @@ def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray
     """
     if out is None:
         out = np.empty(arr.shape[1:], np.float32)
-    layout = _layout(arr)
-    fd = None
-    if layout is not None:
-        try:
-            fd = os.open(layout[0] / "c" / str(int(index)) / "0" / "0", os.O_RDONLY)
-        except FileNotFoundError:  # never written: zarr gives the fill value
-            fd = None
+    layout, fd = _open_shard(arr, index)
     if fd is not None and layout is not None:
         try:
             if _decode_shard(fd, out, *layout[1]):
@@ -153,17 +147,30 @@ def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+def _shard_path(folder: Path, index: int) -> Path:
+    """The file of tilt ``index``'s shard in a tilt stack's folder."""
+    return folder / "c" / str(int(index)) / "0" / "0"
+
+
+def _open_shard(arr: Any, index: int) -> tuple[tuple[Path, tuple[int, int]] | None, int | None]:
+    """(the array's tilt layout or None, an open file descriptor of tilt ``index``'s shard, or
+    None where the layout is another or the shard was never written: zarr's fill value)."""
+    layout = _layout(arr)
+    if layout is None:
+        return None, None
+    try:
+        return layout, os.open(_shard_path(layout[0], index), os.O_RDONLY)
+    except FileNotFoundError:
+        return layout, None
+
+
 def tilt_sound(arr: Any, index: int) -> bool | None:
     """Whether tilt ``index``'s shard is whole and every checksum in it holds (its index's and
     each chunk's), read without decoding: True, or False where zarr's read would find more to
     say (damage, or an empty chunk); None where the array has another layout or the shard
     is missing."""
-    layout = _layout(arr)
-    if layout is None:
-        return None
-    try:
-        fd = os.open(layout[0] / "c" / str(int(index)) / "0" / "0", os.O_RDONLY)
-    except FileNotFoundError:
+    layout, fd = _open_shard(arr, index)
+    if fd is None or layout is None:
         return None
     try:
         (cy, cx), (h, w) = layout[1], arr.shape[1:]
@@ -272,7 +279,7 @@ def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
     offsets = np.cumsum(sizes) - sizes
     index_bytes = np.stack([offsets, sizes], axis=1).astype("<u8").tobytes()
     blobs = [piece for pair in parts for piece in pair]
-    _write_atomic(folder / "c" / str(int(index)) / "0" / "0", [*blobs, _with_crc(index_bytes)])
+    _write_atomic(_shard_path(folder, index), [*blobs, _with_crc(index_bytes)])
 
 
 def keep_freed_chunk_memory() -> bool:

@@ -69,3 +69,12 @@ def test_other_layouts_are_left_to_zarr(tmp_path):
     assert _layout(arr) is None
     set_flags(arr, [1, 4])
     assert read_flags(arr).tolist() == [0, 1, 0, 0, 1, 0]
+
+
+def test_setting_flags_in_a_read_only_store_is_zarrs_refusal(flags, tmp_path):
+    """A store opened read-only is never written by the fast path: zarr refuses, no file appears."""
+    ro = open_store(tmp_path / "run.zarr", mode="r")["tomo"]["done_noisy"]
+    with pytest.raises(Exception):
+        set_flags(ro, [4])
+    assert not (tmp_path / "run.zarr" / "tomo" / "done_noisy" / "c" / "4").exists()
+    assert read_flags(flags, [4]).tolist() == [0]
