@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 #: Dense (non-sparse) datasheet peaks in TFLOP/s: FP32 on CUDA cores, TF32 on tensor cores.
@@ -16,6 +18,25 @@ GPU_PEAKS_TFLOPS = {
     "H100": {"fp32": 67.0, "tf32": 494.7},          # SXM
     "A100": {"fp32": 19.5, "tf32": 156.0},
 }
+
+
+def random_stack(tilts: int, height: int, width: int, seed: int, normal: bool = False) -> np.ndarray:
+    """Random float32 tilts ``(tilts, height, width)``, uniform in [0, 1) or standard normal, one
+    generator per tilt (seeds spawned from ``seed``) filled on threads: numpy draws without Python's
+    lock, so a 61 x 4096^2 stack takes a core's time for one tilt on a many-core machine."""
+    from faket._threads import for_each
+
+    out = np.empty((tilts, height, width), np.float32)
+    gens = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(tilts)]
+
+    def fill(k: int) -> None:
+        if normal:
+            gens[k].standard_normal(dtype=np.float32, out=out[k])
+        else:
+            gens[k].random(dtype=np.float32, out=out[k])
+
+    for_each(fill, range(tilts), workers=os.cpu_count() or 1)
+    return out
 
 
 def sync(device: str) -> None:

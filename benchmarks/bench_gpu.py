@@ -8,11 +8,11 @@ On one CUDA device, published settings, random VGG-19 weights:
   2048^2, 4096^2 and 4092 x 5760: seconds per tilt (best of 2 after a warm-up)
   and peak GPU memory (max allocated) against the memory model's prediction;
 - each mode's deviation from strict float32 at 1024^2 (max, mean, 99.9th pct);
-- NCHW against channels-last activations (time, difference) at 2048^2 and 4096^2;
+- with ``--with layout``: NCHW against channels-last activations (time, difference) at 2048^2 and 4096^2;
 - the fraction of GPU time in network kernels (convolution, ReLU, pooling,
   forward and backward) from torch.profiler, 2 tilts of 2048^2 and 4096^2 in the
   default mode, with and without the host<->device copies (they run beside the compute);
-- the published arithmetic (float32 Gram matmuls) against the unfused layers, cuDNN
+- with ``--with experiments``: the published arithmetic (float32 Gram matmuls) against the unfused layers, cuDNN
   autotuning and the default (cuDNN's fused convolution + bias + ReLU, ``fuse_conv_relu``);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
   NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``);
@@ -47,6 +47,8 @@ from faket.settings import NSTSettings  # noqa: E402
 from faket.weights import random_state_dict  # noqa: E402
 
 MODES = ["float32", "tf32", "bf16"]
+#: studies behind the defaults, run with --with: they keep `make bench-gpu` within its 6 minutes
+OPTIONAL = {"experiments", "layout"}
 SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (4092, 5760)]
 #: aten operators that are the VGG-19 passes (forward and backward).
 NETWORK_OPS = re.compile(r"conv|cudnn|relu|clamp_min|threshold|max_pool|avg_pool|pool2d")  # ReLU runs as clamp_min_
@@ -274,7 +276,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1024^2 and 2048^2 only")
-    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, engine, end_to_end, profile, experiments, deviation, layout, published")
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: per_tilt, engine, end_to_end, profile, deviation, published")
+    ap.add_argument("--with", dest="extra", default="", help="comma list of studies to add: experiments, layout")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
@@ -282,7 +285,7 @@ def main() -> None:
     ap.add_argument("--end-to-end", default="4096x61", help="whole engine runs without the loop, SIZExTILTS list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()
-    device, skip = "cuda", set(args.skip.split(","))
+    device, skip = "cuda", set(args.skip.split(",")) | (OPTIONAL - set(args.extra.split(",")))
     if args.smoke_cpu:
         device, SIZES[:], args.engine, args.end_to_end = "cpu", [(64, 64), (96, 80)], "32x3", "32x4"
     elif not torch.cuda.is_available():

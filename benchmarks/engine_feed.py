@@ -47,15 +47,17 @@ sys.path.insert(0, str(HERE))
 
 def write_inputs(folder: Path, size: int, tilts: int, batch: int | None = None, device: str = "cpu") -> Path:
     """Random noiseless tilts, a reference pair and a spec with one tomogram; returns the spec."""
+    from bench_core import random_stack
+
     from faket.io import angles_range, write_mrc, write_tlt
 
-    rng = np.random.default_rng(0)
     theta = angles_range(-60, 60, 120 / max(1, tilts - 1))[:tilts]
     write_tlt(folder / "angles.tlt", theta)
-    for name in ("noiseless", "reference_noiseless"):
-        write_mrc(folder / f"{name}.mrc", rng.random((tilts, size, size), dtype=np.float32))
-    clean = np.asarray(rng.random((tilts, size, size), dtype=np.float32))
-    write_mrc(folder / "reference.mrc", clean + 0.5 * rng.standard_normal(clean.shape, dtype=np.float32))
+    for seed, name in enumerate(("noiseless", "reference_noiseless")):
+        write_mrc(folder / f"{name}.mrc", random_stack(tilts, size, size, seed))
+    reference = random_stack(tilts, size, size, 2)
+    reference += 0.5 * random_stack(tilts, size, size, 3, normal=True)
+    write_mrc(folder / "reference.mrc", reference)
     spec = folder / "feed.toml"
     batch_line = "" if batch is None else f"batch = {batch}"
     spec.write_text(

@@ -27,8 +27,9 @@ if [ -f .gpu/published/faket/style_transfer/cli.py ]; then
 fi
 # BENCH_ARGS: e.g. "--sizes 2048,4096 --modes tf32 --skip deviation,layout,profile,engine"
 # shellcheck disable=SC2086
+start=$(date +%s)
 timeout "${BENCH_S:-170}" python3 benchmarks/bench_gpu.py --out-dir "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
-echo "bench rc=$?" >> "$OUT/bench.log"
+echo "bench rc=$? seconds=$(( $(date +%s) - start ))" >> "$OUT/bench.log"
 # PIPE_ARGS: several tomograms through the GPU actor, each one's NST once prepared against staged,
 # e.g. "--size 4096 --tilts 11 --tomograms 3 --repeats 1" (benchmarks/engine_pipeline.py)
 if [ -n "${PIPE_ARGS:-}" ]; then
@@ -57,8 +58,9 @@ if [ -n "${FIRST:-}" ]; then  # these test files first (e.g. the ones a change t
     for f in $FIRST; do IGNORE+=(--ignore "$f"); done
 fi
 if [ "${TEST_S:-190}" != 0 ]; then  # TEST_S=0: the FIRST files alone
+    start=$(date +%s)
     timeout "${TEST_S:-190}" "${PYTEST[@]}" "${IGNORE[@]}" > "$OUT/pytest.log" 2>&1
-    echo "pytest rc=$?" >> "$OUT/pytest.log"
+    echo "pytest rc=$? seconds=$(( $(date +%s) - start ))" >> "$OUT/pytest.log"
 fi
 tail -32 "$OUT/bench.log"
 [ -f "$OUT/pytest.log" ] && grep -cE "PASSED" "$OUT/pytest.log" | sed 's/^/passed lines: /'
