@@ -66,21 +66,39 @@ def measure(size: int, tilts: int, workers: int) -> dict:
     }
 
 
-def _run_in(tree: str | None, size: int, tilts: int, workers: int) -> dict:
+def set_block(log2: int) -> None:
+    """The blocked passes' block size, ``2**log2`` float64 values, in this process (an experiment:
+    any size of at least 128 gives the same values bit for bit, :mod:`faket._pairwise`)."""
+    import faket._pairwise as pw
+    import faket.noise as noise
+
+    pw.BLOCK = noise.BLOCK = 1 << log2
+    pw.blocked_sum.__defaults__ = pw.blocks.__defaults__ = (1 << log2,)
+
+
+def _run_in(tree: str | None, size: int, tilts: int, workers: int, block: int | None = None, procs: int = 1) -> dict:
     """:func:`measure`'s second run in a fresh process, on ``tree``'s faket (None: this
     checkout's): a process that has worked before, as the engine's reused Ray workers have.
-    A fresh process's first run meets other memory behaviour (unused pages in the heap)."""
+    A fresh process's first run meets other memory behaviour (unused pages in the heap).
+    ``procs`` > 1: that many such processes at once, each with ``tilts`` tilts; the figures are
+    their mean over ``procs`` (seconds per tilt of the processes together)."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     code = (
-        f"import sys, json; sys.path.insert(0, {str(HERE)!r}); from bench_noise import measure; "
-        f"measure({size}, {tilts}, {workers}); print(json.dumps(measure({size}, {tilts}, {workers})))"
+        f"import sys, json; sys.path.insert(0, {str(HERE)!r}); from bench_noise import measure, set_block; "
+        + ("" if block is None else f"set_block({block}); ")
+        + f"measure({size}, {tilts}, {workers}); print(json.dumps(measure({size}, {tilts}, {workers})))"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"the measurement on {tree or 'this checkout'} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    running = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(procs)]
+    results = []
+    for proc in running:
+        stdout, stderr = proc.communicate()
+        if proc.returncode:
+            sys.exit(f"the measurement on {tree or 'this checkout'} failed:\n{stderr[-2000:]}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return {k: round(sum(r[k] for r in results) / procs**2, 4) for k in results[0]}
 
 
 def main() -> None:
@@ -90,6 +108,9 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--against", help="another checkout's folder (holding its faket/) to compare with")
+    ap.add_argument("--blocks", default="", help="log2 block sizes to try, comma-separated (e.g. 15,17,19)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="that many processes at once, each one's --workers threads over --tilts tilts")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -102,13 +123,15 @@ def main() -> None:
         refuse("bench_noise.py", "--workers takes thread counts like 1,2; --size, --tilts, --repeats at least 1")
 
     trees = {"this": None} if a.against is None else {"this": None, "against": a.against}
+    blocks = [int(b) for b in a.blocks.split(",")] if a.blocks else [None]
     rows = []
-    for w in workers:
+    for w, block in ((w, b) for w in workers for b in blocks):
         runs: dict[str, list[dict]] = {k: [] for k in trees}
         for _ in range(a.repeats):  # interleaved: the machine's drift hits both alike
             for name, tree in trees.items():
-                runs[name].append(_run_in(tree, a.size, a.tilts, w))
-        row: dict = {"workers": w}
+                runs[name].append(_run_in(tree, a.size, a.tilts, w, block, a.procs))
+        row: dict = {"workers": w, "procs": a.procs, "block_log2": block}
+        print(json.dumps({**row, **runs["this"][-1]}), file=sys.stderr, flush=True)
         for name, results in runs.items():
             row[name] = {k: min(r[k] for r in results) for k in results[0]}
         if "against" in row:
