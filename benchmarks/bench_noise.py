@@ -51,7 +51,7 @@ def measure(size: int, tilts: int, workers: int) -> dict:
     model = NoiseModel.given(0.6, 0.8, ref, order=-1)
 
     def noise(i: int) -> None:
-        apply_tilt_modalities(clean[i], i, model, 1, ["noisy", "content"], 0.25)
+        apply_tilt_modalities(clean[i], i, model, 1, ["noisy", "content"], 0.25, threads=workers)
 
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     tilt_stats(ref, clean, workers)  # as the noise model's estimate calls it: the stack on threads
@@ -69,11 +69,9 @@ def measure(size: int, tilts: int, workers: int) -> dict:
 def set_block(log2: int) -> None:
     """The blocked passes' block size, ``2**log2`` float64 values, in this process (an experiment:
     any size of at least 128 gives the same values bit for bit, :mod:`faket._pairwise`)."""
-    import faket._pairwise as pw
     import faket.noise as noise
 
-    pw.BLOCK = noise.BLOCK = 1 << log2
-    pw.blocked_sum.__defaults__ = pw.blocks.__defaults__ = (1 << log2,)
+    noise.block_for = lambda threads: 1 << log2
 
 
 def _run_in(tree: str | None, size: int, tilts: int, workers: int, block: int | None = None, procs: int = 1) -> dict:

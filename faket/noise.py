@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ._json import dumps
-from ._pairwise import BLOCK, blocked_sum, blocks
+from ._pairwise import BLOCK, block_for, blocked_sum, blocks
 from ._threads import for_each
 from .errors import FaketInputError
 
@@ -50,26 +50,27 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
         )
     n = reference.shape[0]
     out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
+    block = block_for(min(workers, n))
 
     def one(i: int) -> None:
-        ma, za, sa = _centred(reference[i])
-        mb, zb, sb = _centred(noiseless[i])
+        ma, za, sa = _centred(reference[i], block)
+        mb, zb, sb = _centred(noiseless[i], block)
         if sa == 0 or sb == 0:
             raise FaketInputError(
                 f"tilt {i} is constant in the reference or the noiseless stack: "
                 "noise statistics need contrast in both"
             )
-        out["r"][i], out["sigma"][i] = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb)
+        out["r"][i], out["sigma"][i] = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb, block)
         out["mean"][i], out["std"][i], out["clean_mean"][i], out["clean_std"][i] = ma, sa, mb, sb
 
     for_each(one, range(n), workers)
     return out
 
 
-def _centred(a: np.ndarray) -> tuple[np.float64, np.ndarray, np.float64]:
+def _centred(a: np.ndarray, block: int = BLOCK) -> tuple[np.float64, np.ndarray, np.float64]:
     """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of an image in float64 (``a`` of any float
     type), bit for bit numpy's on ``a.astype(np.float64)`` (the same sums in the same order,
-    tested), in two passes over the pixels, a cache-sized block at a time."""
+    tested), in two passes over the pixels, ``block`` values at a time (any size gives the same)."""
     flat = np.asarray(a).reshape(-1)
     d = np.empty(flat.size)
 
@@ -77,14 +78,14 @@ def _centred(a: np.ndarray) -> tuple[np.float64, np.ndarray, np.float64]:
         d[start:stop] = flat[start:stop]
         return d[start:stop]
 
-    m = blocked_sum(flat.size, load) / flat.size
-    return m, d.reshape(np.shape(a)), _deviation(d, m, centre=True)
+    m = blocked_sum(flat.size, load, block) / flat.size
+    return m, d.reshape(np.shape(a)), _deviation(d, m, centre=True, block=block)
 
 
-def _deviation(x: np.ndarray, m: np.float64, centre: bool = False) -> np.float64:
+def _deviation(x: np.ndarray, m: np.float64, centre: bool = False, block: int = BLOCK) -> np.float64:
     """``x.std()`` of a flat float64 array whose mean is ``m``, bit for bit; centre: ``x``
     becomes ``x - m`` on the way."""
-    scratch = np.empty(min(x.size, BLOCK))
+    scratch = np.empty(min(x.size, block))
 
     def squares(start: int, stop: int) -> np.ndarray:
         w = scratch[: stop - start]
@@ -96,26 +97,28 @@ def _deviation(x: np.ndarray, m: np.float64, centre: bool = False) -> np.float64
             w *= w
         return w
 
-    return np.sqrt(blocked_sum(x.size, squares) / x.size)
+    return np.sqrt(blocked_sum(x.size, squares, block) / x.size)
 
 
-def _correlation(za: np.ndarray, zb: np.ndarray, sa: np.float64, sb: np.float64) -> tuple[float, float]:
+def _correlation(
+    za: np.ndarray, zb: np.ndarray, sa: np.float64, sb: np.float64, block: int = BLOCK
+) -> tuple[float, float]:
     """r and sigma of two centred flat tilts and their stds: ``za /= sa``, ``zb /= sb``,
     ``r = mean(za * zb)``, ``sigma = (za - r * zb).std()``, bit for bit (``za`` is overwritten)."""
-    scratch = np.empty(min(za.size, BLOCK))
+    scratch = np.empty(min(za.size, block))
 
     def products(start: int, stop: int) -> np.ndarray:
         za[start:stop] /= sa  # (a - mean) / std
         zb[start:stop] /= sb
         return np.multiply(za[start:stop], zb[start:stop], out=scratch[: stop - start])
 
-    r = float(blocked_sum(za.size, products) / za.size)
+    r = float(blocked_sum(za.size, products, block) / za.size)
 
     def residual(start: int, stop: int) -> np.ndarray:
         w = np.multiply(zb[start:stop], r, out=scratch[: stop - start])
         return np.subtract(za[start:stop], w, out=za[start:stop])
 
-    return r, float(_deviation(za, blocked_sum(za.size, residual) / za.size))
+    return r, float(_deviation(za, blocked_sum(za.size, residual, block) / za.size, block=block))
 
 
 def smooth(curve: np.ndarray, order: int) -> np.ndarray:
@@ -253,9 +256,10 @@ def tilt_noise(seed: int, tilt: int, shape: tuple[int, int]) -> np.ndarray:
     return np.random.default_rng([int(seed), int(tilt)]).standard_normal(shape, dtype=np.float32)
 
 
-def standardise(image: np.ndarray) -> np.ndarray:
-    """Image with mean 0 and std 1 (float64); a constant image becomes zeros."""
-    _, d, s = _centred(image)
+def standardise(image: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Image with mean 0 and std 1 (float64); a constant image becomes zeros. block: values per
+    pass step (:func:`faket._pairwise.block_for`; the same result for any)."""
+    _, d, s = _centred(image, block)
     if not s > 0:
         return np.zeros_like(d)
     d /= s
@@ -280,14 +284,15 @@ def _noisy(
     mean: float,
     std: float,
     work: np.ndarray | None = None,
+    block: int = BLOCK,
 ) -> np.ndarray:
     """:func:`noisy_tilt` of a standardised tilt ``z`` (float64) and its ``noise`` (each modality
     of a tilt shares both): the plain formulas' values bit for bit, in four passes over the
-    pixels, a cache-sized block at a time (:mod:`faket._pairwise`). work: a float64 array of
+    pixels, ``block`` values at a time (:mod:`faket._pairwise`). work: a float64 array of
     ``z.size`` to compute in (the modalities of a tilt share one), or None."""
     zf, nf = z.reshape(-1), np.asarray(noise).reshape(-1)
     n = zf.size
-    x, scratch = np.empty(n) if work is None else work, np.empty(min(n, BLOCK))
+    x, scratch = np.empty(n) if work is None else work, np.empty(min(n, block))
 
     def mix(start: int, stop: int) -> np.ndarray:  # z * r + noise * sigma
         w = scratch[: stop - start]
@@ -297,8 +302,8 @@ def _noisy(
         v += w
         return v
 
-    m = blocked_sum(n, mix) / n
-    s = _deviation(x, m)
+    m = blocked_sum(n, mix, block) / n
+    s = _deviation(x, m, block=block)
 
     def scale(start: int, stop: int) -> np.ndarray:  # the std first
         v = x[start:stop]
@@ -307,12 +312,12 @@ def _noisy(
             v *= std
         return v
 
-    m = blocked_sum(n, scale) / n
+    m = blocked_sum(n, scale, block) / n
     out = np.empty(n, np.float32)
-    for start in blocks(n):  # then the mean
-        w = np.subtract(x[start : start + BLOCK], m, out=scratch[: min(BLOCK, n - start)])
+    for start in blocks(n, block):  # then the mean
+        w = np.subtract(x[start : start + block], m, out=scratch[: min(block, n - start)])
         w += mean
-        out[start : start + BLOCK] = w
+        out[start : start + block] = w
     return out.reshape(z.shape)
 
 
@@ -347,13 +352,16 @@ def apply_tilt_modalities(
     content_sigma_factor: float = 0.25,
     baseline: dict[str, np.ndarray] | None = None,
     noise: np.ndarray | None = None,
+    threads: int = 1,
 ) -> dict[str, np.ndarray]:
     """Several modalities of one tilt (``{modality: float32 (H, W)}``), each what
     :func:`apply_tilt` gives: the noise draw, the standardised tilt and the noise in float64
-    are made once for all of them."""
+    are made once for all of them. threads: how many tilts are made at once (the same values,
+    in blocks sized for them: :func:`faket._pairwise.block_for`)."""
     if noise is None:
         noise = tilt_noise(seed, tilt, noiseless.shape)
-    z = standardise(noiseless)
+    block = block_for(threads)
+    z = standardise(noiseless, block)
     work = np.empty(z.size)
     out = {}
     for m in modalities:
@@ -367,6 +375,7 @@ def apply_tilt_modalities(
             curves["mean"][tilt],
             curves["std"][tilt],
             work,
+            block,
         )
     return out
 

@@ -150,7 +150,9 @@ def prepare_noise(
 
     def one(i: int) -> int:
         # one noise draw and one standardised tilt serve every modality
-        made = apply_tilt_modalities(noiseless(i), i, model, seed, todo[i], content_sigma, base)
+        made = apply_tilt_modalities(
+            noiseless(i), i, model, seed, todo[i], content_sigma, base, threads=min(workers, len(todo))
+        )
         for m, image in made.items():
             sink.put(m, i, image)
         return len(todo[i])

@@ -129,14 +129,15 @@ def test_bad_noise_inputs(tmp_path, pair):
         r_sigma_from_snr(0)
 
 
-@pytest.mark.parametrize("shape", [(3, 37, 41), (2, 512, 384)])
-def test_statistics_are_numpys_formulas_bit_for_bit(shape):
+@pytest.mark.parametrize("shape, workers", [((3, 37, 41), 2), ((2, 512, 384), 2), ((9, 1100, 1000), 16)])
+def test_statistics_are_numpys_formulas_bit_for_bit(shape, workers):
     """tilt_stats and standardise centre each tilt once (faket.noise._centred) and still give what
-    the plain numpy formulas give, bit for bit: the same sums in the same order."""
+    the plain numpy formulas give, bit for bit: the same sums in the same order, also in the
+    largest blocks (9 tilts on 16 threads: faket._pairwise.block_for)."""
     rng = np.random.default_rng(shape[1])
     ref = (rng.random(shape) * 100 + 3).astype(np.float32)
     clean = (ref * 0.5 + rng.normal(size=shape)).astype(np.float32)
-    st = tilt_stats(ref, clean, workers=2)
+    st = tilt_stats(ref, clean, workers=workers)
     for i in range(shape[0]):
         a, b = ref[i].astype(np.float64).ravel(), clean[i].astype(np.float64).ravel()
         za, zb = (a - a.mean()) / a.std(), (b - b.mean()) / b.std()
@@ -158,16 +159,19 @@ def _plain_noisy(clean, noise, r, sigma, mean, std):
     return (x - x.mean() + mean).astype(np.float32)
 
 
-def test_modalities_are_the_plain_formulas_bit_for_bit(pair):
+@pytest.mark.parametrize("threads", [1, 16])
+def test_modalities_are_the_plain_formulas_bit_for_bit(pair, threads):
     """apply_tilt_modalities (one draw and one standardised tilt for all modalities, in place where
-    it can) gives the plain formulas' values bit for bit, tilt after tilt of changing sizes."""
+    it can) gives the plain formulas' values bit for bit, tilt after tilt of changing sizes, in
+    the blocks for one thread and for 16 (faket._pairwise.block_for)."""
     noisy, clean = pair
     model = NoiseModel.estimate([(noisy, clean)], order=1)
     rng = np.random.default_rng(5)
-    for k, shape in enumerate([(64, 48), (96, 80), (32, 40), (300, 257)]):  # the last: many blocks
+    # the last two: many blocks of one thread's size, 3 of 16 threads' size
+    for k, shape in enumerate([(64, 48), (96, 80), (32, 40), (300, 257), (1100, 1000)]):
         tilt = k % model.n_tilts
         image = (rng.random(shape) * 50 - 7).astype(np.float32)
-        made = apply_tilt_modalities(image, tilt, model, 11, ["noisy", "content"], 0.25)
+        made = apply_tilt_modalities(image, tilt, model, 11, ["noisy", "content"], 0.25, threads=threads)
         noise = tilt_noise(11, tilt, shape)
         c = model.curves
         for m, factor in (("noisy", 1.0), ("content", 0.25)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faket._pairwise import BLOCK, blocked_sum, blocks
+from faket._pairwise import BLOCK, BLOCK_MAX, block_for, blocked_sum, blocks
 
 
 @pytest.mark.parametrize("n", [1, 7, 127, 128, 129, 1000, 8193, BLOCK, BLOCK + 1, 3 * BLOCK + 17, 1023 * 777])
@@ -33,3 +33,10 @@ def test_blocks_cover_the_range_once():
     assert list(blocks(10, 4)) == [0]              # at least numpy's 128-element leaf
     starts = list(blocks(3 * BLOCK + 5))
     assert starts == [0, BLOCK, 2 * BLOCK, 3 * BLOCK]
+
+
+def test_block_for_grows_with_the_threads_up_to_its_largest():
+    sizes = [block_for(t) for t in range(0, 40)]
+    assert sizes[0] == sizes[1] == BLOCK and sizes[2] == 2 * BLOCK and sizes[4] == 4 * BLOCK
+    assert sizes[9] == sizes[16] == sizes[39] == BLOCK_MAX
+    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
