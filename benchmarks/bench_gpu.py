@@ -15,7 +15,8 @@ On one CUDA device, published settings, random VGG-19 weights:
 - with ``--with experiments``: the published arithmetic (float32 Gram matmuls) against the unfused layers, cuDNN
   autotuning and the default (cuDNN's fused convolution + bias + ReLU, ``fuse_conv_relu``);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
-  NST in one process, at 1024^2 x 41 and 4096^2 x 11 tilts (``--engine``);
+  NST in one process, at 1024^2 x 41 tilts (``--engine``, e.g. also 4096x11);
+- a whole engine run, 61 x 4096^2, its stages and the tasks' phases (``--end-to-end``);
 - with FAKET_PUBLISHED=/path/to/published/checkout: the published command against
   ``faket stylize``, whole commands on the same 11 x 4096^2 series (``published.py``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
@@ -281,7 +282,8 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--sizes", default="", help="comma list of square sizes for the per-tilt part (e.g. 2048,4096)")
     ap.add_argument("--modes", default="", help="comma list of precision modes for the per-tilt part")
-    ap.add_argument("--engine", default="1024x41,4096x11", help="engine runs, SIZExTILTS comma list")
+    ap.add_argument("--engine", default="1024x41", help="engine runs against the loop, SIZExTILTS comma list "
+                    "(e.g. 1024x41,4096x11: 4096^2 is 40 s more; the end-to-end run is at 4096^2)")
     ap.add_argument("--end-to-end", default="4096x61", help="whole engine runs without the loop, SIZExTILTS list")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU: checks the script only")
     args = ap.parse_args()

@@ -99,6 +99,7 @@ def compare(checkout: Path, size: int, tilts: int, device: str, modes: tuple[str
              "--content_layers", "8", "--content_layers_weights", "100", "--model_weights", "pretrained"],
             checkout, pub_env,
         )
+        print(f"published command: {published:.1f} s", file=sys.stderr, flush=True)  # kept if cut off later
         reference = read_mrc(folder / "published.mrc").astype(np.float64)
         seconds, deviation = {}, {}
         for mode in ("auto", *(m for m in modes if m != "auto")):
