@@ -25,7 +25,7 @@ from . import stages
 from ._clock import StageClock
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import plan_actors
-from .ray_setup import LOOPBACK_ENV, init_ray
+from .ray_setup import LOOPBACK_ENV, init_ray, local_resources
 from .retry import RetryPolicy, run_tasks
 from .spec import RunSpec
 from .stages import RunFailed
@@ -160,12 +160,13 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     from faket.store_check import verify_store
     from faket.weights import resolve_weights
 
-    from .layout import check_resume, lay_out
+    from .layout import check_resume
 
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
-    checked, ready = None, frozenset[str]()
+    checked, ready, root, early_prep = None, frozenset[str](), None, None
     redoes_prepare = restart is not None and Stage.PREPARE in restart.and_later()
-    if spec.store.exists():  # refuse a changed spec before touching anything
+    resumed = spec.store.exists()
+    if resumed:  # refuse a changed spec before touching anything
         stored = open_store(spec.store, mode="r")
         check_resume(stored, spec, weights.identity, restart)
         if restart is None:  # nothing is reset below: read every done tilt back while Ray starts
@@ -176,22 +177,37 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
     early = stages.noise_model_beside_start(spec, address) if len(ready) < len(spec.tomograms) else None
+    if early is not None and not resumed:  # a fresh store: laid out now, its first tomogram
+        plan_actors(spec, actors, *local_resources())  # prepared while Ray starts, once the
+        root = _lay_out(spec, weights, restart)  # plan fits this machine (else one line, no store)
+        early_prep = stages.prepare_beside_start(spec, early)
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
     problems = checked.result() if checked is not None else None  # read before anything is written
-    resumed = spec.store.exists()
+    if root is None:
+        root = _lay_out(spec, weights, restart, say, problems if resumed else None, resumed)
+    if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
+        ready = stages.prepared(root, spec)
+    return weights, plan, root, early, ready, early_prep
+
+
+def _lay_out(spec: RunSpec, weights, restart: Stage | None, say=print, problems=None, resumed=False):
+    """The store opened (created where new), every array laid out, the spec and weights recorded;
+    a resumed store's damaged tilts (``problems``) redone. Returns its root group."""
+    from faket.store import open_store
+
+    from .layout import lay_out
+
     root = open_store(str(spec.store))
     lay_out(root, spec, weights.identity, restart)
     if resumed:
         _distrust_damaged(root, spec, say, problems)
-    if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
-        ready = stages.prepared(root, spec)
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
     )
-    return weights, plan, root, early, ready
+    return root
 
 
 def run(
@@ -215,7 +231,7 @@ def run(
     from faket.store import done_mask
 
     clock = StageClock()
-    weights, plan, root, early, ready = _start(spec, address, actors, restart, say)
+    weights, plan, root, early, ready, early_prep = _start(spec, address, actors, restart, say)
     clock.lap("start")
     policy = policy_of(spec)
     unchanged = restart is None and _all_done(root, spec, ready)
@@ -230,14 +246,20 @@ def run(
             else (None, {})
         )
         clock.lap("noise_model")
+        now_ready, beside_phases = stages.prepared_beside_start(early_prep, ready, say)
+        waited = clock.since()  # the rest of that prepare, after the noise model
         together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
         jobs = {"progress": progress, "say": say, "fleet": fleet}
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
-            spec, root, plan, weights, policy, model_json, jobs, ready
+            spec, root, plan, weights, policy, model_json, jobs, now_ready
         )
+        prep_phases = {
+            k: round(prep_phases.get(k, 0.0) + beside_phases.get(k, 0.0), 3)
+            for k in {**prep_phases, **beside_phases}
+        }
         stats, n_actors, nst_seconds, total, done_before = nst
         # pipelined: the prepare stage until the first tomogram's NST (the rest ran beside it)
-        clock.lap("prepare", clock.since() - nst_seconds if together else prep_seconds)
+        clock.lap("prepare", clock.since() - nst_seconds if together else waited + prep_seconds)
         clock.lap("actors_up", clock.since() - nst_seconds)  # pipelined: up during the prepare stage
     finally:
         if fleet is not None:  # stopped already unless the run ends early (a failed noise model)
@@ -265,9 +287,11 @@ def run(
         "nst_seconds": nst_seconds,
         # the NST began as the first tomogram was prepared, beside the others' prepare tasks
         "pipelined": together,
-        "prepare_seconds": round(prep_seconds, 3),  # the whole prepare stage's wall time
+        "prepare_seconds": round(waited + prep_seconds, 3),  # the whole prepare stage's wall time
         # the noise model was estimated in the driver while the local Ray started
         "noise_model_beside_start": bool(noise_phases) and early is not None and early.exception() is None,
+        # the first tomogram's prepare stage ran in the driver while the local Ray started
+        "prepared_beside_start": sorted(now_ready - ready),
         "prepared_before": sorted(ready),  # tomograms a resume found prepared: no task, no noise model
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
         **_stats_summary(stats),

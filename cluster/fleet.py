@@ -28,10 +28,14 @@ class ActorPlan:
     on_gpu: bool  # actors compute on CUDA (device != "cpu")
 
 
-def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
-    """How many actors with which resources; impossible requests end here, before any work."""
+def plan_actors(
+    spec: RunSpec, actors: int | None, n_gpus: int | None = None, total_cpus: float | None = None
+) -> ActorPlan:
+    """How many actors with which resources; impossible requests end here, before any work.
+    n_gpus, total_cpus: the cluster's (default: Ray's count), or a local Ray's before it starts."""
     res = spec.resources
-    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if n_gpus is None:
+        n_gpus = int(ray.cluster_resources().get("GPU", 0))
     # device = "cuda" makes GPU actors even with an actor count given (one GPU each by default)
     use_gpu = res.gpus_per_actor > 0 or res.device == "cuda" or (res.actors is None and n_gpus > 0)
     gpus = (res.gpus_per_actor or 1.0) if use_gpu else 0.0
@@ -53,7 +57,8 @@ def plan_actors(spec: RunSpec, actors: int | None) -> ActorPlan:
             f"spec {spec.path}: {count} GPU actors x {gpus:g} GPU need {count * gpus:g} GPUs but the "
             f"cluster has {n_gpus}: ask for at most {int(n_gpus / gpus)} actors (resources.actors, --actors)"
         )
-    total_cpus = ray.cluster_resources().get("CPU", 0)
+    if total_cpus is None:
+        total_cpus = ray.cluster_resources().get("CPU", 0)
     if res.cpus_per_actor > total_cpus:
         raise FaketInputError(
             f"spec {spec.path}: cpus_per_actor = {res.cpus_per_actor} but the cluster has {total_cpus:g} CPUs"

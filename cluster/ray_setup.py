@@ -43,6 +43,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     install_interrupt_handlers()
 
 
+def local_resources() -> tuple[int, float]:
+    """The GPUs and CPUs a local Ray started by :func:`init_ray` will have: to check a plan
+    against them before it starts."""
+    from ray._private.utils import get_num_cpus
+
+    return _visible_gpus() or 0, float(get_num_cpus())
+
+
 def _visible_gpus() -> int | None:
     """The CUDA devices torch sees, or None to leave the count to Ray.
 

@@ -50,6 +50,40 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
     return beside(lambda: estimate_noise_model(pairs, spec.noise_order, workers), "faket-noise-model")
 
 
+def prepare_beside_start(spec: RunSpec, early: Future) -> tuple[str, Future]:
+    """The first tomogram's prepare stage in a thread of the driver, once the noise model made
+    beside the start (``early``) is there, while a local Ray starts: in a fresh store, laid out
+    already, on all of this machine's CPUs. Returns the tomogram's name and the Future of its
+    :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's
+    Ray task tries again under the run's retry policy."""
+    from .tasks import prepare_tomogram
+
+    first = spec.tomograms[0]  # it holds its own noiseless and style stacks (layout.holders)
+    workers = len(os.sched_getaffinity(0))
+
+    def work() -> dict:
+        model = early.result()["model"]  # what the estimate raised, if it failed
+        return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers)
+
+    return first.name, beside(work, "faket-prepare")
+
+
+def prepared_beside_start(
+    early_prep: tuple[str, Future] | None, ready: frozenset[str], say
+) -> tuple[frozenset[str], dict[str, float]]:
+    """``ready`` with the tomogram :func:`prepare_beside_start` prepared, once it is (waits), and
+    its wall seconds per phase; ``ready`` alone where there was none or it failed."""
+    if early_prep is None:
+        return ready, {}
+    name, future = early_prep
+    err = future.exception()
+    if err is not None:
+        say(f"preparing {name} beside Ray's start failed ({type(err).__name__}: {err}); a task tries again")
+        return ready, {}
+    say(f"{name} prepared beside Ray's start")
+    return ready | {name}, future.result()["seconds"]
+
+
 def noise_model(
     spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0, early: Future | None = None
 ) -> tuple[dict, dict[str, float]]:

@@ -105,6 +105,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert [(tmp_path / "mrc" / n / "style.mrc").exists() for n in ("tomo_000", "tomo_001")] == [True, False]
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
+    assert summary["prepared_beside_start"] == ["tomo_000"]   # and the first tomogram prepared then
     open_store(spec.store)["tomo_000"].attrs["sources"] = {}   # from the spec: refreshed below
     exported = tmp_path / "mrc" / "tomo_000" / "faket.mrc"
     stamp = exported.stat().st_mtime_ns
@@ -121,7 +122,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert not summary["export_kept"] and again["export_kept"] and exported.stat().st_mtime_ns == stamp
     assert sorted(again["exported"]) == sorted(summary["exported"])
     # every tomogram prepared already: no prepare task and no noise model
-    assert again["prepared_before"] == ["tomo_000", "tomo_001"]
+    assert again["prepared_before"] == ["tomo_000", "tomo_001"] and again["prepared_beside_start"] == []
     assert again["phase_seconds"] == {"noise_model": {}, "prepare": {}}
     assert open_store(spec.store, mode="r")["tomo_000"].attrs["sources"]["style"].endswith(".mrc")
     # A deleted and a truncated tilt, their done flags still set: the resume finds and redoes them
@@ -500,6 +501,34 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_fresh_local_run_refuses_a_plan_this_machine_cannot_meet_before_any_work(inputs, tmp_path, local_ray):
+    """A fresh store is laid out, and its first tomogram prepared, while a local Ray starts: an
+    actor plan this machine cannot meet ends the run first, in one line, with no store and no Ray."""
+    assert not ray.is_initialized()
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "actors = 2\ncpus_per_actor = 4096\n"}))
+    with pytest.raises(FaketInputError, match=r"cpus_per_actor = 4096\.0 but the cluster has \d+ CPUs") as err:
+        run(spec, say=lambda m: None)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run.zarr").exists() and not ray.is_initialized()
+
+
+def test_a_failed_prepare_beside_the_start_leaves_the_tomogram_to_its_task():
+    from concurrent.futures import Future
+
+    from faket_cluster.stages import prepared_beside_start
+
+    failed: Future = Future()
+    failed.set_exception(OSError("disk full"))
+    said: list[str] = []
+    assert prepared_beside_start(("tomo_000", failed), frozenset({"x"}), said.append) == (frozenset({"x"}), {})
+    assert said == ["preparing tomo_000 beside Ray's start failed (OSError: disk full); a task tries again"]
+    done: Future = Future()
+    done.set_result({"name": "tomo_000", "n": 7, "seconds": {"noise": 0.5}})
+    assert prepared_beside_start(("tomo_000", done), frozenset(), said.append) == (
+        frozenset({"tomo_000"}), {"noise": 0.5})
+    assert prepared_beside_start(None, frozenset({"x"}), said.append) == (frozenset({"x"}), {})
 
 
 def test_more_gpu_actors_than_gpus_is_refused_before_any_work(inputs, tmp_path, local_ray):
