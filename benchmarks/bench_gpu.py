@@ -270,6 +270,7 @@ def markdown(result: dict) -> str:
                       "|---|---|---|---|---|"]
             lines += [f"| {m} | {r['seconds_by_mode'][m]:.1f} | {d['max']:.3g} | {d['mean']:.3g} | {d['p999']:.3g} |"
                       for m, d in r["deviation_by_mode"].items()]
+    lines += ["", f"The whole benchmark: {result['seconds']:.0f} s."] if "seconds" in result else []
     lines += ["", f"Errors: {result['errors']}" if result["errors"] else ""]
     return "\n".join(lines) + "\n"
 
@@ -296,6 +297,7 @@ def main() -> None:
         SIZES[:] = [(int(n.partition("x")[0]), int(n.partition("x")[2] or n)) for n in args.sizes.split(",")]
     if args.modes:
         MODES[:] = args.modes.split(",")
+    began = time.perf_counter()
     result: dict = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": {}}
     parts = [("per_tilt", lambda: per_tilt(SIZES[:2] if args.quick else SIZES, device)),
              ("engine", lambda: engine_vs_in_process(
@@ -320,6 +322,7 @@ def main() -> None:
         except Exception as e:  # a part that fails is recorded; the others still run
             result["errors"][key] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
+        result["seconds"] = round(time.perf_counter() - began, 1)  # the whole benchmark so far (target: 360)
         out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         if device == "cuda":  # what a part's tensors held goes back: the published command and the
             gc.collect()      # engine's actor are other processes on the same GPU
