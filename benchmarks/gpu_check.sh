@@ -52,8 +52,9 @@ if [ -n "${NOISE_ARGS:-}" ]; then
     echo "noise rc=$?" >> "$OUT/bench.log"
 fi
 # -k: the copick test installs copick with pip, and the GPU machine has no network
-PYTEST=(python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}" --durations=10
-        -k "not copick")
+# worksteal: an idle worker takes queued tests from a busy one (the Ray tests are the long tail)
+PYTEST=(python3 -m pytest -v -rfEs --tb=short -p no:cacheprovider -p no:benchmark -n "${WORKERS:-8}"
+        --dist worksteal --durations=10 -k "not copick")
 IGNORE=()
 if [ -n "${FIRST:-}" ]; then  # these test files first (e.g. the ones a change touches), then the rest
     # shellcheck disable=SC2086
