@@ -193,9 +193,9 @@ def prepare_stage(
             gate(t.name)
     by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
     if not by_name:
-        say(f"all {len(ready)} tomogram(s) in {store} prepared already")
+        say(f"all {len(ready)} tomogram(s) in {store} are prepared")
         return {}, {}
-    before = f", {len(ready)} prepared already" if ready else ""
+    before = f", {len(ready)} prepared" if ready else ""
     say(f"preparing {len(by_name)} tomogram(s) in {store}{before}")
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
     # a tomogram whose noiseless stack another one holds makes its noise from that copy: after it

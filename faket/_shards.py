@@ -45,6 +45,12 @@ def _threads() -> ThreadPoolExecutor:
         return _pool
 
 
+def _each(work: Callable[[int], T], n: int) -> list[T]:
+    """``work(k)`` for k in ``range(n)``: on the shard threads, or here for one chunk (a tilt of
+    1024^2 or less), which spares the hand-over to a thread and back (each takes Python's lock)."""
+    return [work(0)] if n == 1 else list(_threads().map(work, range(n)))
+
+
 def per_array(find: Callable[[Any], T]) -> Callable[[Any], T]:
     """``find(arr)`` of a zarr array, worked out once per array: kept by its metadata object
     (zarr's metadata is immutable; a reopened array gets a new one) and its path."""
@@ -236,7 +242,7 @@ def _decode_shard(fd: int, out: np.ndarray, cy: int, cx: int) -> bool:
             region[...] = tile[:rows, :cols]
         return True
 
-    return all(_threads().map(decode, range(len(entries))))
+    return all(_each(decode, len(entries)))
 
 
 def _scratch(name: str, n: int, dtype: Any) -> np.ndarray:
@@ -274,7 +280,7 @@ def write_tilt_data(arr, index: int, image: np.ndarray) -> None:
         blob = _BLOSC.encode(part)
         return blob, _checksum(blob).to_bytes(_CRC, "little")
 
-    parts = list(_threads().map(encode, range(grid[0] * grid[1])))
+    parts = _each(encode, grid[0] * grid[1])
     sizes = np.array([len(b) + _CRC for b, _ in parts], np.uint64)
     offsets = np.cumsum(sizes) - sizes
     index_bytes = np.stack([offsets, sizes], axis=1).astype("<u8").tobytes()
