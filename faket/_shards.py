@@ -14,10 +14,10 @@ half a tilt; zarr reads them back bit for bit (tested).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -75,7 +75,7 @@ def per_array(find: Callable[[Any], T]) -> Callable[[Any], T]:
 
 
 @per_array
-def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
+def _layout(arr: Any) -> tuple[str, tuple[int, int]] | None:
     """The array's folder and chunk (rows, cols) when it has the tilt layout this reader knows."""
     try:
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
@@ -103,7 +103,8 @@ def _layout(arr: Any) -> tuple[Path, tuple[int, int]] | None:
             and sharding.chunk_shape[0] == 1
         ):
             return None
-        return Path(arr.store.root) / arr.path, (int(sharding.chunk_shape[1]), int(sharding.chunk_shape[2]))
+        folder = os.path.join(str(arr.store.root), arr.path)  # strings: pathlib costs Python's lock
+        return folder, (int(sharding.chunk_shape[1]), int(sharding.chunk_shape[2]))
     except Exception:  # an attribute this zarr version names otherwise: the slow path
         return None
 
@@ -153,12 +154,12 @@ def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
-def _shard_path(folder: Path, index: int) -> Path:
+def _shard_path(folder: str, index: int) -> str:
     """The file of tilt ``index``'s shard in a tilt stack's folder."""
-    return folder / "c" / str(int(index)) / "0" / "0"
+    return f"{folder}/c/{int(index)}/0/0"
 
 
-def _open_shard(arr: Any, index: int) -> tuple[tuple[Path, tuple[int, int]] | None, int | None]:
+def _open_shard(arr: Any, index: int) -> tuple[tuple[str, tuple[int, int]] | None, int | None]:
     """(the array's tilt layout or None, an open file descriptor of tilt ``index``'s shard, or
     None where the layout is another or the shard was never written: zarr's fill value)."""
     layout = _layout(arr)
@@ -326,13 +327,20 @@ def _with_crc(data: bytes) -> bytes:
     return data + _checksum(data).to_bytes(_CRC, "little")
 
 
-def _write_atomic(path: Path, parts: list[bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+def _write_atomic(path: str, parts: list[bytes]) -> None:
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        f = open(tmp, "wb")
+    except FileNotFoundError:  # the first file of its folder
+        os.makedirs(head, exist_ok=True)
+        f = open(tmp, "wb")
+    try:
+        with f:
             for part in parts:
                 f.write(part)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -93,6 +93,26 @@ def test_written_tilts_read_back_by_zarr_bit_for_bit_and_leave_no_temporary_file
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_a_write_that_fails_keeps_the_tilt_written_before_and_no_temporary_file(group, tmp_path, monkeypatch):
+    import os
+
+    from faket._shards import write_tilt_data
+
+    arr = create_stack(group, "faket", (2, 40, 56))
+    before = np.full((40, 56), 2.5, np.float32)
+    write_tilt_data(arr, 1, before)
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OSError, match="No space"):
+        write_tilt_data(arr, 1, np.zeros((40, 56), np.float32))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(arr[1]), before)
+    assert not [p for p in (tmp_path / "run.zarr").rglob("*") if p.name.endswith(".tmp")]
+
+
 def test_write_tilt_uses_zarr_for_another_layout(group):
     from faket._shards import write_tilt_data
 
