@@ -187,23 +187,23 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
     problems = checked.result() if checked is not None else None  # read before anything is written
     if root is None:
-        root = _lay_out(spec, weights, restart, say, problems if resumed else None, resumed)
+        root = _lay_out(spec, weights, restart)
+    if resumed:
+        _distrust_damaged(root, spec, say, problems)
     if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
         ready = stages.prepared(root, spec)
     return weights, plan, root, early, ready, early_prep
 
 
-def _lay_out(spec: RunSpec, weights, restart: Stage | None, say=print, problems=None, resumed=False):
-    """The store opened (created where new), every array laid out, the spec and weights recorded;
-    a resumed store's damaged tilts (``problems``) redone. Returns its root group."""
+def _lay_out(spec: RunSpec, weights, restart: Stage | None):
+    """The store opened (created where new), every array laid out, the spec and weights
+    recorded. Returns its root group."""
     from faket.store import open_store
 
     from .layout import lay_out
 
     root = open_store(str(spec.store))
     lay_out(root, spec, weights.identity, restart)
-    if resumed:
-        _distrust_damaged(root, spec, say, problems)
     root.attrs.update(
         {"spec": spec.raw, "spec_path": str(Path(spec.path).resolve()), "weights": weights.identity}
     )
