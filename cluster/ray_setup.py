@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import ray
 
@@ -27,20 +29,50 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
         ray_constants.ENABLE_RAY_CLUSTER = False
         # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus if num_gpus is not None else _visible_gpus(),
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=256 * 2**20,
-            _node_ip_address="127.0.0.1",
-        )
+        with _no_api_server():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus if num_gpus is not None else _visible_gpus(),
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=256 * 2**20,
+                _node_ip_address="127.0.0.1",
+            )
     # ray.init makes SIGTERM exit quietly (sys.exit(15)): give it back to the console's handler,
     # so that the driver prints how far the run got and exits 143
     from faket.console import install_interrupt_handlers
 
     install_interrupt_handlers()
+
+
+@contextmanager
+def _no_api_server() -> Iterator[None]:
+    """A local start without the dashboard's API server process.
+
+    ``ray.init(include_dashboard=False)`` still starts that process and waits
+    for it before it starts the raylet: 1.4-2.7 s of the 5-7 s a local start
+    took on a 2-core VM. Without the dashboard it serves only usage
+    statistics, so it is left out while those are off (the default here).
+    Any other call, or a Ray whose internals differ, goes to Ray as it is.
+    """
+    from ray._private import services
+
+    original = getattr(services, "start_api_server", None)
+    if original is None or os.environ.get("RAY_USAGE_STATS_ENABLED") != "0":
+        yield
+        return
+
+    def start_api_server(include_dashboard, *args, **kwargs):
+        if include_dashboard is False:
+            return None, None  # no URL, no process: what Ray records when none started
+        return original(include_dashboard, *args, **kwargs)
+
+    services.start_api_server = start_api_server
+    try:
+        yield
+    finally:
+        services.start_api_server = original
 
 
 def local_resources() -> tuple[int, float]:

@@ -291,6 +291,17 @@ def _tree(pid: int) -> list[int]:
     return tree
 
 
+def _commands(pids: list[int]) -> list[str]:
+    """The command lines of these processes (those still running)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 def _listening(pids: list[int]) -> list[tuple[str, int, bool]]:
     """The addresses (ip, port, is loopback) on which these processes listen (TCP) or are bound (UDP)."""
     import ipaddress
@@ -326,7 +337,8 @@ def test_driver_stopped_then_rerun_finishes_the_rest(inputs, tmp_path, test_weig
     """The driver killed (SIGKILL), terminated or interrupted mid-run; a rerun finishes the rest.
     SIGTERM and Ctrl-C end the run cleanly: one line saying how far it got, exit 143 / 130,
     and the local Ray it started ends with it. While it runs, every socket it and its
-    Ray opened is on loopback."""
+    Ray opened is on loopback, and that Ray runs no dashboard API server (the local start
+    leaves it out: ray_setup._no_api_server)."""
     spec_path = _spec_copy(inputs, tmp_path, **{"actors = 2": "actors = 1",
                                                  'export = "': '# export = "'})
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -343,6 +355,7 @@ def test_driver_stopped_then_rerun_finishes_the_rest(inputs, tmp_path, test_weig
             done = _done(store)
             time.sleep(0.2)
         tree, sockets = _tree(proc.pid), _listening(_tree(proc.pid))
+        commands = _commands(tree)
         os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=120)
         gone = time.time() + 30
@@ -355,6 +368,8 @@ def test_driver_stopped_then_rerun_finishes_the_rest(inputs, tmp_path, test_weig
         proc.wait()
     assert 2 <= done < 14, done
     assert sockets and all(loopback for _, _, loopback in sockets), sockets
+    assert any("raylet" in c for c in commands), commands
+    assert not any("dashboard/dashboard.py" in c for c in commands), commands
     if sig != signal.SIGKILL:
         lines = err.strip().splitlines()
         assert proc.returncode == 128 + sig, err
