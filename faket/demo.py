@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import FaketInputError
-from .io import MrcWriter, angles_range, provenance, write_mrc, write_provenance, write_tlt
+from .io import MrcWriter, angles_range, write_mrc, write_tlt
+from .provenance import provenance, write_provenance
 from .settings import NSTSettings, PhantomSettings, ReconstructionSettings
 
 MODALITY_ORDER = ("noiseless", "noisy", "baseline", "faket", "reference")

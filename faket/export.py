@@ -34,7 +34,7 @@ class Export:
     def add(self, out: Path, what: dict) -> Path:
         """Record a written file and write ``<out>.json`` beside it: where it came from and how
         the store made it."""
-        from .io import provenance, write_provenance
+        from .provenance import provenance, write_provenance
 
         root = self.root
         g = root[what["tomogram"]] if "tomogram" in what else None

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from .errors import FaketInputError
-from .io import atomic_path, cached_sha256
+from .io import atomic_path
+from .provenance import cached_sha256
 from .vgg import CONV_CHANNELS, CONV_INDICES, validate_state_dict
 
 IMAGENET_FILENAME = "vgg19-dcbb9e9d.pth"

@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from faket.errors import FaketInputError
-from faket.io import (MrcWriter, angles_range, check_output_path, open_mrc, provenance,
-                      read_mrc, read_tlt, write_mrc, write_provenance, write_tlt)
+from faket.io import (
+    MrcWriter,
+    angles_range,
+    check_output_path,
+    open_mrc,
+    read_mrc,
+    read_tlt,
+    write_mrc,
+    write_tlt,
+)
+from faket.provenance import provenance, write_provenance
 
 
 def test_mrc_roundtrip_header_and_lazy_read(tmp_path):

@@ -91,8 +91,9 @@ def phantom(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """A labelled synthetic specimen and a physics-lite reference tilt-series of it."""
-    from ..io import angles_range, check_output_path, provenance, write_mrc, write_provenance, write_tlt
+    from ..io import angles_range, check_output_path, write_mrc, write_tlt
     from ..phantom import make_phantom, reference_tilt_series, write_particles_csv
+    from ..provenance import provenance, write_provenance
 
     for name in PHANTOM_FILES:
         check_output_path(out_dir / name, overwrite=overwrite)
@@ -139,8 +140,9 @@ def project(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """Noiseless projections (content) of a volume, tilt axis Y."""
-    from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
+    from ..io import check_output_path, open_mrc, read_tlt, write_mrc
     from ..projection import project as run_projection
+    from ..provenance import provenance, write_provenance
     from ..reconstruction import check_angle_spread
 
     st = _settings(ProjectionSettings, dose=dose, detector_width=detector_width)
@@ -176,8 +178,9 @@ def noise_estimate(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """Per-tilt r, sigma, mean, std from (reference, noiseless) pairs."""
-    from ..io import check_output_path, open_mrc, provenance
+    from ..io import check_output_path, open_mrc
     from ..noise import NoiseModel
+    from ..provenance import provenance
 
     _settings(NoiseSettings, order=order)
     if len(reference) != len(noiseless):
@@ -263,9 +266,10 @@ def noise_apply(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """NOISY, CONTENT (sigma x 0.25) and BASELINE (order 0) tilt-series."""
-    from ..io import MrcWriter, check_output_path, open_mrc, provenance, write_provenance
+    from ..io import MrcWriter, check_output_path, open_mrc
     from ..noise import MODALITIES
     from ..pipeline import WriterSink, prepare_noise
+    from ..provenance import provenance, write_provenance
 
     _settings(NoiseSettings, order=order, content_sigma_factor=content_sigma)
     _settings(GivenNoise, r=r, sigma=sigma, snr=snr)
@@ -323,7 +327,7 @@ def weights_fetch(
 @weights_app.command("check")
 def weights_check(path: Path = typer.Argument(..., help="A VGG-19 state dict file.")) -> None:
     """Load a weights file safely and check keys, shapes and dtypes."""
-    from ..io import sha256_of
+    from ..provenance import sha256_of
     from ..weights import load_weights_file
 
     sd = load_weights_file(path)

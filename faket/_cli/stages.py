@@ -102,8 +102,9 @@ def stylize(
     _switch(reproducible)
     import numpy as np
 
-    from ..io import MrcWriter, check_output_path, open_mrc, provenance, write_provenance
+    from ..io import MrcWriter, check_output_path, open_mrc
     from ..nst import StyleTransfer, check_stacks, iter_stylize, validate_settings
+    from ..provenance import provenance, write_provenance
     from ..weights import resolve_weights
 
     st = _settings(
@@ -223,7 +224,8 @@ def reconstruct(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """Weighted back-projection into a float32 volume."""
-    from ..io import check_output_path, open_mrc, provenance, read_tlt, write_mrc, write_provenance
+    from ..io import check_output_path, open_mrc, read_tlt, write_mrc
+    from ..provenance import provenance, write_provenance
     from ..reconstruction import check_angle_spread, output_shape
     from ..reconstruction import reconstruct as run_reconstruction
 
