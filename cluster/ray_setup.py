@@ -63,10 +63,10 @@ def _no_api_server() -> Iterator[None]:
         yield
         return
 
-    def start_api_server(include_dashboard, *args, **kwargs):
-        if include_dashboard is False:
+    def start_api_server(*args, **kwargs):
+        if kwargs.get("include_dashboard", args[0] if args else None) is False:
             return None, None  # no URL, no process: what Ray records when none started
-        return original(include_dashboard, *args, **kwargs)
+        return original(*args, **kwargs)
 
     services.start_api_server = start_api_server
     try:
