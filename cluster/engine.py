@@ -150,11 +150,16 @@ def _distrust_damaged(root, spec: RunSpec, say, problems: list | None = None) ->
         clear_problems(root, problems)
 
 
-def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say) -> tuple:
+def _start(
+    spec: RunSpec, address: str | None, actors: int | None, restart: Stage | None, say, clock: StageClock
+) -> tuple:
     """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet
     but what runs while a local Ray starts, once the spec is accepted: the noise model
     (:func:`stages.noise_model_beside_start`) and a resume's read-back. Returns (weights,
-    actor plan, store root, the noise model's Future or None, the tomograms prepared already)."""
+    actor plan, store root, the noise model's Future or None, the tomograms prepared already).
+    clock: laps ``weights`` (and the resume check), ``layout`` (a fresh store's, and the work
+    set going beside the start), ``ray`` (Ray started or joined, the actor plan) and ``store``
+    (what is left of the store's layout or a resume's check)."""
     from faket._threads import beside
     from faket.store import open_store
     from faket.store_check import verify_store
@@ -176,15 +181,18 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
             ready = stages.prepared(stored, spec)
     if not weights.is_imagenet:
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
+    clock.lap("weights")
     early = stages.noise_model_beside_start(spec, address) if len(ready) < len(spec.tomograms) else None
     if early is not None and not resumed:  # a fresh store: laid out now, its first tomogram
         plan_actors(spec, actors, *local_resources())  # prepared while Ray starts, once the
         root = _lay_out(spec, weights, restart)  # plan fits this machine (else one line, no store)
         early_prep = stages.prepare_beside_start(spec, early)
+    clock.lap("layout")
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
+    clock.lap("ray")
     problems = checked.result() if checked is not None else None  # read before anything is written
     if root is None:
         root = _lay_out(spec, weights, restart)
@@ -192,6 +200,7 @@ def _start(spec: RunSpec, address: str | None, actors: int | None, restart: Stag
         _distrust_damaged(root, spec, say, problems)
     if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
         ready = stages.prepared(root, spec)
+    clock.lap("store")
     return weights, plan, root, early, ready, early_prep
 
 
@@ -230,8 +239,8 @@ def run(
     """
     from faket.store import done_mask
 
-    clock = StageClock()
-    weights, plan, root, early, ready, early_prep = _start(spec, address, actors, restart, say)
+    clock, inside_start = StageClock(), StageClock()
+    weights, plan, root, early, ready, early_prep = _start(spec, address, actors, restart, say, inside_start)
     clock.lap("start")
     policy = policy_of(spec)
     unchanged = restart is None and _all_done(root, spec, ready)
@@ -297,8 +306,8 @@ def run(
         **_stats_summary(stats),
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
-        # inside the noise estimate and the prepare tasks (summed over tomograms)
-        "phase_seconds": {"noise_model": noise_phases, "prepare": prep_phases},
+        # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
+        "phase_seconds": {"start": inside_start.laps, "noise_model": noise_phases, "prepare": prep_phases},
         "reconstructions": recs,
         "exported": exported,
         "export_kept": kept,  # the MRC files were current already: not written again
