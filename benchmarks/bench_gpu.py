@@ -196,7 +196,8 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
         print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
               f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())}; inside: "
-              f"{', '.join(f'{k} {v:.1f}' for p in row.get('phase_seconds', {}).values() for k, v in p.items())})",
+              f"{', '.join(f'{k} {v:.1f}' for p in row.get('phase_seconds', {}).values() for k, v in p.items())}; "
+              f"actors' start: {'; '.join(', '.join(f'{k} {v:.1f}' for k, v in w.items() if k != 'pid') for w in row.get('actor_warm_up_seconds') or [])})",
               flush=True)
     return rows
 

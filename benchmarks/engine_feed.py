@@ -167,6 +167,7 @@ def main() -> None:
             "noise_model_beside_start": summary["noise_model_beside_start"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
+            "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
         }
         if args.kernel_seconds and not args.real_nst:
             result["kernel"] = args.kernel

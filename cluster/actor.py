@@ -48,6 +48,9 @@ class NSTWorker:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
+        from ._clock import StageClock
+
+        self._warm_clock: StageClock | None = StageClock()  # until the first task reports it
         import torch
 
         from faket.reproducible import PIN_THREADS, compute_record, requested
@@ -79,6 +82,7 @@ class NSTWorker:
         self._readers = ThreadPoolExecutor(3, thread_name_prefix="faket-read")
         self._buffers = Buffers()
         self._writing: collections.deque = collections.deque()  # write futures of recent tasks
+        self._warm_clock.lap("init")  # torch imported, the actor set up
 
     def _root(self, store: str):
         """The run store, its groups and arrays looked up once for all tasks (see CachedGroup)."""
@@ -123,13 +127,18 @@ class NSTWorker:
         happen here, before the first task (the driver times the NST stage from here)."""
         from faket import nst, store  # noqa: F401  (imported here, not in the first task)
 
+        clock = self._warm_clock
+        lap = clock.lap if clock is not None else (lambda name: None)
         store.warm_up()
+        lap("imports")
         if os.environ.get(KERNEL_ENV):
             return self.pid
         transfer = self._model(weights)
+        lap("model")
         if self.device == "cuda":
             tile = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
             transfer.stylize_batch(tile, [tile], tile)
+            lap("first_nst")
         return self.pid
 
     @ray.method(concurrency_group="io")
@@ -288,6 +297,9 @@ class NSTWorker:
             "input_read_seconds": read,
             "prefetched": waited < read,
         }
+        if self._warm_clock is not None:  # the first task: where the actor's start went
+            out["warm_up_seconds"] = {"pid": self.pid, **self._warm_clock.laps}
+            self._warm_clock = None
         writes: dict[str, list] = {}
 
         for name in names:

@@ -327,6 +327,9 @@ def _stats_summary(stats) -> dict:
         "input_wait_seconds": stats.input_wait,
         "input_read_seconds": stats.input_read,
         "compute_seconds": stats.compute,
+        # per actor (pid): its set-up ("init": torch imported), the warm-up's imports, VGG-19
+        # loaded ("model") and on a GPU one small NST ("first_nst"), as its first task reported
+        "actor_warm_up_seconds": stats.warm_ups,
         "nst_tasks": stats.tasks,
         "prefetched_tasks": stats.prefetched,
         "workers": sorted({m["pid"] for m in meta}),

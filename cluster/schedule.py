@@ -38,6 +38,7 @@ class NSTStats:
     compute: float = 0.0
     prefetched: int = 0
     tasks: int = 0
+    warm_ups: list[dict] = field(default_factory=list)  # each actor's start, its first task says
     failures: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = field(default_factory=dict)
 
     def add(self, out: dict) -> None:
@@ -48,6 +49,8 @@ class NSTStats:
         self.compute += out.get("compute_seconds", 0.0)
         self.prefetched += bool(out.get("prefetched"))
         self.tasks += 1
+        if "warm_up_seconds" in out:
+            self.warm_ups.append(out["warm_up_seconds"])
 
 
 #: A task's tilt images (tilts x tomograms) at least, when the run is big enough: each task costs

@@ -90,6 +90,9 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert min(stages.values()) >= 0 and sum(stages.values()) <= summary["seconds"] + 0.01
     assert stages["stylize"] == pytest.approx(summary["nst_seconds"], abs=1e-3)
     phases = summary["phase_seconds"]              # inside the tasks: where the stages went
+    warm = summary["actor_warm_up_seconds"]  # each actor's start, as its first task reported it
+    assert 1 <= len(warm) <= 2 and len({w["pid"] for w in warm}) == len(warm)
+    assert all(list(w) == ["pid", "init", "imports", "model"] and w["init"] > 0 for w in warm), warm
     assert list(phases["start"]) == ["weights", "layout", "ray", "store"]
     assert sum(phases["start"].values()) == pytest.approx(stages["start"], abs=0.01)
     assert list(phases["noise_model"]) == ["open", "statistics"]
