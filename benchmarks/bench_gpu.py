@@ -193,13 +193,18 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
         rows.append(row)
         against = (f"against {row['in_process_tilts_per_second']:.2f} in process ({row['engine_over_in_process']:.0%}); "
                    f"actor NST {row['actor_nst_over_in_process']:.2f}x the loop's time; " if loop else "")
+        inside = list(row.get("phase_seconds", {}).values())
+        warm = [{k: v for k, v in w.items() if k != "pid"} for w in row.get("actor_warm_up_seconds") or []]
         print(f"engine {tilts} x {size}^2: {row['tilts_per_second']:.2f} tilts/s {against}"
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
-              f"({', '.join(f'{k} {v:.1f}' for k, v in row.get('stage_seconds', {}).items())}; inside: "
-              f"{', '.join(f'{k} {v:.1f}' for p in row.get('phase_seconds', {}).values() for k, v in p.items())}; "
-              f"actors' start: {'; '.join(', '.join(f'{k} {v:.1f}' for k, v in w.items() if k != 'pid') for w in row.get('actor_warm_up_seconds') or [])})",
-              flush=True)
+              f"({_seconds([row.get('stage_seconds', {})])}; inside: {_seconds(inside)}; "
+              f"actors' start: {'; '.join(_seconds([w]) for w in warm)})", flush=True)
     return rows
+
+
+def _seconds(parts: list[dict]) -> str:
+    """``name seconds`` pairs of several dicts, one line."""
+    return ", ".join(f"{k} {v:.1f}" for p in parts for k, v in p.items())
 
 
 def published_vs_faket(device: str, size: int, tilts: int) -> list[dict] | None:
