@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import time
 from pathlib import Path
@@ -117,6 +118,46 @@ def machine_info(device: str) -> dict:
     except OSError:
         pass
     return info
+
+
+#: Ray's start, read from its session's logs: (event, log file pattern, text on the line or "").
+RAY_START_EVENTS = (
+    ("gcs", "gcs_server.out", ""),
+    ("raylet", "raylet.out", ""),
+    ("runtime_env_agent", "runtime_env_agent.log", ""),
+    ("dashboard_agent", "dashboard_agent.log", ""),
+    ("raylet_registered", "raylet.out", "Raylet of id"),
+    ("driver", "python-core-driver-*.log", ""),
+    ("first_worker", "python-core-worker-*.log", ""),
+)
+_LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def ray_start_timeline(session_dir: str | Path, since: float) -> dict[str, float]:
+    """When each of Ray's processes first logged (``RAY_START_EVENTS``), in seconds after
+    ``since`` (a ``time.time()``: when the driver asked Ray to start); events not found are left
+    out. Where a pattern matches several files (workers), the earliest."""
+    logs = Path(session_dir) / "logs"
+    found: dict[str, float] = {}
+    for event, pattern, text in RAY_START_EVENTS:
+        times = [t for f in logs.glob(pattern) if (t := _first_logged(f, text)) is not None]
+        if times:
+            found[event] = round(min(times) - since, 3)
+    return found
+
+
+def _first_logged(path: Path, text: str) -> float | None:
+    """The local time (epoch seconds) of the first line of a Ray log holding ``text``."""
+    try:
+        with path.open(errors="replace") as f:
+            for line in f:
+                m = _LOG_TIME.match(line)
+                if m and text in line:
+                    whole = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+                    return whole + int(m.group(2)) / 1000
+    except OSError:
+        return None
+    return None
 
 
 def refuse(script: str, why: str) -> None:

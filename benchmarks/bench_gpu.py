@@ -199,6 +199,8 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
               f"({_seconds([row.get('stage_seconds', {})])}; inside: {_seconds(inside)}; "
               f"actors' start: {'; '.join(_seconds([w]) for w in warm)})", flush=True)
+        print(f"  Ray's processes first logged, seconds after the driver asked: "
+              f"{_seconds([row.get('ray_start_timeline') or {}])}", flush=True)
     return rows
 
 

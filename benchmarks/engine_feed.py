@@ -141,7 +141,7 @@ def main() -> None:
         os.environ["FAKET_ENGINE_KERNEL"] = kernel  # the local Ray's workers inherit it
     import ray
     import torch
-    from bench_core import emit, machine_info
+    from bench_core import emit, machine_info, ray_start_timeline
 
     from faket.nst import StyleTransfer, stylize_stack
     from faket.store import open_store
@@ -151,7 +151,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device)
+        began = time.time()
         summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
+        # when Ray's processes came up, after the driver asked for them (a local Ray only)
+        inside = summary["phase_seconds"]["start"]
+        asked = began + inside.get("weights", 0.0) + inside.get("layout", 0.0)
+        node = ray._private.worker._global_node  # None where the run joined a running cluster
+        timeline = ray_start_timeline(node.get_session_dir_path(), asked) if node is not None else {}
         ray.shutdown()
         result = {
             "size": args.size,
@@ -168,6 +174,7 @@ def main() -> None:
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
+            "ray_start_timeline": timeline,
         }
         if args.kernel_seconds and not args.real_nst:
             result["kernel"] = args.kernel

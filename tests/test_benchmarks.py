@@ -56,6 +56,8 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     result = json.loads(out.read_text())
     assert result["tilts"] == 4 and result["tilts_per_second"] > 0
     assert set(result["stage_seconds"]) >= {"prepare", "stylize"}
+    ray_start = result["ray_start_timeline"]  # the local Ray's processes, from its session's logs
+    assert -0.01 <= ray_start["gcs"] < ray_start["raylet_registered"] <= ray_start["driver"], ray_start
     if kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
         assert result["kernel"] == "launch" and 0 < result["kernel_busy"] <= 1
         assert result["kernel_ops"] > 0 and result["actor_kernel_over_in_process"] > 0
@@ -220,3 +222,29 @@ def test_engine_pipeline_spec_has_the_tomograms_and_no_actor_count(tmp_path):
     spec = load_spec(path)
     assert [t.name for t in spec.tomograms] == ["feed_000", "feed_001", "feed_002"]
     assert [t.seed for t in spec.tomograms] == [0, 1, 2] and spec.resources.actors is None
+
+
+def test_ray_start_timeline_reads_each_process_first_line(tmp_path):
+    """bench_core.ray_start_timeline: seconds from the driver's request to each Ray process's
+    first log line (C++ logs in brackets, Python ones plain), the earliest of several workers,
+    a named line where the event asks for one; files absent or without a time are left out."""
+    import time
+
+    from bench_core import ray_start_timeline
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "gcs_server.out").write_text("[2026-11-27 10:00:00,250 I 1 1] (gcs_server) main.cc:1: up\n")
+    (logs / "raylet.out").write_text(
+        "[2026-11-27 10:00:01,000 I 2 2] (raylet) main.cc:283: cluster ID\n"
+        "Current usage: 0 / 0.27 GB\n"
+        "[2026-11-27 10:00:03,500 I 2 2] (raylet) node_manager.cc:355: Raylet of id, ab started.\n"
+    )
+    (logs / "dashboard_agent.log").write_text("2026-11-27 10:00:02,125\tINFO agent.py:177 -- grpc\n")
+    (logs / "python-core-worker-a_1.log").write_text("[2026-11-27 10:00:05,000 I 3 3] core_worker: up\n")
+    (logs / "python-core-worker-b_2.log").write_text("[2026-11-27 10:00:04,750 I 4 4] core_worker: up\n")
+    (logs / "runtime_env_agent.log").write_text("no time on this line\n")
+    asked = time.mktime(time.strptime("2026-11-27 10:00:00", "%Y-%m-%d %H:%M:%S"))
+    assert ray_start_timeline(tmp_path, asked) == {
+        "gcs": 0.25, "raylet": 1.0, "dashboard_agent": 2.125, "raylet_registered": 3.5, "first_worker": 4.75,
+    }
