@@ -902,3 +902,27 @@ def test_an_export_is_current_only_with_the_same_folder_tomograms_and_every_file
     assert _current_export(SimpleNamespace(attrs={"export": None}), spec, ["t0"]) is None  # written since
     files[1].unlink()
     assert _current_export(root, spec, ["t0"]) is None                                # a file gone
+
+
+def test_the_local_start_leaves_out_only_the_dashboards_api_server(monkeypatch):
+    """ray_setup._no_api_server: while usage statistics are off, Ray's call to start the API
+    server with the dashboard off (by position or keyword) starts nothing; any other call goes
+    to Ray's function, and that function is back in place afterwards."""
+    from ray._private import services
+
+    from faket_cluster.ray_setup import _no_api_server
+
+    calls: list = []
+    monkeypatch.setattr(services, "start_api_server", lambda *a, **k: calls.append((a, k)) or ("url", "proc"))
+    original = services.start_api_server
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    with _no_api_server():
+        assert services.start_api_server(False, False, "127.0.0.1") == (None, None)
+        assert services.start_api_server(include_dashboard=False, raise_on_failure=False) == (None, None)
+        assert services.start_api_server(True, False, "127.0.0.1") == ("url", "proc")
+        assert services.start_api_server(None, False) == ("url", "proc")
+    assert services.start_api_server is original and len(calls) == 2
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # Ray's own start, usage statistics and all
+    with _no_api_server():
+        assert services.start_api_server(False, False) == ("url", "proc")
+    assert len(calls) == 3
