@@ -51,9 +51,10 @@ def _no_api_server() -> Iterator[None]:
     """A local start without the dashboard's API server process.
 
     ``ray.init(include_dashboard=False)`` still starts that process and waits
-    for it before it starts the raylet: 1.4-2.7 s of the 5-7 s a local start
-    took on a 2-core VM. Without the dashboard it serves only usage
-    statistics, so it is left out while those are off (the default here).
+    for it before it starts the raylet (on a 2-core VM ``ray.init`` took
+    5.4-6.1 s with it, 3.7-4.2 s without). Without the dashboard it serves
+    only usage statistics, so it is left out while those are off (the
+    default here).
     Any other call, or a Ray whose internals differ, goes to Ray as it is.
     """
     from ray._private import services

@@ -13,12 +13,11 @@ errors); tests compare the two.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._shards import _write_atomic, per_array
+from ._shards import _folder, _write_atomic, per_array
 
 
 @per_array
@@ -46,8 +45,7 @@ def _layout(arr: Any) -> tuple[str, Any, bytes] | None:
             return None
         settings = m.codecs[1]
         zstd = Zstd(level=settings.level, checksum=settings.checksum)
-        folder = os.path.join(str(arr.store.root), arr.path)  # strings: pathlib costs Python's lock
-        return folder, zstd, bytes(zstd.encode(np.ones(1, np.uint8)))
+        return _folder(arr), zstd, bytes(zstd.encode(np.ones(1, np.uint8)))
     except Exception:  # an attribute this zarr version names otherwise: zarr's own path
         return None
 

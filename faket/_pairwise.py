@@ -55,8 +55,8 @@ def block_for(threads: int) -> int:
     Each block costs a few numpy calls, and between them a thread holds Python's lock. One
     thread is fastest with L2-sized blocks; many threads queue for the lock instead. On an
     H100 machine's 16 cores, 15 threads made the noise of a 4096^2 tilt in 0.305 s per tilt
-    with 2**15 values per block and 0.076 s with 2**19 (1 thread: 0.635 s; on one thread of the
-    2-core VM 2**19 is 7% slower for the noise, 13% for the statistics). Any size gives the
-    same values bit for bit.
+    with 2**15 values per block and 0.076 s with 2**19 (1 thread: 0.635 s; on one or two threads
+    of the 2-core VM 2**19 made the noise 7-11% slower and the statistics up to 13%). Any size
+    gives the same values bit for bit.
     """
     return min(BLOCK_MAX, BLOCK << max(0, threads - 1).bit_length())

@@ -103,8 +103,7 @@ def _layout(arr: Any) -> tuple[str, tuple[int, int]] | None:
             and sharding.chunk_shape[0] == 1
         ):
             return None
-        folder = os.path.join(str(arr.store.root), arr.path)  # strings: pathlib costs Python's lock
-        return folder, (int(sharding.chunk_shape[1]), int(sharding.chunk_shape[2]))
+        return _folder(arr), (int(sharding.chunk_shape[1]), int(sharding.chunk_shape[2]))
     except Exception:  # an attribute this zarr version names otherwise: the slow path
         return None
 
@@ -152,6 +151,12 @@ def read_tilt(arr: Any, index: int, out: np.ndarray | None = None) -> np.ndarray
             os.close(fd)
     out[...] = np.asarray(arr[index])  # zarr reads, and names any damage
     return out
+
+
+def _folder(arr: Any) -> str:
+    """A local zarr array's folder, as a string (pathlib's joins hold Python's lock: the actor's
+    reading and writing threads paid for them)."""
+    return os.path.join(str(arr.store.root), arr.path)
 
 
 def _shard_path(folder: str, index: int) -> str:
