@@ -4,7 +4,7 @@
 # a copy of the py-spy binary); results under $OUT:
 #   facts.txt   cores, memory, the page cache's writeback settings, /tmp's and /dev/shm's space
 #   disk.*      the end-to-end run as bench-gpu makes it (store in /tmp), its driver sampled by
-#               py-spy (raw stacks with thread names, not pausing the process)
+#               py-spy (raw stacks of it and its subprocesses, the engine's driver among them)
 #   noise.log   the noise step's numpy work alone on all cores (bench_noise.py)
 #   shm.*       the same run with TMPDIR=/dev/shm (inputs and store in memory): the disk's share
 # SMOKE=1: tiny sizes on the CPU (checks the script).
@@ -21,7 +21,7 @@ else
 fi
 { nproc; free -g; df -h /tmp /dev/shm; grep . /proc/sys/vm/dirty_*; } > "$OUT/facts.txt" 2>&1
 B=("$PY" benchmarks/bench_gpu.py --skip per_tilt,engine,profile,deviation,published ${SMOKE:+--smoke-cpu})
-"$SPY" record -r 20 --idle --threads --nonblocking -f raw -o "$OUT/disk.txt" -- \
+"$SPY" record -r 20 --idle --threads --subprocesses --nonblocking -f raw -o "$OUT/disk.txt" -- \
     "${B[@]}" --out-dir "$OUT/disk" > "$OUT/disk.log" 2>&1 || echo "py-spy rc=$?" >> "$OUT/disk.log"
 # the noise alone (numpy, no store, no Ray) on all cores: its compute share of the prepare stage
 "$PY" benchmarks/bench_noise.py --size "${NOISE_SIZE:-4096}" --tilts 32 --workers "$(nproc)" --repeats 1 \
