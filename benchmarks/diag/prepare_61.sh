@@ -7,7 +7,9 @@
 #               py-spy (raw stacks of it and its subprocesses, the engine's driver among them)
 #   noise.log   the noise step's numpy work alone on all cores (bench_noise.py)
 #   shm.*       the same run with TMPDIR=/dev/shm (inputs and store in memory): the disk's share
-# SMOKE=1: tiny sizes on the CPU (checks the script).
+# About 4 minutes on the H200 machine (each end-to-end run about 100 s with its 8 GB of inputs): give
+# run() a timeout_s of 280 or more (205 s ended it during the /dev/shm run). SMOKE=1: tiny sizes on
+# the CPU (checks the script).
 set -uo pipefail
 OUT=${OUT:-/tmp/prepare61}
 mkdir -p "$OUT"
