@@ -33,4 +33,5 @@ if [ -n "${SMOKE:-}" ] || [ "$(df --output=avail -BG /dev/shm | tail -1 | tr -dc
     TMPDIR=/dev/shm "${B[@]}" --out-dir "$OUT/shm" > "$OUT/shm.log" 2>&1
 fi
 rm -f "$OUT"/*/*.md  # the JSON holds it (at most 8 files come back)
+gzip -f "$OUT/disk.txt"  # every Ray process's stacks: megabytes (16 MB a file at most come back)
 grep -h "^engine" "$OUT"/disk.log "$OUT"/shm.log
