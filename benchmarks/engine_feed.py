@@ -45,20 +45,32 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def write_inputs(folder: Path, size: int, tilts: int, batch: int | None = None, device: str = "cpu") -> Path:
+def write_inputs(
+    folder: Path, size: int, tilts: int, batch: int | None = None, device: str = "cpu", data: Path | None = None
+) -> Path:
     """Random noiseless tilts, a reference (those tilts with Gaussian noise: the noise model's pair
     and the style) and a spec with one tomogram; returns the spec. Two files of ``tilts`` x
-    ``size``^2 float32: at 61 x 4096^2 their writing is most of a run's set-up."""
+    ``size``^2 float32: at 61 x 4096^2 their writing is most of a run's set-up.
+    data: the folder of the inputs (the spec and the store stay in ``folder``), where the files
+    written by an earlier call for the same size and tilts are used again."""
     from bench_core import random_stack
 
     from faket.io import angles_range, write_mrc, write_tlt
 
-    theta = angles_range(-60, 60, 120 / max(1, tilts - 1))[:tilts]
-    write_tlt(folder / "angles.tlt", theta)
-    clean = random_stack(tilts, size, size, 0)
-    write_mrc(folder / "noiseless.mrc", clean)
-    clean += 0.5 * random_stack(tilts, size, size, 1, normal=True)
-    write_mrc(folder / "reference.mrc", clean)
+    data = (data or folder).resolve()
+    for f in {folder, data}:
+        f.mkdir(parents=True, exist_ok=True)
+    made = data / f"inputs-{tilts}x{size}.done"  # written last: the files before it are whole
+    if not made.exists():
+        for other in data.glob("inputs-*.done"):  # another size's files: about to be replaced
+            other.unlink()
+        theta = angles_range(-60, 60, 120 / max(1, tilts - 1))[:tilts]
+        write_tlt(data / "angles.tlt", theta)
+        clean = random_stack(tilts, size, size, 0)
+        write_mrc(data / "noiseless.mrc", clean)
+        clean += 0.5 * random_stack(tilts, size, size, 1, normal=True)
+        write_mrc(data / "reference.mrc", clean)
+        made.touch()
     spec = folder / "feed.toml"
     batch_line = "" if batch is None else f"batch = {batch}"
     spec.write_text(
@@ -74,15 +86,15 @@ device = "{device}"
 vgg = "random"
 
 [noise]
-pairs = [{{reference = "reference.mrc", noiseless = "noiseless.mrc"}}]
+pairs = [{{reference = "{data}/reference.mrc", noiseless = "{data}/noiseless.mrc"}}]
 
 [style]
-reference = "reference.mrc"
+reference = "{data}/reference.mrc"
 
 [[tomogram]]
 name = "feed"
-tilts = "noiseless.mrc"
-angles = "angles.tlt"
+tilts = "{data}/noiseless.mrc"
+angles = "{data}/angles.tlt"
 """
     )
     return spec
@@ -127,6 +139,9 @@ def main() -> None:
     ap.add_argument("--no-loop", action="store_true",
                     help="with --real-nst: the engine alone, without the in-process loop (a whole run's seconds)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--inputs", type=Path, default=None,
+                    help="a folder for the inputs, kept and used again by later runs of the same size and "
+                    "tilts (the store stays in a temporary folder): e.g. in /dev/shm, while the store is on disk")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -150,7 +165,7 @@ def main() -> None:
     from faket_cluster.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device)
+        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device, args.inputs)
         began = time.time()
         summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
         # when Ray's processes came up, after the driver asked for them (a local Ray only)

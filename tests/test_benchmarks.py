@@ -43,10 +43,12 @@ def test_baseline_command_loads_a_whole_torchvision_file(golden, test_weights, t
     assert_golden(read_mrc(out), read_mrc(golden["expected_iter1_step0.15"]), 0.15, 1)
 
 
-@pytest.mark.parametrize("kernel", [[], ["--kernel-seconds", "0.02", "--kernel", "launch"]])
+@pytest.mark.parametrize("kernel", [["--inputs", "IN"], ["--kernel-seconds", "0.02", "--kernel", "launch"]])
 def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     """benchmarks/engine_feed.py (the engine's data path, #12's CPU proxy) runs and reports; with
-    a stand-in device time it reports the share of the NST stage that device would be busy."""
+    a stand-in device time it reports the share of the NST stage that device would be busy; with
+    --inputs its inputs stay in that folder."""
+    kernel = [str(tmp_path / "inputs") if a == "IN" else a for a in kernel]
     out = tmp_path / "feed.json"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -56,9 +58,10 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     result = json.loads(out.read_text())
     assert result["tilts"] == 4 and result["tilts_per_second"] > 0
     assert set(result["stage_seconds"]) >= {"prepare", "stylize"}
+    assert (tmp_path / "inputs" / "noiseless.mrc").exists() == ("--inputs" in kernel)
     ray_start = result["ray_start_timeline"]  # the local Ray's processes, from its session's logs
     assert -0.01 <= ray_start["gcs"] < ray_start["raylet_registered"] <= ray_start["driver"], ray_start
-    if kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
+    if "--kernel" in kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
         assert result["kernel"] == "launch" and 0 < result["kernel_busy"] <= 1
         assert result["kernel_ops"] > 0 and result["actor_kernel_over_in_process"] > 0
         thread = result["launch_thread_seconds"]  # the actor's launching thread, its 4 tilts' ops
@@ -222,6 +225,29 @@ def test_engine_pipeline_spec_has_the_tomograms_and_no_actor_count(tmp_path):
     spec = load_spec(path)
     assert [t.name for t in spec.tomograms] == ["feed_000", "feed_001", "feed_002"]
     assert [t.seed for t in spec.tomograms] == [0, 1, 2] and spec.resources.actors is None
+
+
+def test_engine_feed_inputs_are_kept_apart_and_used_again(tmp_path):
+    """engine_feed's inputs in a folder of their own (``--inputs``, e.g. in /dev/shm while the store
+    is on disk): a second spec of the same size and tilts points at the same files, written once;
+    another size replaces them; the spec and its store stay in the run's folder."""
+    sys.path.insert(0, str(BENCH))
+    from engine_feed import write_inputs
+
+    from faket.io import read_mrc
+    from faket_cluster.spec import load_spec
+
+    data = tmp_path / "inputs"
+    first = load_spec(write_inputs(tmp_path / "a", 16, 3, data=data))
+    assert first.tomograms[0].tilts == data / "noiseless.mrc" and first.noise_pairs[0][0] == data / "reference.mrc"
+    assert first.store.parent == tmp_path / "a"
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+    second = load_spec(write_inputs(tmp_path / "b", 16, 3, data=data))
+    assert second.tomograms[0].tilts == first.tomograms[0].tilts and second.store.parent == tmp_path / "b"
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == stamps  # not written again
+    write_inputs(tmp_path / "c", 24, 4, data=data)
+    assert read_mrc(data / "noiseless.mrc").shape == (4, 24, 24)
+    assert sorted(p.name for p in data.glob("*.done")) == ["inputs-4x24.done"]
 
 
 def test_ray_start_timeline_reads_each_process_first_line(tmp_path):
