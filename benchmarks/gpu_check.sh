@@ -13,7 +13,8 @@
 #       carry=[".gpu"], timeout_s=370)
 # (a 15-minute lease: the suite took more than 190 s on 14 workers of an H100 machine, its Ray tests last;
 # on the H200 in session 17 the benchmark took 287 s and the suite 237 s, the machine's start about 30 s)
-# and, where the lease has about 4 minutes left, a third call on the same warm machine:
+# and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
+# same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu-check}
