@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -158,6 +159,59 @@ def _first_logged(path: Path, text: str) -> float | None:
     except OSError:
         return None
     return None
+
+
+class PageCache:
+    """The kernel's dirty and under-writeback page cache while a block runs, sampled from
+    /proc/meminfo every ``every`` seconds in a thread (Linux; elsewhere ``figures()`` is empty).
+    Writers are throttled once dirty pages near ``dirty_ratio`` of the memory: a benchmark's
+    fresh inputs count towards that too.
+
+    with PageCache() as cache: ...; cache.figures() -> {dirty_gb_start, dirty_gb_peak,
+    writeback_gb_peak, dirty_background_ratio, dirty_ratio, mem_total_gb}"""
+
+    def __init__(self, every: float = 0.1) -> None:
+        import threading
+
+        self.every, self.peaks, self.start = every, {"Dirty": 0.0, "Writeback": 0.0}, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="page-cache", daemon=True)
+
+    @staticmethod
+    def meminfo() -> dict[str, float]:
+        """/proc/meminfo's figures in GB ({} where there is none)."""
+        try:
+            lines = Path("/proc/meminfo").read_text().splitlines()
+        except OSError:
+            return {}
+        return {k: int(v.split()[0]) / 1e6 for k, _, v in (ln.partition(":") for ln in lines) if v.strip()}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            now = self.meminfo()
+            for k in self.peaks:
+                self.peaks[k] = max(self.peaks[k], now.get(k, 0.0))
+
+    def __enter__(self) -> "PageCache":
+        self.start = self.meminfo()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, float]:
+        if not self.start:
+            return {}
+        ratios = {}
+        for name in ("dirty_background_ratio", "dirty_ratio"):
+            with contextlib.suppress(OSError, ValueError):
+                ratios[name] = int(Path(f"/proc/sys/vm/{name}").read_text())
+        return {"dirty_gb_start": round(self.start.get("Dirty", 0.0), 3),
+                "dirty_gb_peak": round(self.peaks["Dirty"], 3),
+                "writeback_gb_peak": round(self.peaks["Writeback"], 3),
+                **ratios, "mem_total_gb": round(self.start.get("MemTotal", 0.0), 1)}
 
 
 def refuse(script: str, why: str) -> None:

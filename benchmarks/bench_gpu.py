@@ -16,7 +16,8 @@ On one CUDA device, published settings, random VGG-19 weights:
   autotuning and the default (cuDNN's fused convolution + bias + ReLU, ``fuse_conv_relu``);
 - the engine (Ray, one GPU actor, ``engine_feed.py --real-nst``) against the same
   NST in one process, at 1024^2 x 41 tilts (``--engine``, e.g. also 4096x11);
-- a whole engine run, 61 x 4096^2, its stages and the tasks' phases (``--end-to-end``);
+- a whole engine run, 61 x 4096^2, its stages and the tasks' phases, its inputs at rest in
+  /dev/shm and the page cache's dirty peak (``--end-to-end``);
 - with FAKET_PUBLISHED=/path/to/published/checkout: the published command against
   ``faket stylize``, whole commands on the same 11 x 4096^2 series (``published.py``).
 Writes benchmarks/results/gpu-<device>-<date>.json and .md (or under --out-dir).
@@ -177,7 +178,8 @@ def experiments(device: str, size: int) -> list[dict]:
 
 def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = True) -> list[dict]:
     """``engine_feed.py --real-nst`` per (size, tilts): one GPU actor against the same NST in one process
-    (``loop``), or the engine's whole run alone."""
+    (``loop``), or the engine's whole run alone, its inputs at rest (:func:`resting_inputs`)."""
+    import shutil
     import subprocess
     import tempfile
 
@@ -185,9 +187,14 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
     for size, tilts in runs:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "feed.json"
+            inputs = None if loop else resting_inputs(size, tilts)
             cmd = [sys.executable, str(HERE / "engine_feed.py"), "--size", str(size), "--tilts", str(tilts),
                    "--real-nst", "--device", device, "--json", str(out)] + ([] if loop else ["--no-loop"])
-            subprocess.run(cmd, check=True)
+            try:
+                subprocess.run(cmd + ([] if inputs is None else ["--inputs", str(inputs)]), check=True)
+            finally:
+                if inputs is not None:
+                    shutil.rmtree(inputs, ignore_errors=True)
             row = json.loads(out.read_text())
         row.pop("machine", None)
         rows.append(row)
@@ -201,7 +208,35 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
               f"actors' start: {'; '.join(_seconds([w]) for w in warm)})", flush=True)
         print(f"  Ray's processes first logged, seconds after the driver asked: "
               f"{_seconds([row.get('ray_start_timeline') or {}])}", flush=True)
+        if not loop:
+            cache = row.get("page_cache") or {}
+            print(f"  inputs in {row.get('inputs') or 'the store folder'}; page cache (GB): "
+                  + ", ".join(f"{k} {v}" for k, v in cache.items()), flush=True)
     return rows
+
+
+def resting_inputs(size: int, tilts: int, shm: Path = Path("/dev/shm")) -> Path | None:
+    """A folder in ``shm`` (RAM) for a whole run's inputs, where it has room for them twice over;
+    None otherwise (they go beside the store). A user's inputs are at rest when a run starts:
+    written to the disk just before it, the benchmark's 8 GB at 61 x 4096^2 would still be
+    dirty page cache, and the store's writes would meet the kernel's writeback throttle
+    sooner (``page_cache`` in the row says how close they came)."""
+    import shutil
+
+    need = 2 * tilts * size * size * 4  # the noiseless tilts and the reference, float32
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    return shm / f"faket-bench-inputs-{os.getpid()}" if free > 2 * need else None
+
+
+def _dirty(cache: dict) -> str:
+    """A run's dirty page cache at its start and its peak (GB), against the throttle's ratio."""
+    if not cache:
+        return "-"
+    return (f"{cache['dirty_gb_start']:.1f}, {cache['dirty_gb_peak']:.1f} (throttle from "
+            f"{cache.get('dirty_ratio', '?')}% of {cache['mem_total_gb']:.0f})")
 
 
 def _seconds(parts: list[dict]) -> str:
@@ -260,9 +295,11 @@ def markdown(result: dict) -> str:
                   f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
                   for e in result["engine"]]
     if result.get("end_to_end"):
-        lines += ["", "| whole run | seconds | NST stage s | NST tilts/s |", "|---|---|---|---|"]
+        lines += ["", "| whole run | seconds | NST stage s | NST tilts/s | inputs | dirty GB at start, peak |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {e['tilts']} x {e['size']}^2 | {e['run_seconds']:.1f} | {e['nst_stage_seconds']:.1f} | "
-                  f"{e['tilts_per_second']:.2f} |" for e in result["end_to_end"]]
+                  f"{e['tilts_per_second']:.2f} | {e.get('inputs') or 'beside the store'} | "
+                  f"{_dirty(e.get('page_cache') or {})} |" for e in result["end_to_end"]]
     lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
               + "".join(f"; {stage} inside: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())

@@ -28,6 +28,11 @@ or the same GPU with ``--device cuda``); ``engine_over_in_process`` is the
 engine's throughput over the loop's, ``actor_nst_over_in_process`` the actor's
 mean NST seconds per tilt over the loop's. ``--no-loop`` leaves the loop out: the
 engine's whole run alone (``run_seconds``, ``stage_seconds``), e.g. 61 x 4096^2.
+
+``page_cache`` gives the kernel's dirty page cache when the run began and its peak (and
+the peak under writeback) during it, with the memory and the writeback ratios: writers are
+throttled as dirty pages near ``dirty_ratio`` of the memory, and inputs written just before
+the run count towards it (``--inputs`` in /dev/shm keeps them out: inputs at rest).
 """
 
 from __future__ import annotations
@@ -156,7 +161,7 @@ def main() -> None:
         os.environ["FAKET_ENGINE_KERNEL"] = kernel  # the local Ray's workers inherit it
     import ray
     import torch
-    from bench_core import emit, machine_info, ray_start_timeline
+    from bench_core import PageCache, emit, machine_info, ray_start_timeline
 
     from faket.nst import StyleTransfer, stylize_stack
     from faket.store import open_store
@@ -167,7 +172,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device, args.inputs)
         began = time.time()
-        summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
+        with PageCache() as cache:  # whether the store's writes met the kernel's writeback throttle
+            summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
         # when Ray's processes came up, after the driver asked for them (a local Ray only)
         inside = summary["phase_seconds"]["start"]
         asked = began + inside.get("weights", 0.0) + inside.get("layout", 0.0)
@@ -190,6 +196,9 @@ def main() -> None:
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
             "ray_start_timeline": timeline,
+            # the inputs' folder (None: beside the store, on the same file system)
+            "inputs": None if args.inputs is None else str(args.inputs),
+            "page_cache": cache.figures(),
         }
         if args.kernel_seconds and not args.real_nst:
             result["kernel"] = args.kernel

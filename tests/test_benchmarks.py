@@ -59,6 +59,8 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     assert result["tilts"] == 4 and result["tilts_per_second"] > 0
     assert set(result["stage_seconds"]) >= {"prepare", "stylize"}
     assert (tmp_path / "inputs" / "noiseless.mrc").exists() == ("--inputs" in kernel)
+    assert result["inputs"] == (str(tmp_path / "inputs") if "--inputs" in kernel else None)
+    assert result["page_cache"] == {} or result["page_cache"]["dirty_gb_peak"] >= 0
     ray_start = result["ray_start_timeline"]  # the local Ray's processes, from its session's logs
     assert -0.01 <= ray_start["gcs"] < ray_start["raylet_registered"] <= ray_start["driver"], ray_start
     if "--kernel" in kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
@@ -274,3 +276,37 @@ def test_ray_start_timeline_reads_each_process_first_line(tmp_path):
     assert ray_start_timeline(tmp_path, asked) == {
         "gcs": 0.25, "raylet": 1.0, "dashboard_agent": 2.125, "raylet_registered": 3.5, "first_worker": 4.75,
     }
+
+
+def test_bench_gpu_end_to_end_keeps_its_inputs_at_rest(tmp_path):
+    """bench-gpu's whole engine run (its CPU smoke mode: the script only) puts its inputs in
+    /dev/shm where there is room, removes them after, and reports the page cache's dirty peak."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    res = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--smoke-cpu", "--out-dir", str(tmp_path),
+                          "--skip", "per_tilt,engine,profile,deviation,published"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (out,) = tmp_path.glob("gpu-*.json")
+    (row,) = json.loads(out.read_text())["end_to_end"]
+    assert row["tilts"] == 4 and row["run_seconds"] > 0
+    if Path("/dev/shm").is_dir():
+        assert row["inputs"].startswith("/dev/shm/faket-bench-inputs-") and not Path(row["inputs"]).exists()
+    if Path("/proc/meminfo").exists():
+        cache = row["page_cache"]
+        assert 0 <= cache["dirty_gb_start"] and cache["dirty_gb_peak"] >= 0 and cache["mem_total_gb"] > 0
+    assert "dirty GB at start, peak" in out.with_suffix(".md").read_text()
+
+
+def test_resting_inputs_go_to_ram_only_where_they_fit(tmp_path):
+    """bench_gpu.resting_inputs: a folder in the RAM file system given room for the inputs twice
+    over, none without it or without such a file system."""
+    import shutil
+
+    from bench_gpu import resting_inputs
+
+    free = shutil.disk_usage(tmp_path).free
+    assert resting_inputs(64, 4, tmp_path).parent == tmp_path
+    side = int((free / 16) ** 0.5) + 1  # 2 stacks x 4 bytes: needs twice the free space at 1 tilt
+    assert resting_inputs(side, 1, tmp_path) is None
+    assert resting_inputs(64, 4, tmp_path / "missing") is None
