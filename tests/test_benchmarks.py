@@ -283,8 +283,8 @@ def test_bench_gpu_end_to_end_keeps_its_inputs_at_rest(tmp_path):
     /dev/shm where there is room, removes them after, and reports the page cache's dirty peak."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    res = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--smoke-cpu", "--out-dir", str(tmp_path),
-                          "--skip", "per_tilt,engine,profile,deviation,published"],
+    res = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--smoke-cpu",
+                          "--out-dir", str(tmp_path), "--skip", "per_tilt,engine,profile,deviation,published"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     (out,) = tmp_path.glob("gpu-*.json")
