@@ -137,13 +137,17 @@ _LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 def ray_start_timeline(session_dir: str | Path, since: float) -> dict[str, float]:
     """When each of Ray's processes first logged (``RAY_START_EVENTS``), in seconds after
     ``since`` (a ``time.time()``: when the driver asked Ray to start); events not found are left
-    out. Where a pattern matches several files (workers), the earliest."""
+    out. Where a pattern matches several files (workers), the earliest. ``worker_processes``: how
+    many Python workers Ray started in all (a count, not seconds)."""
     logs = Path(session_dir) / "logs"
     found: dict[str, float] = {}
     for event, pattern, text in RAY_START_EVENTS:
         times = [t for f in logs.glob(pattern) if (t := _first_logged(f, text)) is not None]
         if times:
             found[event] = round(min(times) - since, 3)
+    # each Python worker process Ray started (prestarted idle ones too) logs to a file of its own:
+    # on a many-core machine they all import Ray beside the run's own start
+    found["worker_processes"] = len(list(logs.glob("python-core-worker-*.log")))
     return found
 
 

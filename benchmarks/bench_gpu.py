@@ -206,8 +206,10 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
               f"({_seconds([row.get('stage_seconds', {})])}; inside: {_seconds(inside)}; "
               f"actors' start: {'; '.join(_seconds([w]) for w in warm)})", flush=True)
-        print(f"  Ray's processes first logged, seconds after the driver asked: "
-              f"{_seconds([row.get('ray_start_timeline') or {}])}", flush=True)
+        timeline = dict(row.get("ray_start_timeline") or {})
+        workers = timeline.pop("worker_processes", "?")
+        print(f"  Ray's processes first logged, seconds after the driver asked: {_seconds([timeline])}; "
+              f"Python workers Ray started: {workers}", flush=True)
         if not loop:
             cache = row.get("page_cache") or {}
             print(f"  inputs in {row.get('inputs') or 'the store folder'}; page cache (GB): "

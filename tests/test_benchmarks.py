@@ -63,6 +63,7 @@ def test_engine_feed_runs_the_engine_with_the_identity_kernel(tmp_path, kernel):
     assert result["page_cache"] == {} or result["page_cache"]["dirty_gb_peak"] >= 0
     ray_start = result["ray_start_timeline"]  # the local Ray's processes, from its session's logs
     assert -0.01 <= ray_start["gcs"] < ray_start["raylet_registered"] <= ray_start["driver"], ray_start
+    assert ray_start["worker_processes"] >= 1  # the actor's, at least
     if "--kernel" in kernel:  # 4 tilts x 0.02 s of a 4-tilt stage: busy for part of it, never more than all
         assert result["kernel"] == "launch" and 0 < result["kernel_busy"] <= 1
         assert result["kernel_ops"] > 0 and result["actor_kernel_over_in_process"] > 0
@@ -255,7 +256,8 @@ def test_engine_feed_inputs_are_kept_apart_and_used_again(tmp_path):
 def test_ray_start_timeline_reads_each_process_first_line(tmp_path):
     """bench_core.ray_start_timeline: seconds from the driver's request to each Ray process's
     first log line (C++ logs in brackets, Python ones plain), the earliest of several workers,
-    a named line where the event asks for one; files absent or without a time are left out."""
+    a named line where the event asks for one; files absent or without a time are left out; and
+    how many worker processes logged."""
     import time
 
     from bench_core import ray_start_timeline
@@ -275,6 +277,7 @@ def test_ray_start_timeline_reads_each_process_first_line(tmp_path):
     asked = time.mktime(time.strptime("2026-11-27 10:00:00", "%Y-%m-%d %H:%M:%S"))
     assert ray_start_timeline(tmp_path, asked) == {
         "gcs": 0.25, "raylet": 1.0, "dashboard_agent": 2.125, "raylet_registered": 3.5, "first_worker": 4.75,
+        "worker_processes": 2,
     }
 
 
