@@ -157,9 +157,9 @@ def _start(
     but what runs while a local Ray starts, once the spec is accepted: the noise model
     (:func:`stages.noise_model_beside_start`) and a resume's read-back. Returns (weights,
     actor plan, store root, the noise model's Future or None, the tomograms prepared already).
-    clock: laps ``weights`` (and the resume check), ``layout`` (a fresh store's, and the work
-    set going beside the start), ``ray`` (Ray started or joined, the actor plan) and ``store``
-    (what is left of the store's layout or a resume's check)."""
+    clock: laps ``weights`` (and the resume check), ``layout`` (the work set going beside the
+    start: a fresh store's layout among it), ``ray`` (Ray started or joined, the actor plan) and
+    ``store`` (what is left of the store's layout or a resume's check)."""
     from faket._threads import beside
     from faket.store import open_store
     from faket.store_check import verify_store
@@ -183,17 +183,20 @@ def _start(
         say(f"WARNING: VGG-19 weights are {weights.identity['kind']}, not ImageNet")
     clock.lap("weights")
     early = stages.noise_model_beside_start(spec, address) if len(ready) < len(spec.tomograms) else None
-    if early is not None and not resumed:  # a fresh store: laid out now, its first tomogram
-        plan_actors(spec, actors, *local_resources())  # prepared while Ray starts, once the
-        root = _lay_out(spec, weights, restart)  # plan fits this machine (else one line, no store)
-        early_prep = stages.prepare_beside_start(spec, early)
-    clock.lap("layout")
+    laid_out = None
+    if early is not None and not resumed:  # a fresh store, once the plan fits this machine (else
+        plan_actors(spec, actors, *local_resources())  # one line, no store): laid out and its
+        laid_out = beside(lambda: _lay_out(spec, weights, restart), "faket-layout")  # first
+        early_prep = stages.prepare_beside_start(spec, early, laid_out)  # tomogram prepared
+    clock.lap("layout")  # while Ray starts: the actors' start waits for neither
     init_ray(address or spec.resources.address)
     plan = plan_actors(spec, actors)
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
     clock.lap("ray")
     problems = checked.result() if checked is not None else None  # read before anything is written
+    if laid_out is not None:
+        root = laid_out.result()  # what the layout raised, if it failed
     if root is None:
         root = _lay_out(spec, weights, restart)
     if resumed:

@@ -50,18 +50,19 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
     return beside(lambda: estimate_noise_model(pairs, spec.noise_order, workers), "faket-noise-model")
 
 
-def prepare_beside_start(spec: RunSpec, early: Future) -> tuple[str, Future]:
+def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tuple[str, Future]:
     """The first tomogram's prepare stage in a thread of the driver, once the noise model made
-    beside the start (``early``) is there, while a local Ray starts: in a fresh store, laid out
-    already, on all of this machine's CPUs. Returns the tomogram's name and the Future of its
-    :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's
-    Ray task tries again under the run's retry policy."""
+    beside the start (``early``) and the fresh store's layout (``laid_out``) are there, while a
+    local Ray starts, on all of this machine's CPUs. Returns the tomogram's name and the Future
+    of its :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare
+    stage's Ray task tries again under the run's retry policy."""
     from .tasks import prepare_tomogram
 
     first = spec.tomograms[0]  # it holds its own noiseless and style stacks (layout.holders)
     workers = len(os.sched_getaffinity(0))
 
     def work() -> dict:
+        laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
         model = early.result()["model"]  # what the estimate raised, if it failed
         return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers)
 

@@ -80,8 +80,16 @@ def local_ray():
 
 
 def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights, local_ray, monkeypatch):
+    import threading
+
+    from faket_cluster import engine
+
     spec = load_spec(_spec_copy(inputs, tmp_path))
+    laid: list[str] = []
+    lay_out = engine._lay_out
+    monkeypatch.setattr(engine, "_lay_out", lambda *a: laid.append(threading.current_thread().name) or lay_out(*a))
     summary = run(spec, say=lambda m: None)
+    assert laid == ["faket-layout"]  # the fresh store laid out in a thread while the local Ray started
     assert summary["tilts"] == 14 and summary["done_now"] == 14 and summary["actors"] == 2
     assert summary["style_gram_tilts"] == 7        # both tomograms share the reference: Grams once
     assert summary["prefetched_tasks"] >= 1        # queued tasks' inputs were read ahead
