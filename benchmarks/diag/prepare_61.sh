@@ -10,7 +10,10 @@
 #               py-spy (raw stacks per thread, gzipped, not pausing the process)
 #   shm.*       the same run with the store in /dev/shm too: the store's writes to the disk
 #   noise.log   the noise step's numpy work alone on all cores (bench_noise.py)
-# Compare with bench-gpu's end-to-end run (its inputs written just before, to the disk).
+# Since session 18 bench-gpu's own end-to-end run also keeps its inputs in /dev/shm (and reports the
+# page cache's dirty peak): the disk run here is the same run, with the driver's py-spy stacks; the
+# /dev/shm store run is what it adds. Session 17's bench runs had their inputs written just before,
+# to the disk.
 # Its first version (inputs written for each of its two runs) had not ended its second run after
 # 205 s on the H200 machine; this one writes them once: about 3 minutes, an estimate, not timed
 # yet. Give run() a timeout_s of 240. SMOKE=1: tiny sizes on the CPU (checks the script).
