@@ -189,8 +189,13 @@ def _start(
         laid_out = beside(lambda: _lay_out(spec, weights, restart), "faket-layout")  # first
         early_prep = stages.prepare_beside_start(spec, early, laid_out)  # tomogram prepared
     clock.lap("layout")  # while Ray starts: the actors' start waits for neither
-    init_ray(address or spec.resources.address)
-    plan = plan_actors(spec, actors)
+    try:
+        init_ray(address or spec.resources.address)
+        plan = plan_actors(spec, actors)
+    except BaseException:  # (Ctrl-C too) the store stays whole: its layout ends before the error
+        if laid_out is not None:
+            laid_out.exception()
+        raise
     if not plan.use_gpu:
         say(f"no GPU actors: running {plan.count} CPU actor(s)")
     clock.lap("ray")

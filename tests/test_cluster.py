@@ -79,6 +79,40 @@ def local_ray():
         ray.shutdown()
 
 
+def test_a_failed_ray_start_leaves_the_store_laid_out_whole(inputs, tmp_path, local_ray, monkeypatch):
+    """The store is laid out in a thread while Ray starts: where Ray's start fails, the error
+    goes up only once the layout has ended, so no half-made store is left behind."""
+    import threading
+
+    from faket_cluster import engine
+
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    events: list[str] = []
+    lay_out = engine._lay_out
+
+    def slow_lay_out(*a):
+        time.sleep(1.0)
+        root = lay_out(*a)
+        events.append("laid out")
+        return root
+
+    def no_ray(*a, **k):
+        events.append("Ray failed")
+        raise RuntimeError("Ray could not start")
+
+    monkeypatch.setattr(engine, "_lay_out", slow_lay_out)
+    monkeypatch.setattr(engine, "init_ray", no_ray)
+    with pytest.raises(RuntimeError, match="Ray could not start"):
+        run(spec, say=lambda m: None)
+    assert events == ["Ray failed", "laid out"]
+    root = open_store(spec.store, mode="r")
+    assert {"content", "noisy", "faket"} <= set(root["tomo_000"].array_keys())
+    # the first tomogram's prepare, beside the start, ends on its own (a daemon thread)
+    deadline = time.monotonic() + 60
+    while any(t.name.startswith("faket-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights, local_ray, monkeypatch):
     import threading
 
