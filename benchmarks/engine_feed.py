@@ -51,13 +51,20 @@ sys.path.insert(0, str(HERE))
 
 
 def write_inputs(
-    folder: Path, size: int, tilts: int, batch: int | None = None, device: str = "cpu", data: Path | None = None
+    folder: Path,
+    size: int,
+    tilts: int,
+    batch: int | None = None,
+    device: str = "cpu",
+    data: Path | None = None,
+    gpus_per_actor: float | None = None,
 ) -> Path:
     """Random noiseless tilts, a reference (those tilts with Gaussian noise: the noise model's pair
     and the style) and a spec with one tomogram; returns the spec. Two files of ``tilts`` x
     ``size``^2 float32: at 61 x 4096^2 their writing is most of a run's set-up.
     data: the folder of the inputs (the spec and the store stay in ``folder``), where the files
-    written by an earlier call for the same size and tilts are used again."""
+    written by an earlier call for the same size and tilts are used again. gpus_per_actor: the
+    actor's ``[resources]`` GPUs (with ``device = "cpu"``: a GPU declared to Ray, see --fake-gpu)."""
     from bench_core import random_stack
 
     from faket.io import angles_range, write_mrc, write_tlt
@@ -78,6 +85,8 @@ def write_inputs(
         made.touch()
     spec = folder / "feed.toml"
     batch_line = "" if batch is None else f"batch = {batch}"
+    if gpus_per_actor is not None:
+        batch_line += f"\ngpus_per_actor = {gpus_per_actor}"
     spec.write_text(
         f"""[run]
 store = "run.zarr"
@@ -147,9 +156,18 @@ def main() -> None:
     ap.add_argument("--inputs", type=Path, default=None,
                     help="a folder for the inputs, kept and used again by later runs of the same size and "
                     "tilts (the store stays in a temporary folder): e.g. in /dev/shm, while the store is on disk")
+    ap.add_argument("--fake-gpu", action="store_true",
+                    help="one GPU declared to a local Ray, the actor computing on the CPU: the engine's "
+                    "path for GPU actors (started before the prepare stage) on a machine without one")
+    ap.add_argument("--no-style-ahead", action="store_true",
+                    help="early actors make no style targets while they wait (to measure what that gains)")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.no_style_ahead:
+        from faket_cluster._hooks import NO_AHEAD_ENV
+
+        os.environ[NO_AHEAD_ENV] = "1"
     ops, op_seconds, launch_log = 0, 0.0, Path(os.devnull)
     if not args.real_nst:
         kernel = f"{args.kernel}:{args.kernel_seconds}" if args.kernel_seconds else "identity"
@@ -170,8 +188,13 @@ def main() -> None:
     from faket_cluster.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device, args.inputs)
+        spec = write_inputs(Path(tmp), args.size, args.tilts, args.batch, args.device, args.inputs,
+                            1 if args.fake_gpu else None)
         began = time.time()
+        if args.fake_gpu:  # Ray started here (so no noise model or prepare beside its start)
+            from faket_cluster.ray_setup import init_ray
+
+            init_ray(num_cpus=len(os.sched_getaffinity(0)), num_gpus=1)
         with PageCache() as cache:  # whether the store's writes met the kernel's writeback throttle
             summary = run(load_spec(spec), say=lambda m: print(m, file=sys.stderr))
         # when Ray's processes came up, after the driver asked for them (a local Ray only)
@@ -195,6 +218,7 @@ def main() -> None:
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
+            "style_gram_tilts_ahead": summary["style_gram_tilts_ahead"],
             "ray_start_timeline": timeline,
             # the inputs' folder (None: beside the store, on the same file system)
             "inputs": None if args.inputs is None else str(args.inputs),
@@ -215,8 +239,10 @@ def main() -> None:
             per_tilt = summary["compute_seconds"] / args.tilts
             result["actor_kernel_over_in_process"] = per_tilt / (ops * op_seconds)
             result["launch_thread_seconds"] = _launch_thread(launch_log)
+        # the style targets an early actor made while it waited count as its NST work too
+        ahead_s = sum(w.get("style_ahead", 0.0) for w in summary["actor_warm_up_seconds"] or [])
         if args.real_nst:
-            result["actor_compute_seconds"] = summary["compute_seconds"]
+            result["actor_compute_seconds"] = summary["compute_seconds"] + ahead_s
         if args.real_nst and not args.no_loop:
             g = open_store(Path(tmp) / "run.zarr", mode="r")["feed"]
             c, i, s = (np.asarray(g[k][:]) for k in ("content", "noisy", "style"))
@@ -233,7 +259,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             result["in_process_tilts_per_second"] = args.tilts / loop
             result["engine_over_in_process"] = summary["tilts_per_second"] / result["in_process_tilts_per_second"]
-            result["actor_nst_over_in_process"] = summary["compute_seconds"] / loop
+            result["actor_nst_over_in_process"] = result["actor_compute_seconds"] / loop
     result["device"] = args.device
     result["machine"] = machine_info(args.device)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,4 +1,5 @@
-"""The actor's input buffers: tilts decoded straight into arrays used again task after task."""
+"""The actor's inputs: a task's tilts read from the store, decoded straight into buffers used
+again task after task."""
 
 from __future__ import annotations
 
@@ -16,6 +17,36 @@ def read_tilts(arr, tilts: list[int], take) -> np.ndarray:
     for k, i in enumerate(tilts):
         read_tilt(arr, i, out=out[k])
     return out
+
+
+def read_inputs(root, names: list[str], tilts: list[int], readers, take) -> dict:
+    """A task's inputs from the store ``root``: style tilts once, content and start per tomogram
+    (the stacks read side by side on the ``readers`` pool: reading and decoding run without
+    Python's lock, into buffers from ``take``), the stacks' ranges, the group holding the style
+    stack, and whether each tomogram's tilts are all done already (a retry: it is skipped)."""
+    from faket.store import done_mask, holder
+
+    first = root[names[0]]
+    styles = holder(root, first, "style")  # the members share it (see schedule.nst_jobs)
+    stacks = {("style", ""): readers.submit(read_tilts, styles["style"], tilts, take)}
+    for name in names:
+        for key in ("content", "noisy"):
+            stacks[(key, name)] = readers.submit(read_tilts, root[name][key], tilts, take)
+    data = {
+        "style": stacks[("style", "")].result(),
+        "style_range": styles.attrs["ranges"]["style"],
+        "style_holder": styles.path,
+        "size": first["content"].shape[-2:],
+        "members": {},
+        "done": {name: bool(done_mask(root[name], "faket", tilts).all()) for name in names},
+    }
+    for name in names:
+        data["members"][name] = {
+            "ranges": root[name].attrs["ranges"],
+            "content": stacks[("content", name)].result(),
+            "noisy": stacks[("noisy", name)].result(),
+        }
+    return data
 
 
 class Buffers:

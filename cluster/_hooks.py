@@ -23,6 +23,12 @@ LAUNCH_LOG_ENV = "FAKET_ENGINE_LAUNCH_LOG"
 HOLD_ENV = "FAKET_TEST_HOLD"
 #: Test hook: "tomogram:path"; that tomogram's prepare task waits (at most a minute) for the file.
 HOLD_PREPARE_ENV = "FAKET_TEST_HOLD_PREPARE"
+#: Test hook: a file path an actor creates once it has made its style targets ahead (with
+#: HOLD_PREPARE_ENV naming the same file, the first tomogram's prepare waits for them).
+AHEAD_DONE_ENV = "FAKET_TEST_AHEAD_DONE"
+#: Benchmark hook: "1" keeps early GPU actors from making style targets ahead (cluster/_ahead.py),
+#: to measure what that gains (benchmarks/engine_feed.py --no-style-ahead).
+NO_AHEAD_ENV = "FAKET_ENGINE_NO_STYLE_AHEAD"
 
 
 def stand_in(kernel: str, tilts: int) -> None:
@@ -86,6 +92,13 @@ def maybe_hold_prepare(tomogram: str, limit_s: float = 60.0) -> None:
     end = time.monotonic() + limit_s
     while name == tomogram and not os.path.exists(marker) and time.monotonic() < end:
         time.sleep(0.02)
+
+
+def mark_ahead_done() -> None:
+    """The AHEAD_DONE_ENV hook."""
+    marker = os.environ.get(AHEAD_DONE_ENV)
+    if marker:
+        open(marker, "a").close()
 
 
 def maybe_crash() -> None:

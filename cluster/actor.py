@@ -14,8 +14,18 @@ from typing import Any
 import numpy as np
 import ray
 
-from ._buffers import Buffers, read_tilts
-from ._hooks import CRASH_ONCE_ENV, FAIL_TILT_ENV, HOLD_ENV, KERNEL_ENV, maybe_crash, maybe_hold, stand_in
+from ._ahead import StyleAhead
+from ._buffers import Buffers, read_inputs
+from ._hooks import (
+    CRASH_ONCE_ENV,
+    FAIL_TILT_ENV,
+    HOLD_ENV,
+    KERNEL_ENV,
+    mark_ahead_done,
+    maybe_crash,
+    maybe_hold,
+    stand_in,
+)
 
 __all__ = ["CRASH_ONCE_ENV", "FAIL_TILT_ENV", "HOLD_ENV", "KERNEL_ENV", "NSTWorker"]
 
@@ -76,6 +86,9 @@ class NSTWorker:
         self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
         self._stores: dict = {}  # store path -> CachedGroup
         self._keep = keep
+        self._threads = max(1, threads)
+        self._warmed = threading.Event()  # set once warm_up has ended
+        self._ahead = StyleAhead()  # style targets made before the first task (see style_ahead)
         # tilts are written side by side (each its own shard): a write is mostly the kernel copying
         # it into the page cache and the chunks' encoding, both outside Python's lock
         self._writer = ThreadPoolExecutor(2, thread_name_prefix="faket-write")
@@ -94,33 +107,8 @@ class NSTWorker:
             return self._stores[store]
 
     def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
-        """A task's inputs from the store: style tilts once, content and start per tomogram, and
-        whether each tomogram's tilts are all done already (a retry: it is skipped)."""
-        from faket.store import done_mask, holder
-
-        root = self._root(store)
-        first = root[names[0]]
-        styles = holder(root, first, "style")  # the members share it (see schedule.nst_jobs)
-        # the stacks are read side by side (reading and decoding run without Python's lock)
-        take = self._buffers.take
-        stacks = {("style", ""): self._readers.submit(read_tilts, styles["style"], tilts, take)}
-        for name in names:
-            for key in ("content", "noisy"):
-                stacks[(key, name)] = self._readers.submit(read_tilts, root[name][key], tilts, take)
-        data = {
-            "style": stacks[("style", "")].result(),
-            "style_range": styles.attrs["ranges"]["style"],
-            "size": first["content"].shape[-2:],
-            "members": {},
-            "done": {name: bool(done_mask(root[name], "faket", tilts).all()) for name in names},
-        }
-        for name in names:
-            data["members"][name] = {
-                "ranges": root[name].attrs["ranges"],
-                "content": stacks[("content", name)].result(),
-                "noisy": stacks[("noisy", name)].result(),
-            }
-        return data
+        """A task's inputs from the store (see :func:`faket_cluster._buffers.read_inputs`)."""
+        return read_inputs(self._root(store), names, tilts, self._readers, self._buffers.take)
 
     def warm_up(self, weights: list) -> int:
         """Load VGG-19 and, on a GPU, run one 64^2 NST: CUDA's, cuBLAS's and cuDNN's start-up
@@ -129,17 +117,39 @@ class NSTWorker:
 
         clock = self._warm_clock
         lap = clock.lap if clock is not None else (lambda name: None)
-        store.warm_up()
-        lap("imports")
-        if os.environ.get(KERNEL_ENV):
+        try:
+            store.warm_up()
+            lap("imports")
+            if os.environ.get(KERNEL_ENV):
+                return self.pid
+            transfer = self._model(weights)
+            lap("model")
+            if self.device == "cuda":
+                tile = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+                transfer.stylize_batch(tile, [tile], tile)
+                lap("first_nst")
             return self.pid
-        transfer = self._model(weights)
-        lap("model")
-        if self.device == "cuda":
-            tile = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
-            transfer.stylize_batch(tile, [tile], tile)
-            lap("first_nst")
-        return self.pid
+        finally:
+            self._warmed.set()
+
+    @ray.method(concurrency_group="ahead")
+    def style_ahead(
+        self, store: str, holder: str, style_path: str, size: list[int], tasks: list[list[int]], weights: list
+    ) -> None:
+        """Make the style Gram targets of the tasks to come (``tasks``: their tilts, in order) of
+        the tomogram group ``holder`` (whose style stack comes from ``style_path``) once warm,
+        until the first task starts (best effort: see :mod:`faket_cluster._ahead`)."""
+        self._warmed.wait(timeout=600)
+        if os.environ.get(KERNEL_ENV) or self.tasks_started:
+            return
+        try:
+            transfer = self._model(weights)
+            self._ahead.make(
+                transfer, self.device, (store, holder), style_path, (size[0], size[1]), tasks, self._threads
+            )
+        except Exception:  # the tasks make what is not made here
+            pass
+        mark_ahead_done()
 
     @ray.method(concurrency_group="io")
     def prefetch(self, store: str, names: list[str], tilts: list[int]) -> None:
@@ -267,10 +277,11 @@ class NSTWorker:
         """
         import torch
 
-        from faket.nst import nst_batches, stylize_tilts, to_unit
+        from faket.nst import nst_batches, stylize_tilts
         from faket.store import write_tilts
 
         self.tasks_started += 1
+        self._ahead.stop()  # the targets made ahead so far are all there are
         maybe_hold(self.tasks_started)
         idx = list(tilts)
         data, waited, read = self._inputs(store, names, idx)
@@ -283,22 +294,25 @@ class NSTWorker:
         # the task's tilts go through the network in NST batches (settings.batch_size), each with
         # its style tilts' Gram targets: what an in-process run of the same batches computes
         targets: list = []
+        ahead = 0
         if transfer is not None:
             batches = nst_batches(len(idx), transfer.settings.batch_size)
-            unit_style = to_unit(style, *map(np.float32, data["style_range"]))
-            targets = [transfer.style_targets([unit_style[b]], data["size"]) for b in batches]
+            targets, ahead = self._ahead.targets(transfer, store, data, idx, batches)
         bad = os.environ.get(FAIL_TILT_ENV, "")
         out: dict = {
             "rows": [],
             "skipped": [],
             "failed": {},
             "style_tilts": len(idx),
+            "style_tilts_ahead": ahead,
             "input_wait_seconds": waited,
             "input_read_seconds": read,
             "prefetched": waited < read,
         }
         if self._warm_clock is not None:  # the first task: where the actor's start went
             out["warm_up_seconds"] = {"pid": self.pid, **self._warm_clock.laps}
+            if self._ahead.tilts:  # and the style targets it made before this task
+                out["warm_up_seconds"]["style_ahead"] = round(self._ahead.seconds, 3)
             self._warm_clock = None
         writes: dict[str, list] = {}
 

@@ -332,6 +332,9 @@ def _stats_summary(stats) -> dict:
     meta = stats.rows
     return {
         "style_gram_tilts": stats.style_tilts,
+        # of them, tilts whose style Gram targets an early GPU actor made while it waited for
+        # the prepare stage (cluster/_ahead.py); the style_ahead seconds are in its warm-up
+        "style_gram_tilts_ahead": stats.style_tilts_ahead,
         "input_wait_seconds": stats.input_wait,
         "input_read_seconds": stats.input_read,
         "compute_seconds": stats.compute,

@@ -85,7 +85,8 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
         env.update(switch_environment())
     if env:
         options["runtime_env"] = {"env_vars": env}
-    worker_cls = ray.remote(concurrency_groups={"io": 2, "flush": 1})(NSTWorker).options(**options)  # type: ignore[call-overload]
+    groups = {"io": 2, "flush": 1, "ahead": 1}  # NSTWorker's threads beside its compute thread
+    worker_cls = ray.remote(concurrency_groups=groups)(NSTWorker).options(**options)  # type: ignore[call-overload]
     # The weights travel with the tasks, nested in a list (the actor fetches them once): no
     # constructor argument lives in the object store, so restarts need nothing kept for them.
     weights_ref = ray.put(state_dict)

@@ -33,6 +33,7 @@ class NSTStats:
 
     rows: list[dict] = field(default_factory=list)
     style_tilts: int = 0
+    style_tilts_ahead: int = 0  # tilts whose style targets an actor made before its first task
     input_wait: float = 0.0
     input_read: float = 0.0
     compute: float = 0.0
@@ -44,6 +45,7 @@ class NSTStats:
     def add(self, out: dict) -> None:
         self.rows.extend(out["rows"])
         self.style_tilts += out.get("style_tilts", 0)
+        self.style_tilts_ahead += out.get("style_tilts_ahead", 0)
         self.input_wait += out.get("input_wait_seconds", 0.0)
         self.input_read += out.get("input_read_seconds", 0.0)
         self.compute += out.get("compute_seconds", 0.0)

@@ -494,16 +494,24 @@ def test_one_actor_per_gpu_with_declared_gpus(inputs, tmp_path, test_weights, lo
     assert np.abs(got - _reference(spec.store, "tomo_000", test_weights)).max() <= 1e-5
 
 
-def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weights, local_ray):
+def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weights, local_ray, monkeypatch):
     """With CPUs to spare, GPU actors (one GPU declared to Ray, device="cpu") start and warm up
-    before the prepare stage, whose tasks get the CPUs the actor leaves; the results are the same."""
+    before the prepare stage, whose tasks get the CPUs the actor leaves, and make the first
+    tomogram's style Gram targets while it is prepared (held here until they are made); its
+    tasks take them, and the results are the same."""
+    from faket_cluster._hooks import AHEAD_DONE_ENV, HOLD_PREPARE_ENV
     from faket_cluster.engine import init_ray
     from faket_cluster.fleet import free_cpus
 
+    made = tmp_path / "targets-made"
+    monkeypatch.setenv(AHEAD_DONE_ENV, str(made))
+    monkeypatch.setenv(HOLD_PREPARE_ENV, f"tomo_000:{made}")
     init_ray(num_cpus=3, num_gpus=1)
     spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "", 'export = "': '# export = "'}))
     summary = run(spec, say=lambda m: None)
     assert summary["gpu"] and summary["actors"] == 1 and summary["actors_started_early"]
+    # both tomograms are styled by the reference (held by tomo_000): its 7 tilts' targets ahead
+    assert summary["style_gram_tilts_ahead"] == 7 and summary["actor_warm_up_seconds"][0]["style_ahead"] > 0
     assert summary["done_now"] == 14 and summary["failed"] == []
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):

@@ -1,0 +1,95 @@
+"""Style Gram targets made ahead by a waiting GPU actor (cluster/_ahead.py), on the CPU."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from faket.io import write_mrc
+from faket.nst import StyleTransfer, nst_batches, to_unit
+from faket.settings import NSTSettings
+from faket_cluster import _ahead
+from faket_cluster._ahead import StyleAhead
+
+KEY = ("run.zarr", "tomo_000")
+
+
+@pytest.fixture(scope="module")
+def transfer(test_weights):
+    return StyleTransfer(test_weights, NSTSettings(batch_size=2), device="cpu")
+
+
+def _style(tmp_path, dtype=np.float32):
+    """A 5-tilt style stack of 64^2 in an MRC file, and its tilts as float32."""
+    rng = np.random.default_rng(3)
+    stack = (rng.normal(size=(5, 64, 64)) * 40).astype(dtype)
+    path = tmp_path / "style.mrc"
+    if stack.dtype == np.float32:
+        write_mrc(path, stack)
+    else:  # faket writes float32: an integer file as a microscope's software writes it
+        with mrcfile.new(path) as f:
+            f.set_data(stack)
+    values = stack.astype(np.float32)
+    return path, values
+
+
+def _inputs(values, tilts):
+    """A task's inputs as NSTWorker._read gives them: the style tilts, the stack's range (JSON
+    floats, as the store's attributes hold it), the style holder and the content size."""
+    return {"style": values[tilts], "style_range": [float(values.min()), float(values.max())],
+            "style_holder": KEY[1], "size": (64, 64)}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[s].keys() == b[s].keys() and all(torch.equal(a[s][k], b[s][k]) for k in a[s]) for s in a
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_targets_made_ahead_are_the_tasks_own(tmp_path, transfer, dtype):
+    """Made from the style file batch by batch as the tasks will ask (an integer file too, whose
+    range the file check leaves out), taken by the tasks bit for bit what they make themselves."""
+    path, values = _style(tmp_path, dtype)
+    ahead = StyleAhead()
+    ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2], [3, 4]])
+    assert ahead.tilts == 5 and ahead.seconds > 0
+    for tilts in ([0, 1, 2], [3, 4]):
+        batches = nst_batches(len(tilts), 2)
+        targets, made_ahead = ahead.targets(transfer, KEY[0], _inputs(values, tilts), tilts, batches)
+        assert made_ahead == len(tilts)
+        unit = to_unit(values[tilts], values.min(), values.max())
+        for t, b in zip(targets, batches):
+            assert _same(t, transfer.style_targets([unit[b]], (64, 64)))
+    assert ahead.take(KEY, (0, 1), (values.min(), values.max())) is None  # each is taken once
+
+
+def test_a_task_makes_what_was_not_made_ahead(tmp_path, transfer):
+    """Other batches, another style range or another holder: the task makes those targets."""
+    path, values = _style(tmp_path)
+    ahead = StyleAhead()
+    ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2, 3]])
+    data = _inputs(values, [0, 1, 2, 3])
+    # batches of 3 tilts this time (a task cut otherwise): no key matches
+    targets, made_ahead = ahead.targets(transfer, KEY[0], data, [0, 1, 2, 3], nst_batches(4, 3))
+    assert made_ahead == 0 and len(targets) == 2
+    ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1]])
+    data["style_range"][1] += 1.0  # the store's stack is not the file's
+    assert ahead.targets(transfer, KEY[0], data, [0, 1], nst_batches(2, 2))[1] == 0
+    ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1]])
+    other = {**_inputs(values, [0, 1]), "style_holder": "tomo_001"}
+    assert ahead.targets(transfer, KEY[0], other, [0, 1], nst_batches(2, 2))[1] == 0
+
+
+def test_making_ahead_stops_at_the_first_task_and_at_its_limit(tmp_path, transfer, monkeypatch):
+    path, values = _style(tmp_path)
+    stopped = StyleAhead()
+    stopped.stop()  # the first task came before the actor was ready to make any
+    stopped.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2, 3, 4]])
+    assert stopped.tilts == 0
+    monkeypatch.setattr(_ahead, "MOST_TILTS", 3)
+    capped = StyleAhead()
+    capped.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2, 3, 4]])
+    assert capped.tilts == 2  # whole batches only: the second one would pass the limit
