@@ -9,7 +9,8 @@ them, and stops at its first task: a task then takes the targets of its batches 
 made, and makes the others as before. The same arithmetic on the same values (the file's
 float32 tilts, which the prepare stage copies into the store losslessly, scaled by the same
 range), so the same targets bit for bit; a batch whose style range is not the one they were
-made with is made again.
+made with is made again, and targets of tilts that a task cut otherwise than planned asks for
+are dropped (they would hold device memory for nothing).
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class StyleAhead:
         key = (store, data["style_holder"])
         targets = [self.take(key, tuple(idx[b]), style_range) for b in batches]
         ahead = sum(len(idx[b]) for b, t in zip(batches, targets) if t is not None)
+        if ahead < len(idx):  # tasks cut otherwise than planned: what holds these tilts goes unused
+            with self._lock:
+                for stale in [m for m in self._made if m[:2] == key and set(m[2]) & set(idx)]:
+                    del self._made[stale]
         unit_style = None
         for k, b in enumerate(batches):
             if targets[k] is None:

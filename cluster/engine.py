@@ -255,6 +255,9 @@ def run(
     if not unchanged:  # this run writes into the store: its MRC files are exported again
         root.attrs["export"] = None
     fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
+    together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
+    if fleet is not None:  # up before the first tomogram is prepared: its style targets meanwhile
+        stages.style_ahead(spec, root, fleet, plan.count, alone=together)
     try:
         reserved = fleet.cpus if fleet is not None else 0.0
         model_json, noise_phases = (
@@ -265,7 +268,6 @@ def run(
         clock.lap("noise_model")
         now_ready, beside_phases = stages.prepared_beside_start(early_prep, ready, say)
         waited = clock.since()  # the rest of that prepare, after the noise model
-        together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
         jobs = {"progress": progress, "say": say, "fleet": fleet}
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
             spec, root, plan, weights, policy, model_json, jobs, now_ready

@@ -325,16 +325,15 @@ def early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Fleet
     n = min(plan.count, todo)
     if not n or largest_node_cpus() - n * spec.resources.cpus_per_actor < 1:
         return None  # nothing to do, or the actors might leave the prepare stage no CPU
-    fleet = launch(spec, plan, state_dict, n)
-    style_ahead(spec, root, fleet, plan.count)
-    return fleet
+    return launch(spec, plan, state_dict, n)
 
 
-def style_ahead(spec: RunSpec, root, fleet: Fleet, actors: int) -> None:
+def style_ahead(spec: RunSpec, root, fleet: Fleet, actors: int, alone: bool) -> None:
     """Ask the early actors to make the first tomogram's style Gram targets while they wait for
-    its prepare stage (:mod:`faket_cluster._ahead`): the batches of its NST tasks as planned now
-    (the plan the NST stage makes when every tomogram is prepared), dealt to the actors in turn.
-    Only where that tomogram holds a style stack and has no stylised tilt yet."""
+    its prepare stage (:mod:`faket_cluster._ahead`): the batches of its NST tasks as the NST
+    stage will plan them (``alone``: planned for it alone, as :func:`pipelined` does; else with
+    every tomogram prepared), dealt to the actors in turn. Only where that tomogram holds a style
+    stack and has no stylised tilt yet."""
     from faket.store import done_mask
 
     from .schedule import nst_jobs
@@ -343,7 +342,8 @@ def style_ahead(spec: RunSpec, root, fleet: Fleet, actors: int) -> None:
     g = root[first.name]
     if first.style is None or "style" not in g or os.environ.get(NO_AHEAD_ENV) or done_mask(g, "faket").any():
         return
-    tasks = [list(tilts) for names, tilts in nst_jobs(root, spec, set(), actors)[0] if first.name in names]
+    others = {t.name for t in spec.tomograms[1:]} if alone else set()
+    tasks = [list(tilts) for names, tilts in nst_jobs(root, spec, others, actors)[0] if first.name in names]
     size = [int(x) for x in g["content"].shape[-2:]]
     for k, worker in enumerate(fleet.workers):
         mine = tasks[k :: len(fleet.workers)]

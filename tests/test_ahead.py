@@ -75,6 +75,7 @@ def test_a_task_makes_what_was_not_made_ahead(tmp_path, transfer):
     # batches of 3 tilts this time (a task cut otherwise): no key matches
     targets, made_ahead = ahead.targets(transfer, KEY[0], data, [0, 1, 2, 3], nst_batches(4, 3))
     assert made_ahead == 0 and len(targets) == 2
+    assert ahead.take(KEY, (0, 1), (values.min(), values.max())) is None  # unusable now: dropped
     ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1]])
     data["style_range"][1] += 1.0  # the store's stack is not the file's
     assert ahead.targets(transfer, KEY[0], data, [0, 1], nst_batches(2, 2))[1] == 0
