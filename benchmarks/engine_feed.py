@@ -33,6 +33,13 @@ engine's whole run alone (``run_seconds``, ``stage_seconds``), e.g. 61 x 4096^2.
 the peak under writeback) during it, with the memory and the writeback ratios: writers are
 throttled as dirty pages near ``dirty_ratio`` of the memory, and inputs written just before
 the run count towards it (``--inputs`` in /dev/shm keeps them out: inputs at rest).
+
+``--fake-gpu`` declares one GPU to a local Ray started first, the actor computing on the CPU:
+the engine's path for GPU actors (started before the prepare stage, making the first
+tomogram's style targets while it waits: ``style_gram_tilts_ahead``) on a machine without
+one; ``--no-style-ahead`` turns that off, to measure what it gains
+(``benchmarks/results/style-ahead-cpu-vm.json``). A mean actor NST over the loop counts the
+targets made ahead as the actor's NST work.
 """
 
 from __future__ import annotations
@@ -201,7 +208,9 @@ def main() -> None:
         inside = summary["phase_seconds"]["start"]
         asked = began + inside.get("weights", 0.0) + inside.get("layout", 0.0)
         node = ray._private.worker._global_node  # None where the run joined a running cluster
-        timeline = ray_start_timeline(node.get_session_dir_path(), asked) if node is not None else {}
+        # (none where the benchmark started Ray itself, before the run: --fake-gpu)
+        started_here = node is not None and not args.fake_gpu
+        timeline = ray_start_timeline(node.get_session_dir_path(), asked) if started_here else {}
         ray.shutdown()
         result = {
             "size": args.size,

@@ -313,3 +313,28 @@ def test_resting_inputs_go_to_ram_only_where_they_fit(tmp_path):
     side = int((free / 16) ** 0.5) + 1  # 2 stacks x 4 bytes: needs twice the free space at 1 tilt
     assert resting_inputs(side, 1, tmp_path) is None
     assert resting_inputs(64, 4, tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_engine_feed_fake_gpu_makes_style_targets_ahead(tmp_path, ahead):
+    """engine_feed.py --fake-gpu: a GPU declared to Ray, the actor on the CPU, started before the
+    prepare stage; it makes the style targets while the prepare task waits for them (the test
+    hooks), or none with --no-style-ahead; the real NST either way."""
+    from faket_cluster._hooks import AHEAD_DONE_ENV, HOLD_PREPARE_ENV
+
+    out, made = tmp_path / "feed.json", tmp_path / "made"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if ahead:
+        env.update({AHEAD_DONE_ENV: str(made), HOLD_PREPARE_ENV: f"feed:{made}"})
+    res = subprocess.run([sys.executable, str(BENCH / "engine_feed.py"), "--size", "64", "--tilts", "4",
+                          "--real-nst", "--no-loop", "--fake-gpu", "--json", str(out)]
+                         + ([] if ahead else ["--no-style-ahead"]), capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["tilts"] == 4 and result["kernel"] == "nst" and result["ray_start_timeline"] == {}
+    assert result["style_gram_tilts_ahead"] == (4 if ahead else 0)
+    (warm,) = result["actor_warm_up_seconds"]
+    assert ("style_ahead" in warm) == ahead and warm.get("style_ahead", 1.0) > 0
+    assert result["actor_compute_seconds"] > warm.get("style_ahead", 0.0)  # counted as the actor's NST
