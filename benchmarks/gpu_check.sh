@@ -16,6 +16,9 @@
 # and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
 # same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
+# or, for #12's x6 against the published command on 61 x 4096^2 (an estimate: 4-5 minutes):
+#   run(command="OUT=$OUT BENCH_S=0 TEST_S=0 PUB_ARGS='--size 4096 --tilts 61' PUB_S=330
+#       bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=360)
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"
@@ -54,6 +57,16 @@ if [ -n "${NOISE_ARGS:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${NOISE_S:-90}" python3 benchmarks/bench_noise.py $NOISE_ARGS >> "$OUT/bench.log" 2>&1
     echo "noise rc=$?" >> "$OUT/bench.log"
+fi
+# PUB_ARGS: the published command against `faket stylize` on a series of its own, e.g. "--size 4096
+# --tilts 61" for #12's x6 on 61 x 4096^2 (about 4-5 minutes: give PUB_S and the call's timeout room;
+# needs the published code in .gpu/published, benchmarks/gpu_published.sh); JSON to $OUT/published.json
+if [ -n "${PUB_ARGS:-}" ] && [ -n "${FAKET_PUBLISHED:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${PUB_S:-330}" python3 benchmarks/published.py $PUB_ARGS --json "$OUT/published.json" \
+        > "$OUT/published.log" 2>&1
+    echo "published rc=$?" >> "$OUT/published.log"
+    tail -3 "$OUT/published.log"
 fi
 # -k: the copick test installs copick with pip, and the GPU machine has no network
 # worksteal: an idle worker takes queued tests from a busy one (the Ray tests are the long tail)
