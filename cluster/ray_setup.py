@@ -38,6 +38,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 log_to_driver=False,
                 object_store_memory=256 * 2**20,
                 _node_ip_address="127.0.0.1",
+                # Ray otherwise starts a Python worker per CPU as the driver connects and holds the
+                # driver until min(CPUs, cores) have (ray-project/ray#40131): 16 on a 16-core GPU
+                # host, beside the noise model, where a run needs an actor and a task or two
+                _system_config={"prestart_worker_first_driver": False},
             )
     # ray.init makes SIGTERM exit quietly (sys.exit(15)): give it back to the console's handler,
     # so that the driver prints how far the run got and exits 143

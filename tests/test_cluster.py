@@ -459,6 +459,19 @@ def test_bad_specs_fail_before_any_work(inputs, tmp_path, edit, message):
     assert not (tmp_path / "run.zarr").exists()
 
 
+def test_a_local_ray_starts_no_idle_workers(local_ray):
+    """init_ray's local Ray starts Python workers as tasks and actors need them, not one per CPU
+    as its driver connects (Ray's default holds the driver until min(CPUs, cores) have started)."""
+    from faket_cluster.engine import init_ray
+
+    init_ray(num_cpus=2)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    time.sleep(1.0)  # where Ray prestarted workers, they would be logging by now
+    assert list(logs.glob("python-core-worker-*.log")) == []
+    assert ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid()  # started when a task needs them
+    assert list(logs.glob("python-core-worker-*.log"))
+
+
 def test_impossible_resources_fail_before_any_work(inputs, tmp_path, local_ray):
     spec = load_spec(_spec_copy(inputs, tmp_path, **{"[resources]": "[resources]\ngpus_per_actor = 1"}))
     with pytest.raises(FaketInputError, match="GPU"):
