@@ -14,7 +14,8 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start a local one.
 
-    A local Ray binds to 127.0.0.1, has no dashboard and a small object store.
+    A local Ray binds to 127.0.0.1, has no dashboard, a small object store, and starts its
+    Python workers as tasks and actors need them.
     """
     if ray.is_initialized():
         return
