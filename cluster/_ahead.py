@@ -50,13 +50,14 @@ class StyleAhead:
         will come), for content images of ``size``, until :meth:`stop` or :data:`MOST_TILTS`.
         key: (store, the group holding the style stack)."""
         from faket.io import open_mrc
-        from faket.nst import nst_batches, to_unit, upload
+        from faket.nst import nst_batches, stack_range, to_unit, upload
 
         with self._running:
             t0 = time.perf_counter()
             try:
                 with open_mrc(style_path, role="style", workers=workers) as st:
-                    lo, hi = st.value_range or _float_range(st)
+                    # integer data: the file's check leaves their range out
+                    lo, hi = st.value_range or stack_range(st.data)
                     for tilts in tasks:
                         for b in nst_batches(len(tilts), transfer.settings.batch_size):
                             idx = tuple(int(i) for i in tilts[b])
@@ -113,10 +114,3 @@ class StyleAhead:
         if entry is None or entry[0] != tuple(style_range):
             return None
         return entry[1]
-
-
-def _float_range(st) -> tuple[np.float32, np.float32]:
-    """float32 (min, max) of a stack's tilts as :meth:`faket.io.Stack.tilt` gives them (integer
-    data, whose range the file's check leaves out)."""
-    lows, highs = zip(*((t.min(), t.max()) for t in map(st.tilt, range(st.shape[0]))))
-    return np.float32(min(lows)), np.float32(max(highs))
