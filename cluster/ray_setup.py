@@ -40,7 +40,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 object_store_memory=256 * 2**20,
                 _node_ip_address="127.0.0.1",
                 # Ray otherwise starts a Python worker per CPU as the driver connects and holds the
-                # driver until min(CPUs, cores) have (ray-project/ray#40131): 16 on a 16-core GPU
+                # driver until min(CPUs, cores) have (ray-project/ray#40131): by that rule 16 on a 16-core GPU
                 # host, beside the noise model, where a run needs an actor and a task or two
                 _system_config={"prestart_worker_first_driver": False},
             )
