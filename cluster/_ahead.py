@@ -44,7 +44,6 @@ class StyleAhead:
         style_path: str,
         size: tuple[int, int],
         tasks: list[list[int]],
-        workers: int = 1,
     ) -> None:
         """The targets of each NST batch of each task's tilts (``tasks``, in the order the tasks
         will come), for content images of ``size``, until :meth:`stop` or :data:`MOST_TILTS`.
@@ -55,9 +54,9 @@ class StyleAhead:
         with self._running:
             t0 = time.perf_counter()
             try:
-                with open_mrc(style_path, role="style", workers=workers) as st:
-                    # integer data: the file's check leaves their range out
-                    lo, hi = st.value_range or stack_range(st.data)
+                # the range on threads (the prepare stage checks the file for NaN and Inf)
+                with open_mrc(style_path, role="style", check_finite=False) as st:
+                    lo, hi = stack_range(st.data)
                     for tilts in tasks:
                         for b in nst_batches(len(tilts), transfer.settings.batch_size):
                             idx = tuple(int(i) for i in tilts[b])

@@ -86,7 +86,6 @@ class NSTWorker:
         self._tickets: dict = {}  # stylize ticket -> {"done": Event, "out", "writes"} until flushed
         self._stores: dict = {}  # store path -> CachedGroup
         self._keep = keep
-        self._threads = max(1, threads)
         self._warmed = threading.Event()  # set once warm_up has ended
         self._ahead = StyleAhead()  # style targets made before the first task (see style_ahead)
         # tilts are written side by side (each its own shard): a write is mostly the kernel copying
@@ -144,9 +143,7 @@ class NSTWorker:
             return
         try:
             transfer = self._model(weights)
-            self._ahead.make(
-                transfer, self.device, (store, holder), style_path, (size[0], size[1]), tasks, self._threads
-            )
+            self._ahead.make(transfer, self.device, (store, holder), style_path, (size[0], size[1]), tasks)
         except Exception:  # the tasks make what is not made here
             pass
         mark_ahead_done()
