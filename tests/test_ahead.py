@@ -50,8 +50,8 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])
 def test_targets_made_ahead_are_the_tasks_own(tmp_path, transfer, dtype):
-    """Made from the style file batch by batch as the tasks will ask (an integer file too, whose
-    data read as float32 too), taken by the tasks bit for bit what they make themselves."""
+    """Made from the style file batch by batch as the tasks will ask (an integer file too, read
+    as float32), taken by the tasks bit for bit what they make themselves."""
     path, values = _style(tmp_path, dtype)
     ahead = StyleAhead()
     ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2], [3, 4]])
