@@ -52,11 +52,12 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
 
 
 def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tuple[str, Future]:
-    """The first tomogram's prepare stage in a thread of the driver, once the noise model made
-    beside the start (``early``) and the fresh store's layout (``laid_out``) are there, while a
-    local Ray starts, on all of this machine's CPUs. Returns the tomogram's name and the Future
-    of its :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare
-    stage's Ray task tries again under the run's retry policy."""
+    """The first tomogram's prepare stage in a thread of the driver, once the fresh store's
+    layout (``laid_out``) is there, while a local Ray starts, on all of this machine's CPUs: its
+    noiseless, style and labels phases beside the noise model's estimate (``early``), its noise
+    once that is made. Returns the tomogram's name and the Future of its
+    :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's Ray
+    task tries again under the run's retry policy."""
     from .tasks import prepare_tomogram
 
     first = spec.tomograms[0]  # it holds its own noiseless and style stacks (layout.holders)
@@ -64,7 +65,8 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
 
     def work() -> dict:
         laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
-        model = early.result()["model"]  # what the estimate raised, if it failed
+        # what the estimate raised, if it failed, once the phases before the noise are written
+        model = lambda: early.result()["model"]  # noqa: E731
         return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers)
 
     return first.name, beside(work, "faket-prepare")

@@ -6,6 +6,7 @@ Workers only write into arrays the driver created (:mod:`faket_cluster.layout`).
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import numpy as np
 import ray
@@ -76,13 +77,20 @@ def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
 
 
 def prepare_tomogram(
-    store: str, tomo: TomogramSpec, model_json: dict, content_sigma: float, workers: int = 1
+    store: str,
+    tomo: TomogramSpec,
+    model_json: dict | Callable[[], dict],
+    content_sigma: float,
+    workers: int = 1,
 ) -> dict:
     """Write noiseless and style tilts (where its group holds those stacks: see
-    :func:`faket.store.holder`), NOISY, CONTENT and labels of one tomogram (idempotent); returns
+    :func:`faket.store.holder`), labels, NOISY and CONTENT of one tomogram (idempotent); returns
     its name, tilt count and the wall seconds of each phase (``seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
+    model_json: the noise model, or what returns it once it is estimated: only the noise
+    needs it, so the noiseless, style and labels phases run before it is asked for (``model``:
+    the wait), beside its estimate where that runs in another thread.
     workers: the CPUs Ray gave the task; tilts are made on that many threads
     (each tilt is its own shard), a projection uses that many torch threads.
     """
@@ -113,7 +121,17 @@ def prepare_tomogram(
         clean = holder(root, g, "noiseless")
         voxel = float(clean.attrs["voxel_size"])
     clock.lap("noiseless")
-    model = NoiseModel.from_json(model_json)
+    if holds_style:
+        assert tomo.style is not None  # the spec checked it
+        with open_mrc(tomo.style, role="style", workers=workers) as st:
+            copy_tilts(sink, "style", st.tilt, workers)
+    clock.lap("style")
+    if tomo.labels is not None and not done_mask(g, "labels").all():
+        with open_mrc(tomo.labels, role="labels") as lab:
+            write_volume(g, "labels", lab.read())
+    clock.lap("labels")
+    model = NoiseModel.from_json(model_json() if callable(model_json) else model_json)
+    clock.lap("model")
     prepare_noise(
         sink,
         lambda i: read_tilt(clean["noiseless"], i),
@@ -124,15 +142,6 @@ def prepare_tomogram(
         workers=workers,
     )
     clock.lap("noise")
-    if holds_style:
-        assert tomo.style is not None  # the spec checked it
-        with open_mrc(tomo.style, role="style", workers=workers) as st:
-            copy_tilts(sink, "style", st.tilt, workers)
-    clock.lap("style")
-    if tomo.labels is not None and not done_mask(g, "labels").all():
-        with open_mrc(tomo.labels, role="labels") as lab:
-            write_volume(g, "labels", lab.read())
-    clock.lap("labels")
     ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}
     clock.lap("ranges")
     g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})

@@ -138,7 +138,7 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert list(phases["start"]) == ["weights", "layout", "ray", "store"]
     assert sum(phases["start"].values()) == pytest.approx(stages["start"], abs=0.01)
     assert list(phases["noise_model"]) == ["open", "statistics"]
-    assert list(phases["prepare"]) == ["noiseless", "noise", "style", "labels", "ranges", "attrs"]
+    assert list(phases["prepare"]) == ["noiseless", "style", "labels", "model", "noise", "ranges", "attrs"]
     assert min(v for p in phases.values() for v in p.values()) >= 0 and phases["prepare"]["noise"] > 0
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
@@ -989,3 +989,80 @@ def test_the_local_start_leaves_out_only_the_dashboards_api_server(monkeypatch):
     with _no_api_server():
         assert services.start_api_server(False, False) == ("url", "proc")
     assert len(calls) == 3
+
+
+def _laid_out(spec) -> object:
+    from concurrent.futures import Future
+
+    from faket_cluster.layout import lay_out
+
+    root = open_store(str(spec.store))
+    lay_out(root, spec, {"weights": "test"})
+    laid: Future = Future()
+    laid.set_result(root)
+    return laid
+
+
+def _model(spec) -> dict:
+    from faket_cluster.tasks import estimate_noise_model
+
+    return estimate_noise_model([(str(a), str(b)) for a, b in spec.noise_pairs], spec.noise_order, 1)
+
+
+def _wait_written(g, prep, names: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + 60
+    while not all(done_mask(g, n).all() for n in names):
+        assert not prep.done() and time.monotonic() < deadline, "the prepare ended or stalled first"
+        time.sleep(0.05)
+
+
+def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is_estimated(inputs, tmp_path):
+    """stages.prepare_beside_start: the first tomogram's noiseless and style stacks are written
+    while the noise model is still being estimated, its noise once the model is there; the
+    store then equals one prepared in one piece with the model at hand."""
+    from concurrent.futures import Future
+
+    from faket_cluster.stages import prepare_beside_start
+    from faket_cluster.tasks import prepare_tomogram
+
+    spec = load_spec(_spec_copy(inputs, tmp_path / "a"))
+    early: Future = Future()
+    name, prep = prepare_beside_start(spec, early, _laid_out(spec))
+    g = open_store(str(spec.store), mode="r")[name]
+    _wait_written(g, prep, ("noiseless", "style"))
+    time.sleep(0.2)
+    assert not done_mask(g, "noisy").any() and not prep.done()  # the noise waits for its model
+    early.set_result(_model(spec))
+    phases = prep.result(timeout=120)["seconds"]
+    assert list(phases) == ["noiseless", "style", "labels", "model", "noise", "ranges", "attrs"]
+    assert done_mask(g, "noisy").all() and done_mask(g, "content").all()
+
+    whole = load_spec(_spec_copy(inputs, tmp_path / "b"))
+    _laid_out(whole)
+    prepare_tomogram(str(whole.store), whole.tomograms[0], early.result()["model"], whole.content_sigma, 2)
+    ref = open_store(str(whole.store), mode="r")[name]
+    for a in ("noiseless", "style", "noisy", "content"):
+        np.testing.assert_array_equal(g[a][:], ref[a][:], err_msg=a)
+    assert open_store(str(spec.store), mode="r")[name].attrs["ranges"] == ref.attrs["ranges"]
+
+
+def test_a_failed_noise_model_leaves_the_stacks_written_before_it_for_the_retry(inputs, tmp_path):
+    """Where the estimate beside the start fails, the prepare raises its error after writing the
+    stacks that need no model; the prepare task's retry keeps them and writes the rest."""
+    from concurrent.futures import Future
+
+    from faket_cluster.stages import prepare_beside_start
+    from faket_cluster.tasks import prepare_tomogram
+
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    early: Future = Future()
+    early.set_exception(OSError("reference unreadable"))
+    name, prep = prepare_beside_start(spec, early, _laid_out(spec))
+    assert isinstance(prep.exception(timeout=120), OSError)
+    g = open_store(str(spec.store), mode="r")[name]
+    assert done_mask(g, "noiseless").all() and done_mask(g, "style").all() and not done_mask(g, "noisy").any()
+    chunks = {p: p.stat().st_mtime_ns for a in ("noiseless", "style") for p in (spec.store / name / a).rglob("*")}
+    assert len(chunks) > 4
+    prepare_tomogram(str(spec.store), spec.tomograms[0], _model(spec)["model"], spec.content_sigma, 2)
+    assert done_mask(g, "noisy").all() and done_mask(g, "content").all()
+    assert {p: p.stat().st_mtime_ns for p in chunks} == chunks  # kept, not written again
