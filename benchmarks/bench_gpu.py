@@ -211,11 +211,21 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
         workers = timeline.pop("worker_processes", "?")
         print(f"  Ray's processes first logged, seconds after the driver asked: {_seconds([timeline])}; "
               f"Python workers Ray started: {workers}", flush=True)
+        print(f"  {_timeline(row.get('run_timeline') or {})}", flush=True)
         if not loop:
             cache = row.get("page_cache") or {}
             print(f"  inputs in {row.get('inputs') or 'the store folder'}; page cache (GB): "
                   + ", ".join(f"{k} {v}" for k, v in cache.items()), flush=True)
     return rows
+
+
+def _timeline(line: dict) -> str:
+    """A run's timeline (the engine summary's ``timeline``) in words: seconds after it began."""
+    parts = [f"prepared beside the start {line['prepared_beside_start']:.1f}"] if "prepared_beside_start" in line else []
+    for a in line.get("actors") or []:
+        parts.append(f"actor {a.get('pid')}: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+                                                            for k, v in a.items() if k != "pid"))
+    return "timeline, seconds after the run began: " + ("; ".join(parts) or "none")
 
 
 def resting_inputs(size: int, tilts: int, shm: Path = Path("/dev/shm")) -> Path | None:
@@ -307,6 +317,7 @@ def markdown(result: dict) -> str:
               + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
               + "".join(f"; {stage} inside: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
                         for stage, p in e.get("phase_seconds", {}).items() if p)
+              + f"; {_timeline(e.get('run_timeline') or {})}"
               for e in (result.get("engine") or []) + (result.get("end_to_end") or []) if e.get("stage_seconds")]
     for r in result.get("published") or []:
         lines += ["", f"Published command against `faket stylize`, whole commands, {r['tilts']} x {r['size']}^2: "

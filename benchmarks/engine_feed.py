@@ -229,6 +229,8 @@ def main() -> None:
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
             "style_gram_tilts_ahead": summary["style_gram_tilts_ahead"],
             "ray_start_timeline": timeline,
+            # seconds after the run began: the first tomogram prepared, each actor's start
+            "run_timeline": summary["timeline"],
             # the inputs' folder (None: beside the store, on the same file system)
             "inputs": None if args.inputs is None else str(args.inputs),
             "page_cache": cache.figures(),

@@ -35,6 +35,7 @@ class StyleAhead:
         self._made: dict[tuple, tuple[tuple, Any]] = {}
         self.tilts = 0  # tilts whose targets were made ahead
         self.seconds = 0.0
+        self.span: dict[str, float] = {}  # wall clock: ahead_from, ahead_to (the run's timeline)
 
     def make(
         self,
@@ -53,6 +54,7 @@ class StyleAhead:
 
         with self._running:
             t0 = time.perf_counter()
+            self.span["ahead_from"] = time.time()
             try:
                 # the range on threads (the prepare stage checks the file for NaN and Inf)
                 with open_mrc(style_path, role="style", check_finite=False) as st:
@@ -74,6 +76,7 @@ class StyleAhead:
 
                     torch.cuda.synchronize()
                 self.seconds += time.perf_counter() - t0
+                self.span["ahead_to"] = time.time()
 
     def stop(self) -> None:
         """No more targets made ahead; returns once the batch in hand is made."""

@@ -16,6 +16,7 @@ import ray
 
 from ._ahead import StyleAhead
 from ._buffers import Buffers, read_inputs
+from ._clock import process_started_at
 from ._hooks import (
     CRASH_ONCE_ENV,
     FAIL_TILT_ENV,
@@ -278,6 +279,7 @@ class NSTWorker:
         from faket.store import write_tilts
 
         self.tasks_started += 1
+        started = time.time()
         self._ahead.stop()  # the targets made ahead so far are all there are
         maybe_hold(self.tasks_started)
         idx = list(tilts)
@@ -310,6 +312,9 @@ class NSTWorker:
             out["warm_up_seconds"] = {"pid": self.pid, **self._warm_clock.laps}
             if self._ahead.tilts:  # and the style targets it made before this task
                 out["warm_up_seconds"]["style_ahead"] = round(self._ahead.seconds, 3)
+            # the same on the wall clock, for the run's timeline (cluster/_clock.actor_timeline)
+            at = {"process": process_started_at(), "clock": self._warm_clock.began, **self._ahead.span}
+            out["warm_up_at"] = {**at, "first_task": started}
             self._warm_clock = None
         writes: dict[str, list] = {}
 

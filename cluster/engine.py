@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from faket.pipeline import Stage
 
 from . import stages
-from ._clock import StageClock
+from ._clock import StageClock, actor_timeline
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import plan_actors
 from .ray_setup import LOOPBACK_ENV, init_ray, local_resources
@@ -318,6 +318,7 @@ def run(
         "stage_seconds": clock.laps,
         # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
         "phase_seconds": {"start": inside_start.laps, "noise_model": noise_phases, "prepare": prep_phases},
+        "timeline": _timeline(clock.began, stats, early_prep),
         "reconstructions": recs,
         "exported": exported,
         "export_kept": kept,  # the MRC files were current already: not written again
@@ -352,6 +353,18 @@ def _stats_summary(stats) -> dict:
         "compute": _distinct(m["compute"] for m in meta),
         "tiled_tilts": sum(1 for m in meta if m.get("tile_size")),
     }
+
+
+def _timeline(began: float, stats, early_prep) -> dict:
+    """Seconds after the run began, on the host's wall clock: when the first tomogram's prepare
+    beside Ray's start ended (``prepared_beside_start``) and each actor's start and first task
+    (:func:`faket_cluster._clock.actor_timeline`; an actor on another host has its own clock)."""
+    out: dict = {}
+    if early_prep is not None and early_prep[1].exception() is None:
+        out["prepared_beside_start"] = round(early_prep[1].result()["ended_at"] - began, 2)
+    starts = zip(stats.warm_ups, stats.warm_up_at)
+    out["actors"] = [actor_timeline(began, laps, at) for laps, at in starts if at]
+    return out
 
 
 def raise_if_failed(summary: dict) -> None:

@@ -40,6 +40,7 @@ class NSTStats:
     prefetched: int = 0
     tasks: int = 0
     warm_ups: list[dict] = field(default_factory=list)  # each actor's start, its first task says
+    warm_up_at: list[dict] = field(default_factory=list)  # the same on the wall clock
     failures: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = field(default_factory=dict)
 
     def add(self, out: dict) -> None:
@@ -53,6 +54,7 @@ class NSTStats:
         self.tasks += 1
         if "warm_up_seconds" in out:
             self.warm_ups.append(out["warm_up_seconds"])
+            self.warm_up_at.append(out.get("warm_up_at", {}))
 
 
 #: A task's tilt images (tilts x tomograms) at least, when the run is big enough: each task costs

@@ -6,6 +6,7 @@ Workers only write into arrays the driver created (:mod:`faket_cluster.layout`).
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable
 
 import numpy as np
@@ -146,7 +147,7 @@ def prepare_tomogram(
     clock.lap("ranges")
     g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})
     clock.lap("attrs")
-    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps}
+    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps, "ended_at": time.time()}
 
 
 def _noiseless(sink, tomo: TomogramSpec, angles, workers: int) -> float:

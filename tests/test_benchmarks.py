@@ -298,7 +298,11 @@ def test_bench_gpu_end_to_end_keeps_its_inputs_at_rest(tmp_path):
     if Path("/proc/meminfo").exists():
         cache = row["page_cache"]
         assert 0 <= cache["dirty_gb_start"] and cache["dirty_gb_peak"] >= 0 and cache["mem_total_gb"] > 0
-    assert "dirty GB at start, peak" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "dirty GB at start, peak" in md
+    line = row["run_timeline"]  # the run's own clock: its first tomogram prepared, the actor's start
+    assert 0 < line["prepared_beside_start"] < row["run_seconds"] and len(line["actors"]) == 1
+    assert f"prepared beside the start {line['prepared_beside_start']:.1f}" in md and "first task" in md
 
 
 def test_resting_inputs_go_to_ram_only_where_they_fit(tmp_path):

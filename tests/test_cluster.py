@@ -153,6 +153,12 @@ def test_engine_equals_single_process_and_resumes(inputs, tmp_path, test_weights
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
     assert summary["prepared_beside_start"] == ["tomo_000"]   # and the first tomogram prepared then
+    line = summary["timeline"]  # on the wall clock, seconds after the run began
+    assert 0 < line["prepared_beside_start"] < summary["seconds"]
+    assert [a["pid"] for a in line["actors"]] == [w["pid"] for w in warm]
+    for a in line["actors"]:  # each actor's process started in this run, then set up, warm, its first task
+        assert list(a) == ["pid", "process", "constructed", "warm", "first_task"], a
+        assert -0.02 <= a["process"] <= a["constructed"] <= a["warm"] <= a["first_task"] < summary["seconds"], a
     open_store(spec.store)["tomo_000"].attrs["sources"] = {}   # from the spec: refreshed below
     exported = tmp_path / "mrc" / "tomo_000" / "faket.mrc"
     stamp = exported.stat().st_mtime_ns
@@ -525,6 +531,11 @@ def test_gpu_actors_start_during_the_prepare_stage(inputs, tmp_path, test_weight
     assert summary["gpu"] and summary["actors"] == 1 and summary["actors_started_early"]
     # both tomograms are styled by the reference (held by tomo_000): its 7 tilts' targets ahead
     assert summary["style_gram_tilts_ahead"] == 7 and summary["actor_warm_up_seconds"][0]["style_ahead"] > 0
+    (line,) = summary["timeline"]["actors"]  # the actor's start, then the targets, then its first task
+    order = ["process", "constructed", "warm", "ahead_from", "ahead_to", "first_task"]
+    assert list(line) == ["pid", *order] and line["pid"] == summary["actor_warm_up_seconds"][0]["pid"]
+    points = [line[k] for k in order]
+    assert -0.02 <= points[0] and points == sorted(points) and points[-1] < summary["seconds"], line
     assert summary["done_now"] == 14 and summary["failed"] == []
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
