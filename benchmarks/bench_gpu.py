@@ -206,7 +206,8 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
               f"NST stage {row['nst_stage_seconds']:.1f} s, run {row['run_seconds']:.1f} s "
               f"({_seconds([row.get('stage_seconds', {})])}; inside: {_seconds(inside)}; "
               f"actors' start: {'; '.join(_seconds([w]) for w in warm)}; "
-              f"tilts whose style targets were made ahead: {row.get('style_gram_tilts_ahead', 0)})", flush=True)
+              f"tilts whose style targets were made ahead: {row.get('style_gram_tilts_ahead', 0)}, "
+              f"in the driver: {row.get('style_gram_tilts_made_in_driver', 0)})", flush=True)
         timeline = dict(row.get("ray_start_timeline") or {})
         workers = timeline.pop("worker_processes", "?")
         print(f"  Ray's processes first logged, seconds after the driver asked: {_seconds([timeline])}; "

@@ -38,7 +38,9 @@ the run count towards it (``--inputs`` in /dev/shm keeps them out: inputs at res
 the engine's path for GPU actors (started before the prepare stage, making the first
 tomogram's style targets while it waits: ``style_gram_tilts_ahead``) on a machine without
 one; ``--no-style-ahead`` turns that off, to measure what it gains
-(``benchmarks/results/style-ahead-cpu-vm.json``). A mean actor NST over the loop counts the
+(``benchmarks/results/style-ahead-cpu-vm.json``). On a GPU host the driver makes those targets
+on the GPU while Ray and the actor start (``style_gram_tilts_made_in_driver``);
+``--no-driver-ahead`` leaves them to the actor. A mean actor NST over the loop counts the
 targets made ahead as the actor's NST work.
 """
 
@@ -168,6 +170,9 @@ def main() -> None:
                     "path for GPU actors (started before the prepare stage) on a machine without one")
     ap.add_argument("--no-style-ahead", action="store_true",
                     help="early actors make no style targets while they wait (to measure what that gains)")
+    ap.add_argument("--no-driver-ahead", action="store_true",
+                    help="the driver makes no style targets beside Ray's start on a GPU it sees: the "
+                    "actor makes them all (to measure what the driver's part gains)")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -175,6 +180,10 @@ def main() -> None:
         from faket_cluster._hooks import NO_AHEAD_ENV
 
         os.environ[NO_AHEAD_ENV] = "1"
+    if args.no_driver_ahead:
+        from faket_cluster._hooks import NO_DRIVER_AHEAD_ENV
+
+        os.environ[NO_DRIVER_AHEAD_ENV] = "1"
     ops, op_seconds, launch_log = 0, 0.0, Path(os.devnull)
     if not args.real_nst:
         kernel = f"{args.kernel}:{args.kernel_seconds}" if args.kernel_seconds else "identity"
@@ -228,6 +237,8 @@ def main() -> None:
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],
             "style_gram_tilts_ahead": summary["style_gram_tilts_ahead"],
+            # of them, made in the driver on the GPU while Ray and the actor started
+            "style_gram_tilts_made_in_driver": summary["style_gram_tilts_made_in_driver"],
             "ray_start_timeline": timeline,
             # seconds after the run began: the first tomogram prepared, each actor's start
             "run_timeline": summary["timeline"],

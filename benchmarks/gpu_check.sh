@@ -58,6 +58,16 @@ if [ -n "${NOISE_ARGS:-}" ]; then
     timeout "${NOISE_S:-90}" python3 benchmarks/bench_noise.py $NOISE_ARGS >> "$OUT/bench.log" 2>&1
     echo "noise rc=$?" >> "$OUT/bench.log"
 fi
+# FEED_ARGS: one more engine run (benchmarks/engine_feed.py), e.g. the 61 x 4096^2 run without the
+# driver's style targets: "--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs
+# /dev/shm/faket-feed --no-driver-ahead" (about a minute with its inputs written); JSON to $OUT/feed.json
+if [ -n "${FEED_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${FEED_S:-120}" python3 benchmarks/engine_feed.py $FEED_ARGS --json "$OUT/feed.json" \
+        > "$OUT/feed.log" 2>&1
+    echo "feed rc=$?" >> "$OUT/feed.log"
+    tail -2 "$OUT/feed.log"
+fi
 # PUB_ARGS: the published command against `faket stylize` on a series of its own, e.g. "--size 4096
 # --tilts 61" for #12's x6 on 61 x 4096^2 (about 4-5 minutes: give PUB_S and the call's timeout room;
 # needs the published code in .gpu/published, benchmarks/gpu_published.sh); JSON to $OUT/published.json

@@ -11,6 +11,11 @@ float32 tilts, which the prepare stage copies into the store losslessly, scaled 
 range), so the same targets bit for bit; a batch whose style range is not the one they were
 made with is made again, and targets of tilts that a task cut otherwise than planned asks for
 are dropped (they would hold device memory for nothing).
+
+On a GPU host whose local Ray this run starts, the GPU is idle for the seconds Ray and the actor
+take to start: the driver makes the targets there meanwhile (:func:`made_beside_start`, the
+same arithmetic on the same device kind) and hands them to the actor (:meth:`StyleAhead.adopt`),
+which makes only those still missing.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class StyleAhead:
         self.tilts = 0  # tilts whose targets were made ahead
         self.seconds = 0.0
         self.span: dict[str, float] = {}  # wall clock: ahead_from, ahead_to (the run's timeline)
+        self.adopted = 0  # tilts whose targets came made (adopt)
 
     def make(
         self,
@@ -62,7 +68,9 @@ class StyleAhead:
                     for tilts in tasks:
                         for b in nst_batches(len(tilts), transfer.settings.batch_size):
                             idx = tuple(int(i) for i in tilts[b])
-                            if self._stop.is_set() or self.tilts + len(idx) > MOST_TILTS:
+                            if (*key, idx) in self._made:  # adopted: made in the driver
+                                continue
+                            if self._stop.is_set() or self._held() + len(idx) > MOST_TILTS:
                                 return
                             raw = np.stack([st.tilt(i) for i in idx])
                             unit = to_unit(upload({"style": raw}, device).ready()["style"], lo, hi)
@@ -77,6 +85,26 @@ class StyleAhead:
                     torch.cuda.synchronize()
                 self.seconds += time.perf_counter() - t0
                 self.span["ahead_to"] = time.time()
+
+    def _held(self) -> int:
+        with self._lock:
+            return sum(len(k[2]) for k in self._made)
+
+    def export(self) -> dict:
+        """The targets made here, copied to the host: what :meth:`adopt` takes in another process."""
+        with self._lock:
+            made = list(self._made.items())
+        return {k: (rng, _to(targets, "cpu")) for k, (rng, targets) in made}
+
+    def adopt(self, made: dict, device: str) -> None:
+        """Keep targets made elsewhere (:meth:`export`'s) on ``device``, as if made here, for
+        the batches that have none yet."""
+        for k, (rng, targets) in made.items():
+            on = _to(targets, device)
+            with self._lock:
+                if k not in self._made:
+                    self._made[k] = (rng, on)
+                    self.adopted += len(k[2])
 
     def stop(self) -> None:
         """No more targets made ahead; returns once the batch in hand is made."""
@@ -116,3 +144,44 @@ class StyleAhead:
         if entry is None or entry[0] != tuple(style_range):
             return None
         return entry[1]
+
+
+def _to(targets: dict, device: str) -> dict:
+    """Gram targets ``{scale: {layer: tensor}}`` on ``device``, values and dtype kept."""
+    return {s: {layer: t.to(device) for layer, t in by_layer.items()} for s, by_layer in targets.items()}
+
+
+def made_beside_start(
+    state_dict: dict,
+    settings: Any,
+    device: str,
+    threads: int,
+    key: tuple[str, str],
+    style_path: str,
+    size: tuple[int, int],
+    tasks: list[list[int]],
+) -> dict:
+    """The style targets of ``tasks``' NST batches (see :meth:`StyleAhead.make`), made here with
+    the actors' weights and ``settings`` on ``device`` while Ray and the actors start; on the
+    host, for :meth:`StyleAhead.adopt`. threads: on the CPU, the actors' torch threads (the
+    count changes the convolutions' round-off); the driver's count is restored after."""
+    import torch
+
+    from faket.nst import StyleTransfer
+
+    from faket.reproducible import PIN_THREADS, requested
+
+    before = torch.get_num_threads()
+    if device == "cpu":  # as the actor counts them (NSTWorker's constructor)
+        torch.set_num_threads(PIN_THREADS if requested() else max(1, threads))
+    ahead, transfer = StyleAhead(), None
+    try:
+        transfer = StyleTransfer(state_dict, settings, device=device)
+        ahead.make(transfer, device, key, style_path, size, tasks)
+        return ahead.export()
+    finally:
+        ahead._made.clear()
+        transfer = None  # noqa: F841  (its weights too)
+        torch.set_num_threads(before)
+        if device == "cuda":  # the actor's NST needs the device's memory: none kept here
+            torch.cuda.empty_cache()

@@ -29,6 +29,12 @@ AHEAD_DONE_ENV = "FAKET_TEST_AHEAD_DONE"
 #: Benchmark hook: "1" keeps early GPU actors from making style targets ahead (cluster/_ahead.py),
 #: to measure what that gains (benchmarks/engine_feed.py --no-style-ahead).
 NO_AHEAD_ENV = "FAKET_ENGINE_NO_STYLE_AHEAD"
+#: Set: the driver makes no style targets beside Ray's start (cluster/_ahead.made_beside_start):
+#: the actors make them all (to measure what the driver's part gains).
+NO_DRIVER_AHEAD_ENV = "FAKET_ENGINE_NO_DRIVER_STYLE_AHEAD"
+#: Test hook: the driver makes them on the CPU too, for GPU actors declared to Ray that compute
+#: on the CPU (as tests do); without it only a GPU the driver sees is used.
+DRIVER_AHEAD_CPU_ENV = "FAKET_TEST_DRIVER_AHEAD_CPU"
 
 
 def stand_in(kernel: str, tilts: int) -> None:

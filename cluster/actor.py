@@ -134,11 +134,21 @@ class NSTWorker:
 
     @ray.method(concurrency_group="ahead")
     def style_ahead(
-        self, store: str, holder: str, style_path: str, size: list[int], tasks: list[list[int]], weights: list
+        self,
+        store: str,
+        holder: str,
+        style_path: str,
+        size: list[int],
+        tasks: list[list[int]],
+        weights: list,
+        made: dict | None = None,
     ) -> None:
         """Make the style Gram targets of the tasks to come (``tasks``: their tilts, in order) of
         the tomogram group ``holder`` (whose style stack comes from ``style_path``) once warm,
-        until the first task starts (best effort: see :mod:`faket_cluster._ahead`)."""
+        until the first task starts (best effort: see :mod:`faket_cluster._ahead`). made: those
+        the driver made meanwhile (:func:`faket_cluster._ahead.made_beside_start`), kept at once."""
+        if made:
+            self._ahead.adopt(made, self.device)
         self._warmed.wait(timeout=600)
         if os.environ.get(KERNEL_ENV) or self.tasks_started:
             return

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from faket.pipeline import Stage
 
-from . import stages
+from . import _ahead_plan, stages
 from ._clock import StageClock, actor_timeline
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import plan_actors
@@ -156,7 +156,9 @@ def _start(
     """Weights, a resume check, Ray, the actor plan and the laid-out store; nothing computed yet
     but what runs while a local Ray starts, once the spec is accepted: the noise model
     (:func:`stages.noise_model_beside_start`) and a resume's read-back. Returns (weights,
-    actor plan, store root, the noise model's Future or None, the tomograms prepared already).
+    actor plan, store root, the noise model's Future or None, the tomograms prepared already,
+    (the Futures of the first tomogram's prepare and of its style targets made beside the
+    start, each or both None)).
     clock: laps ``weights`` (and the resume check), ``layout`` (the work set going beside the
     start: a fresh store's layout among it), ``ray`` (Ray started or joined, the actor plan) and
     ``store`` (what is left of the store's layout or a resume's check)."""
@@ -168,7 +170,7 @@ def _start(
     from .layout import check_resume
 
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
-    checked, ready, root, early_prep = None, frozenset[str](), None, None
+    checked, ready, root, early_prep, targets = None, frozenset[str](), None, None, None
     redoes_prepare = restart is not None and Stage.PREPARE in restart.and_later()
     resumed = spec.store.exists()
     if resumed:  # refuse a changed spec before touching anything
@@ -185,9 +187,10 @@ def _start(
     early = stages.noise_model_beside_start(spec, address) if len(ready) < len(spec.tomograms) else None
     laid_out = None
     if early is not None and not resumed:  # a fresh store, once the plan fits this machine (else
-        plan_actors(spec, actors, *local_resources())  # one line, no store): laid out and its
-        laid_out = beside(lambda: _lay_out(spec, weights, restart), "faket-layout")  # first
-        early_prep = stages.prepare_beside_start(spec, early, laid_out)  # tomogram prepared
+        local = plan_actors(spec, actors, *local_resources())  # one line, no store): laid out,
+        laid_out = beside(lambda: _lay_out(spec, weights, restart), "faket-layout")  # its first
+        early_prep = stages.prepare_beside_start(spec, early, laid_out)  # tomogram prepared and
+        targets = _ahead_plan.style_targets_beside_start(spec, weights, local, laid_out)  # style targets
     clock.lap("layout")  # while Ray starts: the actors' start waits for neither
     try:
         init_ray(address or spec.resources.address)
@@ -209,7 +212,7 @@ def _start(
     if resumed and (redoes_prepare or problems):  # flags were reset: prepared is read again
         ready = stages.prepared(root, spec)
     clock.lap("store")
-    return weights, plan, root, early, ready, early_prep
+    return weights, plan, root, early, ready, (early_prep, targets)
 
 
 def _lay_out(spec: RunSpec, weights, restart: Stage | None):
@@ -248,7 +251,9 @@ def run(
     from faket.store import done_mask
 
     clock, inside_start = StageClock(), StageClock()
-    weights, plan, root, early, ready, early_prep = _start(spec, address, actors, restart, say, inside_start)
+    weights, plan, root, early, ready, (early_prep, targets) = _start(
+        spec, address, actors, restart, say, inside_start
+    )
     clock.lap("start")
     policy = policy_of(spec)
     unchanged = restart is None and _all_done(root, spec, ready)
@@ -257,7 +262,7 @@ def run(
     fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
     together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
     if fleet is not None:  # up before the first tomogram is prepared: its style targets meanwhile
-        stages.style_ahead(spec, root, fleet, plan.count, alone=together)
+        _ahead_plan.style_ahead(spec, root, fleet, plan.count, alone=together, made=targets)
     try:
         reserved = fleet.cpus if fleet is not None else 0.0
         model_json, noise_phases = (
@@ -319,6 +324,8 @@ def run(
         # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
         "phase_seconds": {"start": inside_start.laps, "noise_model": noise_phases, "prepare": prep_phases},
         "timeline": _timeline(clock.began, stats, early_prep),
+        # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
+        "style_gram_tilts_made_in_driver": _made_tilts(targets),
         "reconstructions": recs,
         "exported": exported,
         "export_kept": kept,  # the MRC files were current already: not written again
@@ -365,6 +372,13 @@ def _timeline(began: float, stats, early_prep) -> dict:
     starts = zip(stats.warm_ups, stats.warm_up_at)
     out["actors"] = [actor_timeline(began, laps, at) for laps, at in starts if at]
     return out
+
+
+def _made_tilts(targets) -> int:
+    """Tilts whose style targets :func:`stages.style_targets_beside_start` made (0: none, or it failed)."""
+    if targets is None or not targets.done() or targets.exception() is not None:
+        return 0
+    return sum(len(key[2]) for key in targets.result())
 
 
 def raise_if_failed(summary: dict) -> None:

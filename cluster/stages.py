@@ -21,7 +21,6 @@ from faket._threads import beside
 from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
-from ._hooks import NO_AHEAD_ENV
 from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
 from .layout import holders
 from .retry import RetryPolicy, run_tasks
@@ -328,29 +327,6 @@ def early_fleet(spec: RunSpec, root, plan: ActorPlan, state_dict: dict) -> Fleet
     if not n or largest_node_cpus() - n * spec.resources.cpus_per_actor < 1:
         return None  # nothing to do, or the actors might leave the prepare stage no CPU
     return launch(spec, plan, state_dict, n)
-
-
-def style_ahead(spec: RunSpec, root, fleet: Fleet, actors: int, alone: bool) -> None:
-    """Ask the early actors to make the first tomogram's style Gram targets while they wait for
-    its prepare stage (:mod:`faket_cluster._ahead`): the batches of its NST tasks as the NST
-    stage will plan them (``alone``: planned for it alone, as :func:`pipelined` does; else with
-    every tomogram prepared), dealt to the actors in turn. Only where that tomogram holds a style
-    stack and has no stylised tilt yet."""
-    from faket.store import done_mask
-
-    from .schedule import nst_jobs
-
-    first = spec.tomograms[0]
-    g = root[first.name]
-    if first.style is None or "style" not in g or os.environ.get(NO_AHEAD_ENV) or done_mask(g, "faket").any():
-        return
-    others = {t.name for t in spec.tomograms[1:]} if alone else set()
-    tasks = [list(tilts) for names, tilts in nst_jobs(root, spec, others, actors)[0] if first.name in names]
-    size = [int(x) for x in g["content"].shape[-2:]]
-    for k, worker in enumerate(fleet.workers):
-        mine = tasks[k :: len(fleet.workers)]
-        if mine:
-            worker.style_ahead.remote(str(spec.store), g.path, str(first.style), size, mine, fleet.weights)
 
 
 def staged(

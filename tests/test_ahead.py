@@ -94,3 +94,32 @@ def test_making_ahead_stops_at_the_first_task_and_at_its_limit(tmp_path, transfe
     capped = StyleAhead()
     capped.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2, 3, 4]])
     assert capped.tilts == 2  # whole batches only: the second one would pass the limit
+
+
+def test_targets_made_in_the_driver_are_the_actors_own(tmp_path, test_weights, transfer):
+    """made_beside_start: the targets made in another process (the driver: its own VGG-19 from
+    the same weights, the actors' thread count), exported to the host and adopted by the
+    actor, are what the actor makes itself, bit for bit; the actor then makes only the
+    batches it was not given, and the driver's thread count is left as it was."""
+    path, values = _style(tmp_path)
+    threads = torch.get_num_threads()
+    made = _ahead.made_beside_start(test_weights, NSTSettings(batch_size=2), "cpu", 1, KEY, str(path), (64, 64),
+                                    [[0, 1, 2]])
+    assert torch.get_num_threads() == threads
+    assert sorted(k[2] for k in made) == [(0, 1), (2,)]  # the task's NST batches
+    assert all(t.device.type == "cpu" for _, m in made.values() for by in m.values() for t in by.values())
+    torch.set_num_threads(1)
+    try:
+        own = StyleAhead()
+        own.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2]])
+        ahead = StyleAhead()
+        ahead.adopt(made, "cpu")
+        assert ahead.adopted == 3 and ahead.tilts == 0
+        ahead.make(transfer, "cpu", KEY, str(path), (64, 64), [[0, 1, 2], [3, 4]])
+        assert ahead.tilts == 2  # only the batch it was not given
+        lo_hi = (values.min(), values.max())
+        for idx in ((0, 1), (2,), (3, 4)):
+            assert _same(ahead.take(KEY, idx, lo_hi), own.take(KEY, idx, lo_hi) or
+                         transfer.style_targets([to_unit(values[list(idx)], *lo_hi)], (64, 64))), idx
+    finally:
+        torch.set_num_threads(threads)

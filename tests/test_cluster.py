@@ -1077,3 +1077,31 @@ def test_a_failed_noise_model_leaves_the_stacks_written_before_it_for_the_retry(
     prepare_tomogram(str(spec.store), spec.tomograms[0], _model(spec)["model"], spec.content_sigma, 2)
     assert done_mask(g, "noisy").all() and done_mask(g, "content").all()
     assert {p: p.stat().st_mtime_ns for p in chunks} == chunks  # kept, not written again
+
+
+def test_the_driver_makes_the_style_targets_while_ray_and_the_actor_start(inputs, tmp_path, test_weights,
+                                                                          local_ray, monkeypatch):
+    """A run that starts its own Ray with a GPU (declared here; the actor computes on the CPU, and
+    a test hook lets the driver do so too) makes the first tomogram's style targets in the
+    driver beside Ray's start; the actor keeps them and makes none itself, its tasks take
+    them, and the results are the single-process ones."""
+    import faket_cluster.ray_setup
+    from faket_cluster._hooks import DRIVER_AHEAD_CPU_ENV
+
+    monkeypatch.setattr(faket_cluster.ray_setup, "_visible_gpus", lambda: 1)
+    monkeypatch.setenv(DRIVER_AHEAD_CPU_ENV, "1")
+    # noiseless tilts, not volumes: no projection in the driver changes torch's thread count meanwhile
+    edits = {f'volume = "inputs/{n}_volume.mrc"': 'tilts = "inputs/reference_noiseless.mrc"'
+             for n in ("tomo_000", "tomo_001")}
+    spec = load_spec(_spec_copy(inputs, tmp_path, **{"actors = 2\n": "", 'export = "': '# export = "', **edits}))
+    assert spec.tomograms[0].volume is None
+    summary = run(spec, say=lambda m: None)
+    assert summary["gpu"] and summary["actors"] == 1 and summary["actors_started_early"]
+    assert summary["prepared_beside_start"] == ["tomo_000"]
+    assert summary["style_gram_tilts_made_in_driver"] == 7 and summary["style_gram_tilts_ahead"] == 7
+    assert "style_ahead" not in summary["actor_warm_up_seconds"][0]  # the actor made none itself
+    assert summary["done_now"] == 14 and summary["failed"] == []
+    root = open_store(spec.store, mode="r")
+    for name in ("tomo_000", "tomo_001"):
+        got = np.asarray(root[name]["faket"][:])
+        assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
