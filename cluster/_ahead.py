@@ -168,7 +168,6 @@ def made_beside_start(
     import torch
 
     from faket.nst import StyleTransfer
-
     from faket.reproducible import PIN_THREADS, requested
 
     before = torch.get_num_threads()
