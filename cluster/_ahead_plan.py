@@ -70,10 +70,30 @@ def style_targets_beside_start(spec: RunSpec, weights, plan: ActorPlan, laid_out
     return beside(work, "faket-style-targets")
 
 
+#: CUDA's device attribute of the compute mode, and its value that lets processes share a GPU.
+_COMPUTE_MODE, _SHARED = 20, 0
+
+
 def _cuda_here() -> bool:
+    """Whether this process sees a GPU that other processes may use at the same time: in an
+    exclusive compute mode (some clusters) the driver's CUDA context would keep the actor's
+    out, and the driver leaves the GPU alone. The mode is asked of CUDA's driver library."""
+    import ctypes
+
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return False
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        dev, mode = ctypes.c_int(), ctypes.c_int(-1)
+        if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(dev), 0):
+            return False
+        if cuda.cuDeviceGetAttribute(ctypes.byref(mode), _COMPUTE_MODE, dev):
+            return False
+    except (OSError, AttributeError):
+        return False
+    return mode.value == _SHARED
 
 
 def style_ahead(

@@ -1105,3 +1105,38 @@ def test_the_driver_makes_the_style_targets_while_ray_and_the_actor_start(inputs
     for name in ("tomo_000", "tomo_001"):
         got = np.asarray(root[name]["faket"][:])
         assert np.abs(got - _reference(spec.store, name, test_weights)).max() <= 1e-5
+
+
+def test_the_driver_makes_style_targets_only_on_a_gpu_it_can_share(inputs, tmp_path, monkeypatch):
+    """_ahead_plan.style_targets_beside_start: nothing for CPU actors, nothing without a GPU in the
+    driver that other processes may use too (unless a test asks for the CPU), nothing when
+    turned off; none of these waits for the store's layout."""
+    from concurrent.futures import Future
+
+    import torch
+
+    from faket_cluster import _ahead_plan
+    from faket_cluster._hooks import DRIVER_AHEAD_CPU_ENV, NO_DRIVER_AHEAD_ENV
+    from faket_cluster.fleet import ActorPlan
+
+    spec = load_spec(_spec_copy(inputs, tmp_path))
+    never: Future = Future()  # a layout that never ends: waited on, the test would hang
+    gpu, cpu = ActorPlan(1, True, 1.0, True), ActorPlan(2, False, 0.0, False)
+    assert _ahead_plan.style_targets_beside_start(spec, None, cpu, never) is None
+    if not torch.cuda.is_available():
+        assert not _ahead_plan._cuda_here()
+        assert _ahead_plan.style_targets_beside_start(spec, None, gpu, never) is None
+    monkeypatch.setenv(DRIVER_AHEAD_CPU_ENV, "1")
+    monkeypatch.setenv(NO_DRIVER_AHEAD_ENV, "1")
+    assert _ahead_plan.style_targets_beside_start(spec, None, gpu, never) is None
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_a_shared_gpu_is_the_one_nvidia_smi_calls_default():
+    from faket_cluster._ahead_plan import _cuda_here
+
+    res = subprocess.run(["nvidia-smi", "--query-gpu=compute_mode", "--format=csv,noheader", "-i", "0"],
+                         capture_output=True, text=True)
+    if res.returncode != 0 or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        pytest.skip("nvidia-smi cannot tell, or CUDA's device 0 is another GPU than its")
+    assert _cuda_here() == (res.stdout.strip() == "Default")
