@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from concurrent.futures import Future
 
 from faket._threads import beside
@@ -37,7 +38,9 @@ def style_targets_beside_start(spec: RunSpec, weights, plan: ActorPlan, laid_out
     """The first tomogram's style Gram targets made in a thread of the driver on the GPU while a
     local Ray and the GPU actors start (the GPU is idle until then; :mod:`faket_cluster._ahead`),
     once the fresh store is laid out; None where the actors do not compute on a GPU this
-    process sees (DRIVER_AHEAD_CPU_ENV: on the CPU too, for tests) or NO_DRIVER_AHEAD_ENV is set."""
+    process sees (DRIVER_AHEAD_CPU_ENV: on the CPU too, for tests) or NO_DRIVER_AHEAD_ENV is set.
+    The Future's result: ``{"made": the targets (StyleAhead.export), "span": (from, to)}``, the
+    span on the wall clock (the run's timeline)."""
     from ._ahead import made_beside_start
 
     if not plan.use_gpu or spec.tomograms[0].style is None or os.environ.get(NO_DRIVER_AHEAD_ENV):
@@ -50,13 +53,14 @@ def style_targets_beside_start(spec: RunSpec, weights, plan: ActorPlan, laid_out
     alone = len(spec.tomograms) > 1  # as the run will plan with GPU actors up (see engine.run)
 
     def work() -> dict:
+        began = time.time()
         first = _first_tasks(spec, laid_out.result(), plan.count, alone)
         if first is None:
-            return {}
+            return {"made": {}, "span": (began, time.time())}
         g, size, tasks = first
         key = (str(spec.store), g.path)
         threads = int(spec.resources.cpus_per_actor)
-        return made_beside_start(
+        made = made_beside_start(
             weights.state_dict,
             spec.nst,
             device,
@@ -66,6 +70,7 @@ def style_targets_beside_start(spec: RunSpec, weights, plan: ActorPlan, laid_out
             (size[0], size[1]),
             tasks,
         )
+        return {"made": made, "span": (began, time.time())}
 
     return beside(work, "faket-style-targets")
 
@@ -123,6 +128,6 @@ def style_ahead(
 
     def asked(done: Future) -> None:
         with contextlib.suppress(Exception):  # a failed start, or a run that ended meanwhile
-            ask(done.result() if done.exception() is None else {})
+            ask(done.result()["made"] if done.exception() is None else {})
 
     made.add_done_callback(asked)

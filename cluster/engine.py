@@ -323,7 +323,7 @@ def run(
         "stage_seconds": clock.laps,
         # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
         "phase_seconds": {"start": inside_start.laps, "noise_model": noise_phases, "prepare": prep_phases},
-        "timeline": _timeline(clock.began, stats, early_prep),
+        "timeline": _timeline(clock.began, stats, early_prep, targets),
         # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
         "style_gram_tilts_made_in_driver": _made_tilts(targets),
         "reconstructions": recs,
@@ -362,13 +362,16 @@ def _stats_summary(stats) -> dict:
     }
 
 
-def _timeline(began: float, stats, early_prep) -> dict:
+def _timeline(began: float, stats, early_prep, targets) -> dict:
     """Seconds after the run began, on the host's wall clock: when the first tomogram's prepare
-    beside Ray's start ended (``prepared_beside_start``) and each actor's start and first task
+    beside Ray's start ended (``prepared_beside_start``), when the driver made style targets
+    (``driver_targets``: from, to) and each actor's start and first task
     (:func:`faket_cluster._clock.actor_timeline`; an actor on another host has its own clock)."""
     out: dict = {}
     if early_prep is not None and early_prep[1].exception() is None:
         out["prepared_beside_start"] = round(early_prep[1].result()["ended_at"] - began, 2)
+    if targets is not None and targets.done() and targets.exception() is None:
+        out["driver_targets"] = [round(t - began, 2) for t in targets.result()["span"]]
     starts = zip(stats.warm_ups, stats.warm_up_at)
     out["actors"] = [actor_timeline(began, laps, at) for laps, at in starts if at]
     return out
@@ -378,7 +381,7 @@ def _made_tilts(targets) -> int:
     """Tilts whose style targets :func:`stages.style_targets_beside_start` made (0: none, or it failed)."""
     if targets is None or not targets.done() or targets.exception() is not None:
         return 0
-    return sum(len(key[2]) for key in targets.result())
+    return sum(len(key[2]) for key in targets.result()["made"])
 
 
 def raise_if_failed(summary: dict) -> None:

@@ -1100,6 +1100,9 @@ def test_the_driver_makes_the_style_targets_while_ray_and_the_actor_start(inputs
     assert summary["prepared_beside_start"] == ["tomo_000"]
     assert summary["style_gram_tilts_made_in_driver"] == 7 and summary["style_gram_tilts_ahead"] == 7
     assert "style_ahead" not in summary["actor_warm_up_seconds"][0]  # the actor made none itself
+    line = summary["timeline"]  # made before the actor's first task asked for them
+    (actor,) = line["actors"]
+    assert 0 <= line["driver_targets"][0] <= line["driver_targets"][1] <= actor["first_task"], line
     assert summary["done_now"] == 14 and summary["failed"] == []
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
