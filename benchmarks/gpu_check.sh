@@ -12,7 +12,15 @@
 #   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=0 TEST_S=330 WORKERS=14 bash benchmarks/gpu_check.sh",
 #       carry=[".gpu"], timeout_s=370)
 # (a 15-minute lease: the suite took more than 190 s on 14 workers of an H100 machine, its Ray tests last;
-# on the H200 in session 17 the benchmark took 287 s and the suite 237 s, the machine's start about 30 s)
+# on the H200 in session 17 the benchmark took 287 s and the suite 237 s, the machine's start about 30 s;
+# in session 19 the benchmark without the published comparison 129 s, the suite 233 s)
+# Session 19's lease: the benchmark without the 11-tilt published comparison, then the published command
+# at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
+# Next: the driver's style targets and the prepare's copies beside the noise model are unmeasured on a
+# GPU; the benchmark's end-to-end run has both, FEED_ARGS the same run without the driver's targets:
+#   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=230 BENCH_ARGS='--skip published' TEST_S=0
+#       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed
+#       --no-driver-ahead' FEED_S=120 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=380)
 # and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
 # same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
