@@ -1079,17 +1079,25 @@ def test_a_failed_noise_model_leaves_the_stacks_written_before_it_for_the_retry(
     assert {p: p.stat().st_mtime_ns for p in chunks} == chunks  # kept, not written again
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["made", "failed"])
 def test_the_driver_makes_the_style_targets_while_ray_and_the_actor_start(inputs, tmp_path, test_weights,
-                                                                          local_ray, monkeypatch):
+                                                                          local_ray, monkeypatch, fails):
     """A run that starts its own Ray with a GPU (declared here; the actor computes on the CPU, and
     a test hook lets the driver do so too) makes the first tomogram's style targets in the
     driver beside Ray's start; the actor keeps them and makes none itself, its tasks take
-    them, and the results are the single-process ones."""
+    them, and the results are the single-process ones. Where the driver's attempt fails, the
+    actor and its tasks make them, with the same results."""
+    import faket_cluster._ahead
     import faket_cluster.ray_setup
     from faket_cluster._hooks import DRIVER_AHEAD_CPU_ENV
 
     monkeypatch.setattr(faket_cluster.ray_setup, "_visible_gpus", lambda: 1)
     monkeypatch.setenv(DRIVER_AHEAD_CPU_ENV, "1")
+    if fails:
+        def out_of_memory(*args):
+            raise RuntimeError("CUDA out of memory (injected)")
+
+        monkeypatch.setattr(faket_cluster._ahead, "made_beside_start", out_of_memory)
     # noiseless tilts, not volumes: no projection in the driver changes torch's thread count meanwhile
     edits = {f'volume = "inputs/{n}_volume.mrc"': 'tilts = "inputs/reference_noiseless.mrc"'
              for n in ("tomo_000", "tomo_001")}
@@ -1098,11 +1106,14 @@ def test_the_driver_makes_the_style_targets_while_ray_and_the_actor_start(inputs
     summary = run(spec, say=lambda m: None)
     assert summary["gpu"] and summary["actors"] == 1 and summary["actors_started_early"]
     assert summary["prepared_beside_start"] == ["tomo_000"]
-    assert summary["style_gram_tilts_made_in_driver"] == 7 and summary["style_gram_tilts_ahead"] == 7
-    assert "style_ahead" not in summary["actor_warm_up_seconds"][0]  # the actor made none itself
-    line = summary["timeline"]  # made before the actor's first task asked for them
-    (actor,) = line["actors"]
-    assert 0 <= line["driver_targets"][0] <= line["driver_targets"][1] <= actor["first_task"], line
+    line = summary["timeline"]
+    if fails:
+        assert summary["style_gram_tilts_made_in_driver"] == 0 and "driver_targets" not in line
+    else:
+        assert summary["style_gram_tilts_made_in_driver"] == 7 and summary["style_gram_tilts_ahead"] == 7
+        assert "style_ahead" not in summary["actor_warm_up_seconds"][0]  # the actor made none itself
+        (actor,) = line["actors"]  # made before the actor's first task asked for them
+        assert 0 <= line["driver_targets"][0] <= line["driver_targets"][1] <= actor["first_task"], line
     assert summary["done_now"] == 14 and summary["failed"] == []
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
