@@ -148,7 +148,10 @@ class NSTWorker:
         until the first task starts (best effort: see :mod:`faket_cluster._ahead`). made: those
         the driver made meanwhile (:func:`faket_cluster._ahead.made_beside_start`), kept at once."""
         if made:
-            self._ahead.adopt(made, self.device)
+            try:
+                self._ahead.adopt(made, self.device)
+            except Exception:  # the tasks make what is not kept (as below)
+                pass
         self._warmed.wait(timeout=600)
         if os.environ.get(KERNEL_ENV) or self.tasks_started:
             return
