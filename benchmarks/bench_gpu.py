@@ -311,10 +311,11 @@ def markdown(result: dict) -> str:
                   f"{e['actor_nst_over_in_process']:.2f} | {e['nst_stage_seconds']:.1f} | {e['run_seconds']:.1f} |"
                   for e in result["engine"]]
     if result.get("end_to_end"):
-        lines += ["", "| whole run | seconds | NST stage s | NST tilts/s | inputs | dirty GB at start, peak |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| whole run | seconds | NST stage s | NST tilts/s | style targets ahead (in the driver) | "
+                  "inputs | dirty GB at start, peak |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {e['tilts']} x {e['size']}^2 | {e['run_seconds']:.1f} | {e['nst_stage_seconds']:.1f} | "
-                  f"{e['tilts_per_second']:.2f} | {e.get('inputs') or 'beside the store'} | "
+                  f"{e['tilts_per_second']:.2f} | {e.get('style_gram_tilts_ahead', 0)} "
+                  f"({e.get('style_gram_tilts_made_in_driver', 0)}) | {e.get('inputs') or 'beside the store'} | "
                   f"{_dirty(e.get('page_cache') or {})} |" for e in result["end_to_end"]]
     lines += [f"\nRun of {e['tilts']} x {e['size']}^2, wall seconds per stage: "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
