@@ -123,3 +123,31 @@ def test_targets_made_in_the_driver_are_the_actors_own(tmp_path, test_weights, t
                          transfer.style_targets([to_unit(values[list(idx)], *lo_hi)], (64, 64))), idx
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_targets_made_on_the_gpu_by_another_process_are_this_ones(tmp_path, test_weights, weights_file):
+    """On CUDA the driver's targets (made in its process) stand for the actor's (made in its own):
+    another process's, made with the same weights and default settings, equal this one's bit
+    for bit (cuDNN chooses its kernels the same way in each process)."""
+    import subprocess
+    import sys
+
+    path, _ = _style(tmp_path)
+    out = tmp_path / "made.pt"
+    code = (
+        "import sys, torch\n"
+        "from faket.settings import NSTSettings\n"
+        "from faket_cluster._ahead import made_beside_start\n"
+        "w = torch.load(sys.argv[1], weights_only=True)\n"
+        "made = made_beside_start(w, NSTSettings(), 'cuda', 1, ('s', 'g'), sys.argv[2], (64, 64), [[0, 1, 2]])\n"
+        "torch.save({str(k[2]): m for k, (_, m) in made.items()}, sys.argv[3])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(weights_file), str(path), str(out)], check=True, timeout=300)
+    theirs = torch.load(out, weights_only=True)
+    mine = StyleAhead()
+    mine.make(StyleTransfer(test_weights, NSTSettings(), device="cuda"), "cuda", ("s", "g"), str(path), (64, 64),
+              [[0, 1, 2]])
+    ours = {str(k[2]): v for k, (_, v) in mine.export().items()}
+    assert ours.keys() == theirs.keys() and all(_same(ours[k], theirs[k]) for k in ours)
