@@ -378,7 +378,8 @@ def _timeline(began: float, stats, early_prep, targets) -> dict:
 
 
 def _made_tilts(targets) -> int:
-    """Tilts whose style targets :func:`stages.style_targets_beside_start` made (0: none, or it failed)."""
+    """Tilts whose style targets :func:`_ahead_plan.style_targets_beside_start` made (0: none,
+    or it failed)."""
     if targets is None or not targets.done() or targets.exception() is not None:
         return 0
     return sum(len(key[2]) for key in targets.result()["made"])
