@@ -133,9 +133,10 @@ def prepare_tomogram(
     clock.lap("labels")
     model = NoiseModel.from_json(model_json() if callable(model_json) else model_json)
     clock.lap("model")
+    noiseless = clean["noiseless"]
     prepare_noise(
         sink,
-        lambda i: read_tilt(clean["noiseless"], i),
+        lambda i: read_tilt(noiseless, i),
         model,
         tomo.seed,
         ("noisy", "content"),

@@ -260,7 +260,12 @@ def warm_up() -> None:
 def write_tilt(group, stage: str, index: int, image: np.ndarray) -> None:
     """Write one tilt of a stage, then mark it done (idempotent; creates nothing)."""
     flags = _flag_array(group, stage)
-    write_tilt_data(group[stage], index, np.asarray(image, dtype=np.float32))
+    _put_tilt(group[stage], flags, index, image)
+
+
+def _put_tilt(arr, flags, index: int, image: np.ndarray) -> None:
+    """Write one tilt into an opened stack, then set its done flag."""
+    write_tilt_data(arr, index, np.asarray(image, dtype=np.float32))
     set_flags(flags, [index])
 
 
@@ -335,6 +340,9 @@ class StoreSink:
     def __init__(self, group, track: Sequence[str] = ()) -> None:
         self.group = group
         self._extremes: dict[str, dict[int, tuple[np.float32, np.float32]]] = {n: {} for n in track}
+        # each stack's (array, done flags), opened once: an open reads and parses its metadata in
+        # zarr's one event-loop thread, where the threads putting tilts would queue for it
+        self._arrays: dict[str, tuple[Any, Any]] = {}
 
     @property
     def tracked(self) -> list[str]:
@@ -345,7 +353,10 @@ class StoreSink:
 
     def put(self, name: str, index: int, image: np.ndarray) -> None:
         tilt = np.asarray(image, dtype=np.float32)
-        write_tilt(self.group, name, index, tilt)
+        if name not in self._arrays:  # two threads may both open it: the same arrays
+            flags = _flag_array(self.group, name)
+            self._arrays[name] = (self.group[name], flags)
+        _put_tilt(*self._arrays[name], index, tilt)
         if name in self._extremes:  # one key per tilt: threads putting tilts never collide
             self._extremes[name][int(index)] = (tilt.min(), tilt.max())
 
