@@ -180,3 +180,36 @@ def pytest_runtest_logreport(report) -> None:
     if path and report.failed:
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n")
+
+
+# --------------------------------------------------------------------------- the Ray engine's tests
+@pytest.fixture
+def ray_env(monkeypatch):
+    """A local Ray of the test's own: no token auth, no usage statistics, no cluster address."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def engine_spec(tmp_path_factory, weights_file):
+    """A run spec of two 32^2 tomograms of 7 tilts (engine_support.ANGLES) for two CPU actors."""
+    from engine_support import ANGLES
+    from faket_cluster.demo import write_inputs
+
+    out = tmp_path_factory.mktemp("run")
+    spec = write_inputs(out, tomograms=2, size=32, angles=ANGLES)
+    text = spec.read_text().replace('vgg = "imagenet"', f'vgg = "{weights_file}"')
+    # CPU actors: these tests compare with CPU references, also on a machine with a GPU
+    spec.write_text(text.replace("batch = 1", 'batch = 1\nactors = 2\ndevice = "cpu"'))
+    return spec
+
+
+@pytest.fixture
+def local_ray():
+    """Ends the Ray this process started, if it did, after the test."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
