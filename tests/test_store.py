@@ -93,6 +93,34 @@ def test_store_sink_range_is_the_whole_stacks(tmp_path, workers):
         sink.stack_range("noiseless")
 
 
+def test_a_store_sink_opens_each_stack_once_whatever_the_tilts(tmp_path):
+    """A sink opens a stack and its done flags at its first put, not at every tilt: each open
+    reads the array's metadata in zarr's one event-loop thread, where threads putting tilts queue."""
+    from faket.store import read_tilt
+
+    g = open_store(tmp_path / "run.zarr", mode="w").require_group("t")
+    create_stack(g, "noisy", (6, 40, 30))
+    opened: list[str] = []
+
+    class Counting:  # the group, counting what is opened through it
+        def __getitem__(self, key: str):
+            opened.append(key)
+            return g[key]
+
+        def __contains__(self, key: str) -> bool:
+            return key in g
+
+        def __getattr__(self, name: str):
+            return getattr(g, name)
+
+    sink = StoreSink(Counting())
+    for i in range(6):
+        sink.put("noisy", i, np.full((40, 30), i, np.float32))
+    assert sorted(opened) == ["done_noisy", "noisy"]
+    assert done_mask(g, "noisy").all()
+    assert [float(read_tilt(g["noisy"], i)[7, 9]) for i in range(6)] == [0, 1, 2, 3, 4, 5]
+
+
 def test_export_streams_to_mrc(tmp_path, monkeypatch, capsys):
     _, data = _store(tmp_path)
     code, _, err = call_main(monkeypatch, capsys, "export", tmp_path / "run.zarr", "-o", tmp_path / "out")
