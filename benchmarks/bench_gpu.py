@@ -213,6 +213,9 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
         print(f"  Ray's processes first logged, seconds after the driver asked: {_seconds([timeline])}; "
               f"Python workers Ray started: {workers}", flush=True)
         print(f"  {_timeline(row.get('run_timeline') or {})}", flush=True)
+        cpu = [p for p in (row.get("phase_cpu_seconds") or {}).values() if p]
+        if cpu:  # against the wall seconds inside: how many cores each phase kept busy
+            print(f"  CPU seconds of their processes, all threads: {_seconds(cpu)}", flush=True)
         if not loop:
             cache = row.get("page_cache") or {}
             print(f"  inputs in {row.get('inputs') or 'the store folder'}; page cache (GB): "
@@ -321,6 +324,8 @@ def markdown(result: dict) -> str:
               + ", ".join(f"{k} {v:.1f}" for k, v in e["stage_seconds"].items())
               + "".join(f"; {stage} inside: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
                         for stage, p in e.get("phase_seconds", {}).items() if p)
+              + "".join(f"; {stage}'s CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
+                        for stage, p in (e.get("phase_cpu_seconds") or {}).items() if p)
               + f"; {_timeline(e.get('run_timeline') or {})}"
               for e in (result.get("engine") or []) + (result.get("end_to_end") or []) if e.get("stage_seconds")]
     for r in result.get("published") or []:

@@ -232,6 +232,8 @@ def main() -> None:
             "run_seconds": summary["seconds"],
             "stage_seconds": summary["stage_seconds"],
             "phase_seconds": summary["phase_seconds"],
+            # the same phases' CPU seconds in their processes (whether they kept the cores busy)
+            "phase_cpu_seconds": summary["phase_cpu_seconds"],
             "noise_model_beside_start": summary["noise_model_beside_start"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],

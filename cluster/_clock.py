@@ -1,6 +1,7 @@
 """Wall seconds per stage or phase, in the order they ran: the run's ``stage_seconds`` and the
-tasks' ``phase_seconds``; and the run's ``timeline``: when the actors started, warmed up and took
-their first task, on the wall clock that a host's processes share."""
+tasks' ``phase_seconds`` (with their processes' CPU seconds, ``phase_cpu_seconds``); and the
+run's ``timeline``: when the actors started, warmed up and took their first task, on the wall
+clock that a host's processes share."""
 
 from __future__ import annotations
 
@@ -9,21 +10,29 @@ import time
 
 
 class StageClock:
-    """``lap(name)`` closes the stage that began at the last lap (or at the start)."""
+    """``lap(name)`` closes the stage that began at the last lap (or at the start): its wall
+    seconds (``laps``) and the CPU seconds this process spent meanwhile, all its threads
+    together (``cpu_laps``: beside the wall seconds, how many cores the stage kept busy)."""
 
     def __init__(self) -> None:
         self.began = time.time()  # the wall clock: the same for every process of a host
         self.start = self.mark = time.perf_counter()
+        self.cpu_mark = time.process_time()
         self.laps: dict[str, float] = {}
+        self.cpu_laps: dict[str, float] = {}
 
     def since(self) -> float:
         return time.perf_counter() - self.mark
 
     def lap(self, name: str, seconds: float | None = None) -> None:
-        """Close stage ``name``: the time since the last lap, or ``seconds`` of it (the rest stays open)."""
+        """Close stage ``name``: the time since the last lap, or ``seconds`` of it (the rest stays
+        open; the CPU seconds since the last lap all go to ``name``)."""
         took = self.since() if seconds is None else seconds
         self.laps[name] = round(took, 3)
         self.mark += took
+        cpu = time.process_time()
+        self.cpu_laps[name] = round(cpu - self.cpu_mark, 3)
+        self.cpu_mark = cpu
 
     def total(self) -> float:
         return time.perf_counter() - self.start

@@ -268,7 +268,7 @@ def run(
         model_json, noise_phases = (
             stages.noise_model(spec, policy, reserved, early)
             if len(ready) < len(spec.tomograms)
-            else (None, {})
+            else (None, stages.sum_phases([]))
         )
         clock.lap("noise_model")
         now_ready, beside_phases = stages.prepared_beside_start(early_prep, ready, say)
@@ -277,10 +277,7 @@ def run(
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
             spec, root, plan, weights, policy, model_json, jobs, now_ready
         )
-        prep_phases = {
-            k: round(prep_phases.get(k, 0.0) + beside_phases.get(k, 0.0), 3)
-            for k in {**prep_phases, **beside_phases}
-        }
+        prep_phases = stages.sum_phases([prep_phases, beside_phases])
         stats, n_actors, nst_seconds, total, done_before = nst
         # pipelined: the prepare stage until the first tomogram's NST (the rest ran beside it)
         clock.lap("prepare", clock.since() - nst_seconds if together else waited + prep_seconds)
@@ -313,7 +310,9 @@ def run(
         "pipelined": together,
         "prepare_seconds": round(waited + prep_seconds, 3),  # the whole prepare stage's wall time
         # the noise model was estimated in the driver while the local Ray started
-        "noise_model_beside_start": bool(noise_phases) and early is not None and early.exception() is None,
+        "noise_model_beside_start": bool(noise_phases["seconds"])
+        and early is not None
+        and early.exception() is None,
         # the first tomogram's prepare stage ran in the driver while the local Ray started
         "prepared_beside_start": sorted(now_ready - ready),
         "prepared_before": sorted(ready),  # tomograms a resume found prepared: no task, no noise model
@@ -322,7 +321,17 @@ def run(
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
         # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
-        "phase_seconds": {"start": inside_start.laps, "noise_model": noise_phases, "prepare": prep_phases},
+        "phase_seconds": {
+            "start": inside_start.laps,
+            "noise_model": noise_phases["seconds"],
+            "prepare": prep_phases["seconds"],
+        },
+        # the CPU seconds of the processes those ran in, all their threads (the driver's beside
+        # Ray's start: with whatever else it ran meanwhile), against the wall seconds above
+        "phase_cpu_seconds": {
+            "noise_model": noise_phases["cpu_seconds"],
+            "prepare": prep_phases["cpu_seconds"],
+        },
         "timeline": _timeline(clock.began, stats, early_prep, targets),
         # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
         "style_gram_tilts_made_in_driver": _made_tilts(targets),

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import ray
 
@@ -73,36 +73,37 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
 
 def prepared_beside_start(
     early_prep: tuple[str, Future] | None, ready: frozenset[str], say
-) -> tuple[frozenset[str], dict[str, float]]:
+) -> tuple[frozenset[str], dict[str, dict[str, float]]]:
     """``ready`` with the tomogram :func:`prepare_beside_start` prepared, once it is (waits), and
-    its wall seconds per phase; ``ready`` alone where there was none or it failed."""
+    its wall and CPU seconds per phase (:func:`sum_phases`); ``ready`` alone where there was none
+    or it failed."""
     if early_prep is None:
-        return ready, {}
+        return ready, sum_phases([])
     name, future = early_prep
     err = future.exception()
     if err is not None:
         say(f"preparing {name} beside Ray's start failed ({type(err).__name__}: {err}); a task tries again")
-        return ready, {}
+        return ready, sum_phases([])
     say(f"{name} prepared beside Ray's start")
-    return ready | {name}, future.result()["seconds"]
+    return ready | {name}, sum_phases([future.result()])
 
 
 def noise_model(
     spec: RunSpec, policy: RetryPolicy, reserved: float = 0.0, early: Future | None = None
-) -> tuple[dict, dict[str, float]]:
+) -> tuple[dict, dict[str, dict[str, float]]]:
     """The run's noise model as JSON: loaded from the spec's file, or estimated from its pairs
     (``early``: by :func:`noise_model_beside_start`; otherwise, or where that failed, by a Ray
-    task; reserved: CPUs this run's actors hold meanwhile); and the estimate's wall seconds per
-    phase."""
+    task; reserved: CPUs this run's actors hold meanwhile); and the estimate's wall and CPU
+    seconds per phase (:func:`sum_phases`; none where the model was loaded)."""
     from faket.noise import NoiseModel
 
     _, estimate, _, _ = remote_functions()
 
     if spec.noise_model is not None:
-        return NoiseModel.load(spec.noise_model).to_json(), {}
+        return NoiseModel.load(spec.noise_model).to_json(), sum_phases([])
     if early is not None and early.exception() is None:
         out = early.result()
-        return out["model"], out["seconds"]
+        return out["model"], sum_phases([out])
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     cpus = free_cpus(1, reserved)
     task = estimate.options(num_cpus=cpus)
@@ -112,7 +113,7 @@ def noise_model(
             f"the noise model could not be estimated ({failures['noise']}): "
             "fix the cause and rerun the same spec"
         )
-    return results["noise"]["model"], results["noise"]["seconds"]
+    return results["noise"]["model"], sum_phases([results["noise"]])
 
 
 def prepared(root, spec: RunSpec) -> frozenset[str]:
@@ -176,14 +177,14 @@ def prepare_stage(
     at_once: int | None = None,
     on_prepared: Callable[[str], None] | None = None,
     ready: frozenset[str] = frozenset(),
-) -> tuple[dict[str, str], dict[str, float]]:
+) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
     tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
     each succeeds and the tomogram holding its style stack has; ``ready``: tomograms prepared
     already (:func:`prepared`), which get no task, only their spec's attributes refreshed). A
     tomogram whose noiseless stack another one holds is prepared after it. Returns the
-    tomograms that failed (or whose holder did) and the tasks' wall seconds per phase, summed
-    over tomograms."""
+    tomograms that failed (or whose holder did) and the tasks' wall and CPU seconds per phase,
+    summed over tomograms (:func:`sum_phases`)."""
     from faket.io import read_tlt
 
     prepare, _, _, _ = remote_functions()
@@ -197,7 +198,7 @@ def prepare_stage(
     by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
     if not by_name:
         say(f"all {len(ready)} tomogram(s) in {store} are prepared")
-        return {}, {}
+        return {}, sum_phases([])
     before = f", {len(ready)} prepared" if ready else ""
     say(f"preparing {len(by_name)} tomogram(s) in {store}{before}")
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
@@ -218,11 +219,18 @@ def prepare_stage(
         after,
     )
     prep_failed = gate.failed(prep_failed)
-    phases: dict[str, float] = {}
-    for result in done.values():
-        for phase, secs in result["seconds"].items():
-            phases[phase] = round(phases.get(phase, 0.0) + secs, 3)
-    return prep_failed, phases
+    return prep_failed, sum_phases(done.values())
+
+
+def sum_phases(results: Iterable[dict]) -> dict[str, dict[str, float]]:
+    """Each phase's wall seconds (``seconds``) and its processes' CPU seconds (``cpu_seconds``)
+    summed over tasks' results (or sums made before) that hold them."""
+    out: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}
+    for result in results:
+        for key, into in out.items():
+            for phase, secs in result.get(key, {}).items():
+                into[phase] = round(into.get(phase, 0.0) + secs, 3)
+    return out
 
 
 def nst_stage(
@@ -280,7 +288,7 @@ def pipelined(
     one's NST tasks are queued as soon as its prepare task ends (its value ranges are known
     only then), so the GPUs work while the rest is prepared. ``jobs``: keyword arguments of
     :func:`nst_stage` (progress, say, fleet). Returns (:func:`nst_stage`'s tuple, the
-    prepare stage's failures, its phase seconds, its wall seconds)."""
+    prepare stage's failures, its phases' wall and CPU seconds, its wall seconds)."""
     from .schedule import JobFeed, nst_jobs
 
     names = [t.name for t in spec.tomograms]

@@ -53,7 +53,8 @@ def remote_functions():
 
 def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
     """The noise model's JSON (``model``) from (reference, noiseless) file pairs, and the wall
-    seconds of opening them (the files' scans) and of the statistics (``seconds``)."""
+    seconds of opening them (the files' scans) and of the statistics (``seconds``; the process's
+    CPU seconds meanwhile: ``cpu_seconds``)."""
     from faket.io import open_mrc
     from faket.noise import NoiseModel
 
@@ -74,7 +75,7 @@ def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
             workers,
         )
         clock.lap("statistics")
-        return {"model": model.to_json(), "seconds": clock.laps}
+        return {"model": model.to_json(), "seconds": clock.laps, "cpu_seconds": clock.cpu_laps}
 
 
 def prepare_tomogram(
@@ -86,7 +87,8 @@ def prepare_tomogram(
 ) -> dict:
     """Write noiseless and style tilts (where its group holds those stacks: see
     :func:`faket.store.holder`), labels, NOISY and CONTENT of one tomogram (idempotent); returns
-    its name, tilt count and the wall seconds of each phase (``seconds``).
+    its name, tilt count, the wall seconds of each phase (``seconds``) and the process's CPU
+    seconds meanwhile, all its threads (``cpu_seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
     model_json: the noise model, or what returns it once it is estimated: only the noise
@@ -148,7 +150,13 @@ def prepare_tomogram(
     clock.lap("ranges")
     g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})
     clock.lap("attrs")
-    return {"name": tomo.name, "n": len(angles), "seconds": clock.laps, "ended_at": time.time()}
+    return {
+        "name": tomo.name,
+        "n": len(angles),
+        "seconds": clock.laps,
+        "cpu_seconds": clock.cpu_laps,
+        "ended_at": time.time(),
+    }
 
 
 def _noiseless(sink, tomo: TomogramSpec, angles, workers: int) -> float:

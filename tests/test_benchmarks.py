@@ -303,6 +303,8 @@ def test_bench_gpu_end_to_end_keeps_its_inputs_at_rest(tmp_path):
     line = row["run_timeline"]  # the run's own clock: its first tomogram prepared, the actor's start
     assert 0 < line["prepared_beside_start"] < row["run_seconds"] and len(line["actors"]) == 1
     assert f"prepared beside the start {line['prepared_beside_start']:.1f}" in md and "first task" in md
+    cpu = row["phase_cpu_seconds"]  # how many cores the prepare stage's phases kept busy
+    assert cpu["prepare"]["noise"] > 0 and f"prepare's CPU seconds: noiseless {cpu['prepare']['noiseless']:.1f}" in md
 
 
 def test_resting_inputs_go_to_ram_only_where_they_fit(tmp_path):

@@ -1,14 +1,16 @@
-"""cluster/_clock.py: the wall clock of a process's start, and an actor's timeline from it."""
+"""cluster/_clock.py: a stage's wall and CPU seconds, the wall clock of a process's start, and an
+actor's timeline from it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from faket_cluster._clock import actor_timeline, process_started_at
+from faket_cluster._clock import StageClock, actor_timeline, process_started_at
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
@@ -34,3 +36,20 @@ def test_actor_timeline_puts_the_laps_on_the_run_clock():
     # no /proc, no targets made ahead: only what was reported
     assert actor_timeline(100.0, {"pid": 1, "init": 1.0}, {"process": None, "clock": 100.5}) == {
         "pid": 1, "constructed": 1.5, "warm": 1.5}
+
+
+def test_a_stage_clock_counts_the_cpu_seconds_of_each_lap():
+    """A lap that computes has CPU seconds, as many as it computed; a lap that waits has almost
+    none; neither has more than the wall seconds on every core."""
+    clock = StageClock()
+    spent = time.process_time() + 0.2
+    while time.process_time() < spent:  # at least 0.2 s of CPU
+        sum(range(1000))
+    clock.lap("compute")
+    time.sleep(0.3)
+    clock.lap("wait")
+    assert list(clock.cpu_laps) == list(clock.laps) == ["compute", "wait"]
+    assert clock.cpu_laps["compute"] >= 0.2 and clock.laps["compute"] >= 0.2
+    assert clock.cpu_laps["wait"] < 0.1 <= clock.laps["wait"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert all(clock.cpu_laps[k] <= clock.laps[k] * cores + 0.01 for k in clock.laps)

@@ -50,6 +50,9 @@ def test_engine_equals_single_process_and_resumes(engine_spec, tmp_path, test_we
     assert list(phases["noise_model"]) == ["open", "statistics"]
     assert list(phases["prepare"]) == ["noiseless", "style", "labels", "model", "noise", "ranges", "attrs"]
     assert min(v for p in phases.values() for v in p.values()) >= 0 and phases["prepare"]["noise"] > 0
+    cpu = summary["phase_cpu_seconds"]  # the same phases' CPU seconds in the processes they ran in
+    assert {k: list(v) for k, v in cpu.items()} == {k: list(phases[k]) for k in ("noise_model", "prepare")}
+    assert min(v for p in cpu.values() for v in p.values()) >= 0 and cpu["prepare"]["noise"] > 0
     root = open_store(spec.store, mode="r")
     for name in ("tomo_000", "tomo_001"):
         assert done_mask(root[name], "faket").all()
@@ -114,7 +117,8 @@ def test_engine_equals_single_process_and_resumes(engine_spec, tmp_path, test_we
     failed.set_exception(OSError("the driver could not read a pair"))
     model, phases = stages.noise_model(spec, policy_of(spec), 0.0, failed)
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
-    assert model == estimate_noise_model(pairs, spec.noise_order, 1)["model"] and phases["statistics"] > 0
+    assert model == estimate_noise_model(pairs, spec.noise_order, 1)["model"]
+    assert phases["seconds"]["statistics"] > 0 and phases["cpu_seconds"]["statistics"] > 0
     assert any("2 done tilt(s) or volume(s) missing or corrupt" in m for m in said), said
     root = open_store(spec.store, mode="r")
     for (n, a), want in clean.items():

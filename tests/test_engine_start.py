@@ -42,13 +42,14 @@ def test_a_failed_prepare_beside_the_start_leaves_the_tomogram_to_its_task():
     failed: Future = Future()
     failed.set_exception(OSError("disk full"))
     said: list[str] = []
-    assert prepared_beside_start(("tomo_000", failed), frozenset({"x"}), said.append) == (frozenset({"x"}), {})
+    none = {"seconds": {}, "cpu_seconds": {}}
+    assert prepared_beside_start(("tomo_000", failed), frozenset({"x"}), said.append) == (frozenset({"x"}), none)
     assert said == ["preparing tomo_000 beside Ray's start failed (OSError: disk full); a task tries again"]
     done: Future = Future()
-    done.set_result({"name": "tomo_000", "n": 7, "seconds": {"noise": 0.5}})
+    done.set_result({"name": "tomo_000", "n": 7, "seconds": {"noise": 0.5}, "cpu_seconds": {"noise": 3.25}})
     assert prepared_beside_start(("tomo_000", done), frozenset(), said.append) == (
-        frozenset({"tomo_000"}), {"noise": 0.5})
-    assert prepared_beside_start(None, frozenset({"x"}), said.append) == (frozenset({"x"}), {})
+        frozenset({"tomo_000"}), {"seconds": {"noise": 0.5}, "cpu_seconds": {"noise": 3.25}})
+    assert prepared_beside_start(None, frozenset({"x"}), said.append) == (frozenset({"x"}), none)
 
 
 def test_the_local_start_leaves_out_only_the_dashboards_api_server(monkeypatch):
