@@ -14,15 +14,15 @@ rest of the run completes. The method itself lives in :mod:`faket`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from faket.pipeline import Stage
 
 from . import _ahead_plan, stages
-from ._clock import StageClock, actor_timeline
+from ._clock import StageClock
+from ._summary import made_tilts, phase_summary, stats_summary, timeline
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import plan_actors
 from .ray_setup import LOOPBACK_ENV, init_ray, local_resources
@@ -47,14 +47,6 @@ __all__ = [
 #: Set (to anything) to run the prepare stage wholly before the NST stage also where the NST of
 #: each tomogram would start once it is prepared (GPU actors, several tomograms): benchmarks.
 STAGED_ENV = "FAKET_ENGINE_STAGED"
-
-
-def _distinct(records: Iterable[dict]) -> list[dict]:
-    """The distinct dicts of an iterable, in first-seen order (actors' compute records)."""
-    seen: dict[str, dict] = {}
-    for r in records:
-        seen.setdefault(json.dumps(r, sort_keys=True), r)
-    return list(seen.values())
 
 
 def policy_of(spec: RunSpec) -> RetryPolicy:
@@ -317,24 +309,13 @@ def run(
         "prepared_beside_start": sorted(now_ready - ready),
         "prepared_before": sorted(ready),  # tomograms a resume found prepared: no task, no noise model
         "tilts_per_second": done_now / nst_seconds if done_now and nst_seconds > 0 else None,
-        **_stats_summary(stats),
+        **stats_summary(stats),
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
-        # inside the start, the noise estimate and the prepare tasks (summed over tomograms)
-        "phase_seconds": {
-            "start": inside_start.laps,
-            "noise_model": noise_phases["seconds"],
-            "prepare": prep_phases["seconds"],
-        },
-        # the CPU seconds of the processes those ran in, all their threads (the driver's beside
-        # Ray's start: with whatever else it ran meanwhile), against the wall seconds above
-        "phase_cpu_seconds": {
-            "noise_model": noise_phases["cpu_seconds"],
-            "prepare": prep_phases["cpu_seconds"],
-        },
-        "timeline": _timeline(clock.began, stats, early_prep, targets),
+        **phase_summary(inside_start.laps, noise_phases, prep_phases),
+        "timeline": timeline(clock.began, stats, early_prep, targets),
         # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
-        "style_gram_tilts_made_in_driver": _made_tilts(targets),
+        "style_gram_tilts_made_in_driver": made_tilts(targets),
         "reconstructions": recs,
         "exported": exported,
         "export_kept": kept,  # the MRC files were current already: not written again
@@ -344,54 +325,6 @@ def run(
     if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]
     return summary
-
-
-def _stats_summary(stats) -> dict:
-    """What the actors reported: input timing, where they ran and with what arithmetic."""
-    meta = stats.rows
-    return {
-        "style_gram_tilts": stats.style_tilts,
-        # of them, tilts whose style Gram targets an early GPU actor made while it waited for
-        # the prepare stage (cluster/_ahead.py); the style_ahead seconds are in its warm-up
-        "style_gram_tilts_ahead": stats.style_tilts_ahead,
-        "input_wait_seconds": stats.input_wait,
-        "input_read_seconds": stats.input_read,
-        "compute_seconds": stats.compute,
-        # per actor (pid): its set-up ("init": torch imported), the warm-up's imports, VGG-19
-        # loaded ("model") and on a GPU one small NST ("first_nst"), as its first task reported
-        "actor_warm_up_seconds": stats.warm_ups,
-        "nst_tasks": stats.tasks,
-        "prefetched_tasks": stats.prefetched,
-        "workers": sorted({m["pid"] for m in meta}),
-        "nodes": sorted({m["node"] for m in meta}),
-        "gpu_ids": sorted({g for m in meta for g in m["gpu_ids"]}),
-        "devices": sorted({m["device"] for m in meta}),
-        "compute": _distinct(m["compute"] for m in meta),
-        "tiled_tilts": sum(1 for m in meta if m.get("tile_size")),
-    }
-
-
-def _timeline(began: float, stats, early_prep, targets) -> dict:
-    """Seconds after the run began, on the host's wall clock: when the first tomogram's prepare
-    beside Ray's start ended (``prepared_beside_start``), when the driver made style targets
-    (``driver_targets``: from, to) and each actor's start and first task
-    (:func:`faket_cluster._clock.actor_timeline`; an actor on another host has its own clock)."""
-    out: dict = {}
-    if early_prep is not None and early_prep[1].exception() is None:
-        out["prepared_beside_start"] = round(early_prep[1].result()["ended_at"] - began, 2)
-    if targets is not None and targets.done() and targets.exception() is None:
-        out["driver_targets"] = [round(t - began, 2) for t in targets.result()["span"]]
-    starts = zip(stats.warm_ups, stats.warm_up_at)
-    out["actors"] = [actor_timeline(began, laps, at) for laps, at in starts if at]
-    return out
-
-
-def _made_tilts(targets) -> int:
-    """Tilts whose style targets :func:`_ahead_plan.style_targets_beside_start` made (0: none,
-    or it failed)."""
-    if targets is None or not targets.done() or targets.exception() is not None:
-        return 0
-    return sum(len(key[2]) for key in targets.result()["made"])
 
 
 def raise_if_failed(summary: dict) -> None:
