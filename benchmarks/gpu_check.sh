@@ -18,7 +18,9 @@
 # at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
 # Next: the driver's style targets and the prepare's copies beside the noise model (session 19) and the
 # sink's arrays opened once (session 20) are unmeasured on a GPU; the benchmark's end-to-end run has
-# them all, FEED_ARGS the same run without the driver's targets:
+# them all (its log also gives the run's timeline and each prepare phase's CPU seconds beside its wall
+# seconds: whether the noise phase keeps the 16 cores busy), FEED_ARGS the same run without the
+# driver's targets:
 #   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=230 BENCH_ARGS='--skip published' TEST_S=0
 #       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed
 #       --no-driver-ahead' FEED_S=120 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=380)
