@@ -30,7 +30,7 @@ demo: install
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m faket_cluster demo --out-dir demo_out
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist worksteal   # two workers (the Ray tests mostly wait); an idle one takes queued tests from the other
+	$(PY) -m pytest -q -n 2   # two workers: the Ray tests mostly wait
 
 # On a CUDA machine: per-tilt time and memory per precision, deviations, the
 # network's share of GPU time, the engine against in-process; writes
