@@ -30,7 +30,7 @@ demo: install
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m faket_cluster demo --out-dir demo_out
 
 test: install
-	$(PY) -m pytest -q -n 2   # two workers: the Ray tests mostly wait
+	$(PY) -m pytest -q -n 3   # three workers on 2 cores: the Ray tests mostly wait
 
 # On a CUDA machine: per-tilt time and memory per precision, deviations, the
 # network's share of GPU time, the engine against in-process; writes
