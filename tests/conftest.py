@@ -29,8 +29,9 @@ if X86_64:
 os.environ.pop("FAKET_REPRODUCIBLE", None)     # tests that want the switch set it themselves
 # Ray starts its worker processes (tasks and actors) at niceness 15 (its worker_niceness), under
 # the processes that start it. Beside another pytest worker's torch on two threads, a test's
-# Ray tasks then got almost no CPU: a 32^2 engine run's prepare task took 104 s instead of 4 s
-# beside three busy loops on this 2-core VM. The tests' Rays run their workers at the niceness
+# Ray tasks then got almost no CPU: beside three busy loops on this 2-core VM, a 32^2 engine
+# run's prepare stage took 101-104 s at niceness 15 and 6-7 s at 0 (docs/performance.md,
+# benchmarks/diag/worker_niceness.py). The tests' Rays run their workers at the niceness
 # of the rest of the suite (every local Ray and `ray start` the tests begin inherits this).
 os.environ["RAY_worker_niceness"] = "0"
 

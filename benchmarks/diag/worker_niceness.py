@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from faket.reproducible import CPU_PIN  # the suite's pinned kernels and thread count
+
 ROOT = Path(__file__).resolve().parents[2]
 
 ONE_RUN = r"""
@@ -46,15 +48,20 @@ print(json.dumps({"seconds": summary["seconds"], "stage_seconds": summary["stage
 
 def one_run(niceness: str | None) -> dict:
     """One engine run in a fresh process; Ray's workers at ``niceness`` (None: Ray's default)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, **CPU_PIN, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_worker_niceness", None)
     if niceness is not None:
         env["RAY_worker_niceness"] = niceness
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, "-c", ONE_RUN, tmp], cwd=ROOT, env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", ONE_RUN, tmp],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,8 +78,11 @@ def main() -> None:
             for niceness in (None, "0"):
                 t0 = time.perf_counter()
                 result = one_run(niceness)
-                row = {"worker_niceness": "15 (Ray's default)" if niceness is None else niceness,
-                       "process_seconds": round(time.perf_counter() - t0, 2), **result}
+                row = {
+                    "worker_niceness": "15 (Ray's default)" if niceness is None else niceness,
+                    "process_seconds": round(time.perf_counter() - t0, 2),
+                    **result,
+                }
                 print(json.dumps(row), flush=True)
                 runs.append(row)
     finally:
@@ -80,8 +90,9 @@ def main() -> None:
             p.kill()
             p.wait()
     if args.json:
-        args.json.write_text(json.dumps({"busy_loops": args.busy, "cpus": os.cpu_count(), "runs": runs},
-                                        indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"busy_loops": args.busy, "cpus": os.cpu_count(), "runs": runs}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":
