@@ -57,16 +57,20 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
     once that is made. Returns the tomogram's name and the Future of its
     :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's Ray
     task tries again under the run's retry policy."""
+    from faket._procs import processes_pay, tilt_pool
+
     from .tasks import prepare_tomogram
 
     first = spec.tomograms[0]  # it holds its own noiseless and style stacks (layout.holders)
     workers = len(os.sched_getaffinity(0))
 
     def work() -> dict:
-        laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
-        # what the estimate raised, if it failed, once the phases before the noise are written
-        model = lambda: early.result()["model"]  # noqa: E731
-        return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers)
+        # on many cores the noise phase's tilts go to processes, started while the layout ends
+        with tilt_pool(workers) if processes_pay(workers) else contextlib.nullcontext() as pool:
+            laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
+            # what the estimate raised, if it failed, once the phases before the noise are written
+            model = lambda: early.result()["model"]  # noqa: E731
+            return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers, pool)
 
     return first.name, beside(work, "faket-prepare")
 

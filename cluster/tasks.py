@@ -84,6 +84,7 @@ def prepare_tomogram(
     model_json: dict | Callable[[], dict],
     content_sigma: float,
     workers: int = 1,
+    pool=None,
 ) -> dict:
     """Write noiseless and style tilts (where its group holds those stacks: see
     :func:`faket.store.holder`), labels, NOISY and CONTENT of one tomogram (idempotent); returns
@@ -96,17 +97,18 @@ def prepare_tomogram(
     the wait), beside its estimate where that runs in another thread.
     workers: the CPUs Ray gave the task; tilts are made on that many threads
     (each tilt is its own shard), a projection uses that many torch threads.
+    pool: processes that make the noise phase's tilts instead (:func:`faket._procs.tilt_pool`).
     """
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
     from faket.pipeline import copy_tilts, prepare_noise
     from faket.store import (
         StoreSink,
+        TiltReader,
         done_mask,
         holder,
         keep_freed_chunk_memory,
         open_store,
-        read_tilt,
         write_volume,
     )
 
@@ -135,15 +137,15 @@ def prepare_tomogram(
     clock.lap("labels")
     model = NoiseModel.from_json(model_json() if callable(model_json) else model_json)
     clock.lap("model")
-    noiseless = clean["noiseless"]
     prepare_noise(
         sink,
-        lambda i: read_tilt(noiseless, i),
+        TiltReader(clean["noiseless"]),
         model,
         tomo.seed,
         ("noisy", "content"),
         content_sigma,
         workers=workers,
+        pool=pool,
     )
     clock.lap("noise")
     ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}

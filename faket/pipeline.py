@@ -14,6 +14,7 @@ reconstruction ``faket.reconstruction.reconstruct``.
 from __future__ import annotations
 
 from enum import Enum
+from concurrent.futures import Executor
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -133,28 +134,62 @@ def prepare_noise(
     content_sigma: float = 0.25,
     advance: Callable[[], None] | None = None,
     workers: int = 1,
+    pool: Executor | None = None,
 ) -> None:
     """NOISY, CONTENT (sigma x ``content_sigma``) and BASELINE (order-0 curves) tilts of one
     tomogram from its noiseless tilts ``noiseless(i)`` (H, W) and a ``faket.noise.NoiseModel``;
     the draws depend on (seed, tilt) only, so any subset of tilts can be made in any order,
     also on ``workers`` threads at once (see :func:`faket._threads.for_each`). Each noiseless
     tilt is read, and its noise drawn, once for all the modalities it still needs;
-    ``advance()`` once per tilt made."""
-    from .noise import apply_tilt_modalities
+    ``advance()`` once per tilt made.
 
+    pool: processes (:func:`faket._procs.tilt_pool`) that make the tilts instead of threads,
+    the same values: for a ``faket.store.StoreSink`` and a ``noiseless`` that pickles
+    (``faket.store.TiltReader``)."""
     base = model.baseline()
     todo: dict[int, list[str]] = {}
     for m in modalities:
         for i in sink.todo(m):
             todo.setdefault(int(i), []).append(m)
+    if pool is not None:
+        from ._procs import each_in
+
+        writer = sink.writer(modalities)  # type: ignore[attr-defined]
+
+        def noted(made: tuple[int, dict]) -> None:
+            i, extremes = made
+            for m, lo_hi in extremes.items():
+                sink.note(m, i, lo_hi)  # type: ignore[attr-defined]
+                if advance is not None:
+                    advance()
+
+        jobs = [(noiseless, writer, i, model, seed, todo[i], content_sigma, base) for i in sorted(todo)]
+        each_in(pool, _noise_tilt, jobs, noted)
+        return
 
     def one(i: int) -> int:
         # one noise draw and one standardised tilt serve every modality
-        made = apply_tilt_modalities(
-            noiseless(i), i, model, seed, todo[i], content_sigma, base, threads=min(workers, len(todo))
-        )
-        for m, image in made.items():
-            sink.put(m, i, image)
-        return len(todo[i])
+        made = _noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, min(workers, len(todo)))
+        return len(made[1])
 
     for_each(one, sorted(todo), workers, advance)
+
+
+def _noise_tilt(
+    noiseless: Callable[[int], np.ndarray],
+    sink: Any,
+    i: int,
+    model: Any,
+    seed: int,
+    modalities: Sequence[str],
+    content_sigma: float,
+    base: dict,
+    threads: int = 1,
+) -> tuple[int, dict]:
+    """Tilt ``i``'s ``modalities`` put into ``sink`` (a sink, or a store's ``TiltWriter`` in a
+    pool process): one noise draw and one standardised tilt serve them all. Returns ``i`` and
+    what each put returned. threads: how many tilts are made at once (the blocks' size)."""
+    from .noise import apply_tilt_modalities
+
+    made = apply_tilt_modalities(noiseless(i), i, model, seed, modalities, content_sigma, base, threads=threads)
+    return i, {m: sink.put(m, i, image) for m, image in made.items()}

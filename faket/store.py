@@ -269,6 +269,33 @@ def _put_tilt(arr, flags, index: int, image: np.ndarray) -> None:
     set_flags(flags, [index])
 
 
+class TiltWriter:
+    """Puts tilts into opened stacks of the run store, in whichever process holds it (see
+    :meth:`StoreSink.writer`); a put returns the tilt's float32 (min, max) where its stack is
+    in ``track``, else None."""
+
+    def __init__(self, arrays: dict[str, tuple[Any, Any]], track: Sequence[str] = ()) -> None:
+        self.arrays = arrays
+        self.track = frozenset(track)
+
+    def put(self, name: str, index: int, image: np.ndarray) -> tuple[np.float32, np.float32] | None:
+        """Write tilt ``index`` of stack ``name``, then its done flag."""
+        tilt = np.asarray(image, dtype=np.float32)
+        _put_tilt(*self.arrays[name], index, tilt)
+        return (tilt.min(), tilt.max()) if name in self.track else None
+
+
+class TiltReader:
+    """``reader(i)``: tilt ``i`` of a run-store stack as float32 ``(H, W)`` (:func:`read_tilt`);
+    pickles, so a pool process reads the tilts itself."""
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+
+    def __call__(self, index: int) -> np.ndarray:
+        return read_tilt(self.arr, index)
+
+
 def write_tilts(group, stage: str, indices: Sequence[int], images: np.ndarray, submit=None) -> Any:
     """Write tilts ``indices`` of a stage from ``images`` ``(len(indices), H, W)``, then mark
     them done in one step (one flag update instead of one per tilt; idempotent).
@@ -352,13 +379,22 @@ class StoreSink:
         return [int(i) for i in np.flatnonzero(~done_mask(self.group, name))]
 
     def put(self, name: str, index: int, image: np.ndarray) -> None:
-        tilt = np.asarray(image, dtype=np.float32)
+        self.note(name, index, self.writer([name]).put(name, index, image))
+
+    def writer(self, names: Sequence[str]) -> TiltWriter:
+        """What puts tilts of stacks ``names`` in another process (it pickles: the arrays'
+        metadata, not their data); give what its puts return to :meth:`note`."""
+        return TiltWriter({n: self._opened(n) for n in names}, self.tracked)
+
+    def note(self, name: str, index: int, extremes: tuple[np.float32, np.float32] | None) -> None:
+        """A tilt put (by :meth:`writer`'s put, maybe in another process) and what it returned."""
+        if extremes is not None:  # one key per tilt: threads putting tilts never collide
+            self._extremes[name][int(index)] = extremes
+
+    def _opened(self, name: str) -> tuple[Any, Any]:
         if name not in self._arrays:  # two threads may both open it: the same arrays
-            flags = _flag_array(self.group, name)
-            self._arrays[name] = (self.group[name], flags)
-        _put_tilt(*self._arrays[name], index, tilt)
-        if name in self._extremes:  # one key per tilt: threads putting tilts never collide
-            self._extremes[name][int(index)] = (tilt.min(), tilt.max())
+            self._arrays[name] = (self.group[name], _flag_array(self.group, name))
+        return self._arrays[name]
 
     def stack_range(self, name: str, workers: int = 1) -> tuple[np.float32, np.float32]:
         """Min and max of a tracked stack: of the tilts put here, as they were put, and of the

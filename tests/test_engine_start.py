@@ -101,15 +101,25 @@ def _wait_written(g, prep, names: tuple[str, ...]) -> None:
         time.sleep(0.05)
 
 
-def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is_estimated(engine_spec, tmp_path):
+@pytest.mark.parametrize("processes", ["0", "1"], ids=["threads", "processes"])
+def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is_estimated(engine_spec, tmp_path,
+                                                                                             monkeypatch, processes):
     """stages.prepare_beside_start: the first tomogram's noiseless and style stacks are written
-    while the noise model is still being estimated, its noise once the model is there; the
-    store then equals one prepared in one piece with the model at hand."""
+    while the noise model is still being estimated, its noise once the model is there (on
+    threads, or in processes as on a many-core host); the store then equals one prepared in one
+    piece on threads with the model at hand."""
     from concurrent.futures import Future
+
 
     from faket_cluster.stages import prepare_beside_start
     from faket_cluster.tasks import prepare_tomogram
 
+    from faket import _procs
+
+    monkeypatch.setenv(_procs.PROCESSES_ENV, processes)
+    pools: list = []
+    real = _procs.tilt_pool
+    monkeypatch.setattr(_procs, "tilt_pool", lambda n: pools.append(n) or real(n))
     spec = load_spec(spec_copy(engine_spec, tmp_path / "a"))
     early: Future = Future()
     name, prep = prepare_beside_start(spec, early, _laid_out(spec))
@@ -121,6 +131,7 @@ def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is
     phases = prep.result(timeout=120)["seconds"]
     assert list(phases) == ["noiseless", "style", "labels", "model", "noise", "ranges", "attrs"]
     assert done_mask(g, "noisy").all() and done_mask(g, "content").all()
+    assert pools == ([len(os.sched_getaffinity(0))] if processes == "1" else [])
 
     whole = load_spec(spec_copy(engine_spec, tmp_path / "b"))
     _laid_out(whole)

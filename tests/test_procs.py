@@ -1,0 +1,73 @@
+"""Per-tilt work in processes (faket._procs) and the noise phase made there: the threads' values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faket._procs import PROCESSES_ENV, each_in, processes_pay, tilt_pool
+from faket.errors import FaketInputError
+from faket.noise import NoiseModel
+from faket.pipeline import prepare_noise
+from faket.store import StoreSink, TiltReader, create_stack, done_mask, open_store, write_tilt
+
+
+def test_processes_pay_from_many_tilts_at_once_or_as_the_switch_says(monkeypatch):
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    assert [processes_pay(w) for w in (1, 2, 7, 8, 16)] == [False, False, False, True, True]
+    monkeypatch.setenv(PROCESSES_ENV, "1")
+    assert [processes_pay(w) for w in (1, 2, 16)] == [False, True, True]
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    assert not processes_pay(16)
+
+
+def _refuse_tilt(i: int) -> int:
+    if i == 3:
+        raise FaketInputError(f"tilt {i} is constant")
+    return i
+
+
+def test_each_in_hands_each_result_back_here_and_raises_a_jobs_error():
+    with tilt_pool(2) as pool:
+        seen: list[int] = []
+        each_in(pool, _refuse_tilt, [(i,) for i in (0, 1, 2)], seen.append)
+        assert sorted(seen) == [0, 1, 2]
+        with pytest.raises(FaketInputError, match="tilt 3 is constant"):
+            each_in(pool, _refuse_tilt, [(i,) for i in range(6)])
+
+
+def _group(path, clean: np.ndarray):
+    g = open_store(path, mode="w").require_group("t")
+    for name in ("noiseless", "noisy", "content"):
+        create_stack(g, name, clean.shape)
+    for i, tilt in enumerate(clean):
+        write_tilt(g, "noiseless", i, tilt)
+    return g
+
+
+def test_the_noise_phase_in_processes_writes_the_threads_values_and_ranges(tmp_path):
+    """prepare_noise with a pool: the same tilts, bit for bit, the same tracked ranges, one step
+    per tilt made, and only the tilts still to do (one was written by a run that stopped)."""
+    rng = np.random.default_rng(4)
+    clean = rng.random((5, 67, 130), dtype=np.float32)
+    ref = clean * 0.7 + rng.standard_normal(clean.shape, dtype=np.float32)
+    model = NoiseModel.estimate([(ref, clean)], order=2)
+    mods = ("noisy", "content")
+    made = {}
+    for how in ("threads", "processes"):
+        g = _group(tmp_path / f"{how}.zarr", clean)
+        StoreSink(g).put("noisy", 2, np.full(clean.shape[1:], 9.0, np.float32))  # kept as it is
+        sink, steps = StoreSink(g, track=mods), []
+        reader = TiltReader(g["noiseless"])
+        if how == "threads":
+            prepare_noise(sink, reader, model, 7, mods, workers=2, advance=lambda: steps.append(1))
+        else:
+            with tilt_pool(2) as pool:
+                prepare_noise(sink, reader, model, 7, mods, workers=2, advance=lambda: steps.append(1), pool=pool)
+        assert len(steps) == 9 and done_mask(g, "noisy").all() and done_mask(g, "content").all()
+        made[how] = ({m: g[m][:] for m in mods}, {m: sink.stack_range(m) for m in mods})
+    (threads, t_ranges), (procs, p_ranges) = made["threads"], made["processes"]
+    for m in mods:
+        np.testing.assert_array_equal(procs[m], threads[m], err_msg=m)
+    assert p_ranges == t_ranges and p_ranges["noisy"][1] == 9.0
+    assert not np.array_equal(procs["noisy"][0], procs["content"][0])
