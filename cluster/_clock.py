@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 import time
 
+from faket._procs import pool_cpu_seconds
+
 
 class StageClock:
     """``lap(name)`` closes the stage that began at the last lap (or at the start): its wall
     seconds (``laps``) and the CPU seconds this process spent meanwhile, all its threads
-    together (``cpu_laps``: beside the wall seconds, how many cores the stage kept busy)."""
+    together and its tilt pools' processes (``cpu_laps``: beside the wall seconds, how many
+    cores the stage kept busy)."""
 
     def __init__(self) -> None:
         self.began = time.time()  # the wall clock: the same for every process of a host
         self.start = self.mark = time.perf_counter()
-        self.cpu_mark = time.process_time()
+        self.cpu_mark = _cpu_now()
         self.laps: dict[str, float] = {}
         self.cpu_laps: dict[str, float] = {}
 
@@ -30,12 +33,17 @@ class StageClock:
         took = self.since() if seconds is None else seconds
         self.laps[name] = round(took, 3)
         self.mark += took
-        cpu = time.process_time()
+        cpu = _cpu_now()
         self.cpu_laps[name] = round(cpu - self.cpu_mark, 3)
         self.cpu_mark = cpu
 
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _cpu_now() -> float:
+    """This process's CPU seconds, with those of its tilt pools' jobs (:mod:`faket._procs`)."""
+    return time.process_time() + pool_cpu_seconds()
 
 
 def process_started_at() -> float | None:

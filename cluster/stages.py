@@ -44,10 +44,18 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
         return None
     if ray.is_initialized():
         return None
+    from faket._procs import processes_pay, tilt_pool
+
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     workers = len(os.sched_getaffinity(0))
+
+    def work() -> dict:
+        # on many cores the tilts go to processes: the driver's threads left to Ray's start
+        with tilt_pool(workers) if processes_pay(workers) else contextlib.nullcontext() as pool:
+            return estimate_noise_model(pairs, spec.noise_order, workers, pool)
+
     # where it fails, the Ray task tries again, under the run's retry policy
-    return beside(lambda: estimate_noise_model(pairs, spec.noise_order, workers), "faket-noise-model")
+    return beside(work, "faket-noise-model")
 
 
 def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tuple[str, Future]:

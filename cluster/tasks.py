@@ -51,10 +51,11 @@ def remote_functions():
     return prepare, estimate, reconstruct_task, export_task
 
 
-def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
+def estimate_noise_model(pairs: list, order: int, workers: int, pool=None) -> dict:
     """The noise model's JSON (``model``) from (reference, noiseless) file pairs, and the wall
     seconds of opening them (the files' scans) and of the statistics (``seconds``; the process's
-    CPU seconds meanwhile: ``cpu_seconds``)."""
+    CPU seconds meanwhile: ``cpu_seconds``, not those of ``pool``'s processes, which make the
+    statistics where it is given: :func:`faket._procs.tilt_pool`)."""
     from faket.io import open_mrc
     from faket.noise import NoiseModel
 
@@ -69,10 +70,11 @@ def estimate_noise_model(pairs: list, order: int, workers: int) -> dict:
         ]
         clock.lap("open")
         model = NoiseModel.estimate(
-            [(a.data, b.data) for a, b in stacks],
+            [(a.mapped(), b.mapped()) if pool is not None else (a.data, b.data) for a, b in stacks],
             order,
             [{"reference": str(r), "noiseless": str(c)} for r, c in pairs],
             workers,
+            pool,
         )
         clock.lap("statistics")
         return {"model": model.to_json(), "seconds": clock.laps, "cpu_seconds": clock.cpu_laps}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, Executor, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
@@ -23,6 +25,8 @@ PROCESS_MIN = 8
 #: "1": processes for any count of workers above one, "0": threads always (benchmarks, tests).
 PROCESSES_ENV = "FAKET_TILT_PROCESSES"
 _PRELOAD = ["numpy", "zarr", "faket.noise", "faket.store", "faket.pipeline"]
+_cpu = {"seconds": 0.0}
+_cpu_lock = threading.Lock()
 
 
 def processes_pay(workers: int) -> bool:
@@ -61,8 +65,9 @@ def each_in(
     done: Callable[[Any], None] | None = None,
 ) -> None:
     """``work(*job)`` for every job on ``pool``; ``done(result)`` here as each ends. The first
-    error is raised once the running jobs end (the queued ones are dropped)."""
-    pending = {pool.submit(work, *job) for job in jobs}
+    error is raised once the running jobs end (the queued ones are dropped). The jobs' CPU
+    seconds add to :func:`pool_cpu_seconds`."""
+    pending = {pool.submit(_timed, work, *job) for job in jobs}
     while pending:
         finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
         for future in finished:
@@ -71,5 +76,20 @@ def each_in(
                     queued.cancel()
                 wait(pending)
                 raise future.exception()  # type: ignore[misc]
+            result, cpu = future.result()
+            with _cpu_lock:
+                _cpu["seconds"] += cpu
             if done is not None:
-                done(future.result())
+                done(result)
+
+
+def pool_cpu_seconds() -> float:
+    """The CPU seconds that the jobs of :func:`each_in` spent in pool processes, all their threads,
+    since this process started (to add to its own ``time.process_time()``)."""
+    with _cpu_lock:
+        return _cpu["seconds"]
+
+
+def _timed(work: Callable[..., Any], *job: Any) -> tuple[Any, float]:
+    began = time.process_time()
+    return work(*job), time.process_time() - began

@@ -11,6 +11,7 @@ damages an existing one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -63,11 +64,35 @@ class Stack:
     def close(self) -> None:
         self._handle.close()
 
+    def mapped(self) -> MappedTilts:
+        """Its tilts as a :class:`MappedTilts`: what a pool process reads them through."""
+        return MappedTilts(str(self.path), self.shape)
+
     def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class MappedTilts:
+    """An MRC file's data ``(n, H, W)``, tilt by tilt (``tilts[i]``: what its memory map gives),
+    through a memory map each process opens once: it pickles as its path, so that processes of a
+    pool (:mod:`faket._procs`) read the tilts themselves. For files checked already
+    (:func:`open_mrc`) that do not change while it is read."""
+
+    def __init__(self, path: str, shape: tuple[int, ...]) -> None:
+        self.path, self.shape = path, shape
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return _mapped(self.path)[index]
+
+
+@functools.lru_cache(maxsize=8)
+def _mapped(path: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mrcfile.mmap(path, mode="r", permissive=False).data
 
 
 def open_mrc(

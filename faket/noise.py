@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -33,11 +34,24 @@ MODEL_VERSION = 1
 
 
 # --------------------------------------------------------------------------- statistics
-def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -> dict[str, np.ndarray]:
+class Tilts(Protocol):
+    """A stack ``(n, H, W)`` read tilt by tilt: an array, a memory map, ``faket.io.MappedTilts``."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+def tilt_stats(
+    reference: Tilts, noiseless: Tilts, workers: int = 1, pool: Executor | None = None
+) -> dict[str, np.ndarray]:
     """Per-tilt statistics of a reference against its noiseless projections.
 
     reference, noiseless: ``(n, H, W)``, read one tilt at a time (memory maps
-    welcome), on ``workers`` threads (each tilt's figures are its own).
+    welcome), on ``workers`` threads (each tilt's figures are its own), or in the processes
+    of ``pool`` (:func:`faket._procs.tilt_pool`; then each stack must pickle small, as
+    ``faket.io.MappedTilts`` does): the same values.
     Returns float64 ``(n,)`` arrays: ``r`` (Pearson correlation = best scale),
     ``sigma`` (std of the standardised residual), ``mean``/``std`` of the
     reference, ``clean_mean``/``clean_std`` of the noiseless tilts.
@@ -49,22 +63,35 @@ def tilt_stats(reference: np.ndarray, noiseless: np.ndarray, workers: int = 1) -
             "specimen and geometry"
         )
     n = reference.shape[0]
-    out = {k: np.empty(n) for k in ("r", "sigma", "mean", "std", "clean_mean", "clean_std")}
+    names = ("r", "sigma", "mean", "std", "clean_mean", "clean_std")
+    out = {k: np.empty(n) for k in names}
+
+    def keep(figures: tuple) -> None:
+        for k, value in zip(names, figures[1:]):
+            out[k][figures[0]] = value
+
+    if pool is not None:
+        from ._procs import each_in
+
+        each_in(pool, _tilt_figures, [(reference, noiseless, i, block_for(1)) for i in range(n)], keep)
+        return out
     block = block_for(min(workers, n))
-
-    def one(i: int) -> None:
-        ma, za, sa = _centred(reference[i], block)
-        mb, zb, sb = _centred(noiseless[i], block)
-        if sa == 0 or sb == 0:
-            raise FaketInputError(
-                f"tilt {i} is constant in the reference or the noiseless stack: "
-                "noise statistics need contrast in both"
-            )
-        out["r"][i], out["sigma"][i] = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb, block)
-        out["mean"][i], out["std"][i], out["clean_mean"][i], out["clean_std"][i] = ma, sa, mb, sb
-
-    for_each(one, range(n), workers)
+    for_each(lambda i: keep(_tilt_figures(reference, noiseless, i, block)), range(n), workers)
     return out
+
+
+def _tilt_figures(reference: Tilts, noiseless: Tilts, i: int, block: int) -> tuple:
+    """Tilt ``i`` and its figures in :func:`tilt_stats`'s order (r, sigma, the reference's mean
+    and std, the noiseless tilt's mean and std), in ``block``-value steps."""
+    ma, za, sa = _centred(reference[i], block)
+    mb, zb, sb = _centred(noiseless[i], block)
+    if sa == 0 or sb == 0:
+        raise FaketInputError(
+            f"tilt {i} is constant in the reference or the noiseless stack: "
+            "noise statistics need contrast in both"
+        )
+    r, sigma = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb, block)
+    return i, r, sigma, ma, sa, mb, sb
 
 
 def _centred(a: np.ndarray, block: int = BLOCK) -> tuple[np.float64, np.ndarray, np.float64]:
@@ -181,13 +208,15 @@ class NoiseModel:
     @classmethod
     def estimate(
         cls,
-        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        pairs: Sequence[tuple[Tilts, Tilts]],
         order: int = 2,
         sources: list[dict[str, str]] | None = None,
         workers: int = 1,
+        pool: Executor | None = None,
     ) -> NoiseModel:
-        """Estimate from (reference, noiseless) stack pairs (tilts on ``workers`` threads)."""
-        series = [tilt_stats(ref, clean, workers) for ref, clean in pairs]
+        """Estimate from (reference, noiseless) stack pairs (tilts on ``workers`` threads, or in
+        ``pool``'s processes: see :func:`tilt_stats`)."""
+        series = [tilt_stats(ref, clean, workers, pool) for ref, clean in pairs]
         return cls(aggregate(series, order), order, series, sources or [])
 
     @classmethod

@@ -13,8 +13,8 @@ reconstruction ``faket.reconstruction.reconstruct``.
 
 from __future__ import annotations
 
-from enum import Enum
 from concurrent.futures import Executor
+from enum import Enum
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -169,8 +169,8 @@ def prepare_noise(
 
     def one(i: int) -> int:
         # one noise draw and one standardised tilt serve every modality
-        made = _noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, min(workers, len(todo)))
-        return len(made[1])
+        threads = min(workers, len(todo))
+        return len(_noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, threads)[1])
 
     for_each(one, sorted(todo), workers, advance)
 
@@ -191,5 +191,6 @@ def _noise_tilt(
     what each put returned. threads: how many tilts are made at once (the blocks' size)."""
     from .noise import apply_tilt_modalities
 
-    made = apply_tilt_modalities(noiseless(i), i, model, seed, modalities, content_sigma, base, threads=threads)
+    tilt = noiseless(i)
+    made = apply_tilt_modalities(tilt, i, model, seed, modalities, content_sigma, base, threads=threads)
     return i, {m: sink.put(m, i, image) for m, image in made.items()}

@@ -142,6 +142,26 @@ def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is
     assert open_store(str(spec.store), mode="r")[name].attrs["ranges"] == ref.attrs["ranges"]
 
 
+def test_the_noise_model_beside_the_start_in_processes_is_the_one_thread_model(engine_spec, tmp_path, monkeypatch):
+    """stages.noise_model_beside_start as on a many-core host (its tilts in processes): the
+    model's JSON equals the one made on one thread."""
+    from faket import _procs
+    from faket_cluster import stages
+
+    monkeypatch.setenv(_procs.PROCESSES_ENV, "1")
+    pools: list = []
+    real = _procs.tilt_pool
+    monkeypatch.setattr(_procs, "tilt_pool", lambda n: pools.append(n) or real(n))
+    monkeypatch.setattr(stages.ray, "is_initialized", lambda: False)  # as before a local start
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = load_spec(spec_copy(engine_spec, tmp_path))
+    early = stages.noise_model_beside_start(spec, None)
+    assert early is not None
+    made = early.result(timeout=120)
+    assert made["model"] == _model(spec)["model"] and list(made["seconds"]) == ["open", "statistics"]
+    assert pools == [len(os.sched_getaffinity(0))]
+
+
 def test_a_failed_noise_model_leaves_the_stacks_written_before_it_for_the_retry(engine_spec, tmp_path):
     """Where the estimate beside the start fails, the prepare raises its error after writing the
     stacks that need no model; the prepare task's retry keeps them and writes the rest."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faket._procs import PROCESSES_ENV, each_in, processes_pay, tilt_pool
+from faket._procs import PROCESSES_ENV, each_in, pool_cpu_seconds, processes_pay, tilt_pool
 from faket.errors import FaketInputError
 from faket.noise import NoiseModel
 from faket.pipeline import prepare_noise
@@ -62,8 +62,10 @@ def test_the_noise_phase_in_processes_writes_the_threads_values_and_ranges(tmp_p
         if how == "threads":
             prepare_noise(sink, reader, model, 7, mods, workers=2, advance=lambda: steps.append(1))
         else:
+            cpu = pool_cpu_seconds()
             with tilt_pool(2) as pool:
                 prepare_noise(sink, reader, model, 7, mods, workers=2, advance=lambda: steps.append(1), pool=pool)
+            assert pool_cpu_seconds() > cpu  # the processes' CPU seconds, for the phases' figures
         assert len(steps) == 9 and done_mask(g, "noisy").all() and done_mask(g, "content").all()
         made[how] = ({m: g[m][:] for m in mods}, {m: sink.stack_range(m) for m in mods})
     (threads, t_ranges), (procs, p_ranges) = made["threads"], made["processes"]
@@ -71,3 +73,27 @@ def test_the_noise_phase_in_processes_writes_the_threads_values_and_ranges(tmp_p
         np.testing.assert_array_equal(procs[m], threads[m], err_msg=m)
     assert p_ranges == t_ranges and p_ranges["noisy"][1] == 9.0
     assert not np.array_equal(procs["noisy"][0], procs["content"][0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_the_noise_statistics_in_processes_equal_the_threads_from_the_files(tmp_path, dtype):
+    """tilt_stats with a pool reads the MRC files' tilts in its processes (MappedTilts pickles
+    as the path): every figure as on threads from the memory maps, whatever the file's mode."""
+    import mrcfile
+
+    from faket.io import open_mrc
+    from faket.noise import tilt_stats
+
+    rng = np.random.default_rng(5)
+    clean = (rng.random((4, 50, 90)) * 100).astype(dtype)
+    ref = (clean * 0.5 + rng.standard_normal(clean.shape) * 20).astype(dtype)
+    for name, data in (("ref.mrc", ref), ("clean.mrc", clean)):
+        mrcfile.new(tmp_path / name, data=data).close()
+    with open_mrc(tmp_path / "ref.mrc") as a, open_mrc(tmp_path / "clean.mrc") as b:
+        threads = tilt_stats(a.data, b.data, workers=2)
+        with tilt_pool(2) as pool:
+            procs = tilt_stats(a.mapped(), b.mapped(), workers=2, pool=pool)
+    assert a.data.dtype == dtype and list(procs) == list(threads)
+    for k in threads:
+        np.testing.assert_array_equal(procs[k], threads[k], err_msg=k)
+    assert 0.1 < threads["r"].min() < threads["r"].max() < 1.0
