@@ -215,7 +215,9 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
         print(f"  {_timeline(row.get('run_timeline') or {})}", flush=True)
         cpu = [p for p in (row.get("phase_cpu_seconds") or {}).values() if p]
         if cpu:  # against the wall seconds inside: how many cores each phase kept busy
-            print(f"  CPU seconds of their processes, all threads: {_seconds(cpu)}", flush=True)
+            where = "processes" if row.get("tilt_processes") else "threads"
+            print(f"  CPU seconds of their processes, all threads: {_seconds(cpu)} (the noise model's and "
+                  f"the driver's prepare's tilts in {where})", flush=True)
         if not loop:
             cache = row.get("page_cache") or {}
             print(f"  inputs in {row.get('inputs') or 'the store folder'}; page cache (GB): "

@@ -173,9 +173,16 @@ def main() -> None:
     ap.add_argument("--no-driver-ahead", action="store_true",
                     help="the driver makes no style targets beside Ray's start on a GPU it sees: the "
                     "actor makes them all (to measure what the driver's part gains)")
+    ap.add_argument("--tilt-processes", choices=["auto", "0", "1"], default="auto",
+                    help="the driver's noise model and prepare make their tilts in processes (1) or "
+                    "threads (0); auto: processes from faket._procs.PROCESS_MIN cores on")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from faket._procs import PROCESSES_ENV, processes_pay
+
+    if args.tilt_processes != "auto":
+        os.environ[PROCESSES_ENV] = args.tilt_processes
     if args.no_style_ahead:
         from faket_cluster._hooks import NO_AHEAD_ENV
 
@@ -235,6 +242,8 @@ def main() -> None:
             # the same phases' CPU seconds in their processes (whether they kept the cores busy)
             "phase_cpu_seconds": summary["phase_cpu_seconds"],
             "noise_model_beside_start": summary["noise_model_beside_start"],
+            # whether those made their tilts in processes (else threads; faket._procs)
+            "tilt_processes": processes_pay(len(os.sched_getaffinity(0))),
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Executor, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 #: From this many tilts at once their work goes to processes (see the module's figures).
@@ -65,15 +65,18 @@ def each_in(
     done: Callable[[Any], None] | None = None,
 ) -> None:
     """``work(*job)`` for every job on ``pool``; ``done(result)`` here as each ends. The first
-    error is raised once the running jobs end (the queued ones are dropped). The jobs' CPU
-    seconds add to :func:`pool_cpu_seconds`."""
-    pending = {pool.submit(_timed, work, *job) for job in jobs}
-    while pending:
-        finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+    error is raised once the running jobs end (the others are not started). The jobs' CPU
+    seconds add to :func:`pool_cpu_seconds`. Two jobs per process wait in the pool at most, so
+    that a caller that stops early (an error, Ctrl-C) waits for few."""
+    window = 2 * getattr(pool, "_max_workers", len(jobs))
+    queue = list(reversed(jobs))
+    pending: set = set()
+    while queue or pending:
+        while queue and len(pending) < window:
+            pending.add(pool.submit(_timed, work, *queue.pop()))
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
         for future in finished:
             if future.exception() is not None:
-                for queued in pending:
-                    queued.cancel()
                 wait(pending)
                 raise future.exception()  # type: ignore[misc]
             result, cpu = future.result()

@@ -36,6 +36,56 @@ def test_each_in_hands_each_result_back_here_and_raises_a_jobs_error():
             each_in(pool, _refuse_tilt, [(i,) for i in range(6)])
 
 
+def _wait_for(path: str, i: int) -> str:
+    """Job 0 ends at once; the others wait (30 s at most) for the file that its ``done`` makes."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 30
+    while i and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "saw" if i == 0 or os.path.exists(path) else "timed out"
+
+
+def test_each_in_hands_back_each_result_as_it_ends(tmp_path):
+    flag, results = str(tmp_path / "first-done"), []
+
+    def done(result: str) -> None:
+        results.append(result)
+        open(flag, "w").close()
+
+    with tilt_pool(2) as pool:
+        each_in(pool, _wait_for, [(flag, i) for i in range(7)], done)
+    assert results == ["saw"] * 7
+
+
+def test_each_in_keeps_two_jobs_per_process_in_the_pool_at_most():
+    """A caller that stops early (Ctrl-C) waits for the jobs in the pool: few of them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        lock, now, most = threading.Lock(), [0], [0]
+        submit = pool.submit
+
+        def counted(*args):
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            future = submit(*args)
+            future.add_done_callback(ended)
+            return future
+
+        def ended(_) -> None:
+            with lock:
+                now[0] -= 1
+
+        pool.submit = counted  # type: ignore[method-assign]
+        seen: list[int] = []
+        each_in(pool, _refuse_tilt, [(i,) for i in (0, 1, 2) * 10], seen.append)
+    assert len(seen) == 30 and 3 <= most[0] <= 6
+
+
 def _group(path, clean: np.ndarray):
     g = open_store(path, mode="w").require_group("t")
     for name in ("noiseless", "noisy", "content"):
