@@ -69,15 +69,20 @@ if [ -n "${NOISE_ARGS:-}" ]; then
     timeout "${NOISE_S:-90}" python3 benchmarks/bench_noise.py $NOISE_ARGS >> "$OUT/bench.log" 2>&1
     echo "noise rc=$?" >> "$OUT/bench.log"
 fi
-# FEED_ARGS: one more engine run (benchmarks/engine_feed.py), e.g. the 61 x 4096^2 run without the
-# driver's style targets: "--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs
-# /dev/shm/faket-feed --no-driver-ahead" (about a minute with its inputs written); JSON to $OUT/feed.json
+# FEED_ARGS: more engine runs (benchmarks/engine_feed.py), separated by "|", e.g. the 61 x 4096^2 run
+# with the driver's noise model and prepare on threads, not in processes: "--size 4096 --tilts 61
+# --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed --tilt-processes 0" (about a minute
+# with its inputs written; FEED_S each); JSON to $OUT/feed1.json, feed2.json, ..., logs to $OUT/feed.log
 if [ -n "${FEED_ARGS:-}" ]; then
-    # shellcheck disable=SC2086
-    timeout "${FEED_S:-120}" python3 benchmarks/engine_feed.py $FEED_ARGS --json "$OUT/feed.json" \
-        > "$OUT/feed.log" 2>&1
-    echo "feed rc=$?" >> "$OUT/feed.log"
-    tail -2 "$OUT/feed.log"
+    IFS='|' read -r -a FEEDS <<< "$FEED_ARGS"
+    for k in "${!FEEDS[@]}"; do
+        echo "== feed $((k + 1)): ${FEEDS[$k]}" >> "$OUT/feed.log"
+        # shellcheck disable=SC2086
+        timeout "${FEED_S:-120}" python3 benchmarks/engine_feed.py ${FEEDS[$k]} --json "$OUT/feed$((k + 1)).json" \
+            >> "$OUT/feed.log" 2>&1
+        echo "feed $((k + 1)) rc=$?" >> "$OUT/feed.log"
+    done
+    tail -4 "$OUT/feed.log"
 fi
 # PUB_ARGS: the published command against `faket stylize` on a series of its own, e.g. "--size 4096
 # --tilts 61" for #12's x6 on 61 x 4096^2 (about 4-5 minutes: give PUB_S and the call's timeout room;

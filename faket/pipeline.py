@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
@@ -62,6 +62,15 @@ class TiltSink(Protocol):
     def todo(self, name: str) -> Sequence[int]: ...
 
     def put(self, name: str, index: int, image: np.ndarray) -> None: ...
+
+
+class PoolSink(TiltSink, Protocol):
+    """A sink whose tilts processes of a pool can put (``faket.store.StoreSink``): ``writer(names)``
+    pickles and puts there (returning what ``note`` takes), ``note`` records each put here."""
+
+    def writer(self, names: Sequence[str]) -> Any: ...
+
+    def note(self, name: str, index: int, extremes: Any) -> None: ...
 
 
 class MemorySink:
@@ -152,19 +161,8 @@ def prepare_noise(
         for i in sink.todo(m):
             todo.setdefault(int(i), []).append(m)
     if pool is not None:
-        from ._procs import each_in
-
-        writer = sink.writer(modalities)  # type: ignore[attr-defined]
-
-        def noted(made: tuple[int, dict]) -> None:
-            i, extremes = made
-            for m, lo_hi in extremes.items():
-                sink.note(m, i, lo_hi)  # type: ignore[attr-defined]
-                if advance is not None:
-                    advance()
-
-        jobs = [(noiseless, writer, i, model, seed, todo[i], content_sigma, base) for i in sorted(todo)]
-        each_in(pool, _noise_tilt, jobs, noted)
+        recipe = (model, seed, content_sigma, base)
+        _noise_in_pool(pool, cast(PoolSink, sink), noiseless, todo, recipe, advance)
         return
 
     def one(i: int) -> int:
@@ -173,6 +171,33 @@ def prepare_noise(
         return len(_noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, threads)[1])
 
     for_each(one, sorted(todo), workers, advance)
+
+
+def _noise_in_pool(
+    pool: Executor,
+    sink: PoolSink,
+    noiseless: Callable[[int], np.ndarray],
+    todo: dict[int, list[str]],
+    recipe: tuple,
+    advance: Callable[[], None] | None,
+) -> None:
+    """:func:`prepare_noise`'s tilts ``todo`` ({tilt: its modalities}) made in ``pool``'s
+    processes, each put there by the sink's writer; recipe: (model, seed, content_sigma, the
+    baseline curves)."""
+    from ._procs import each_in
+
+    writer = sink.writer(sorted({m for mods in todo.values() for m in mods}))
+
+    def noted(made: tuple[int, dict]) -> None:
+        i, extremes = made
+        for m, lo_hi in extremes.items():
+            sink.note(m, i, lo_hi)
+            if advance is not None:
+                advance()
+
+    model, seed, content_sigma, base = recipe
+    jobs = [(noiseless, writer, i, model, seed, todo[i], content_sigma, base) for i in sorted(todo)]
+    each_in(pool, _noise_tilt, jobs, noted)
 
 
 def _noise_tilt(
