@@ -22,6 +22,10 @@ from typing import Any, Callable, Sequence
 
 #: From this many tilts at once their work goes to processes (see the module's figures).
 PROCESS_MIN = 8
+#: Cores a pool leaves to the rest of a machine of PROCESS_MIN cores or more: the pool's processes
+#: keep their cores busy where threads queued for Python's lock, and beside them a local Ray starts
+#: and its actor warms up (at Ray's worker niceness, 15: it gets no core the pool wants).
+SPARE_CORES = 2
 #: "1": processes for any count of workers above one, "0": threads always (benchmarks, tests).
 PROCESSES_ENV = "FAKET_TILT_PROCESSES"
 _PRELOAD = ["numpy", "zarr", "faket.noise", "faket.store", "faket.pipeline"]
@@ -40,19 +44,25 @@ def processes_pay(workers: int) -> bool:
     return workers >= PROCESS_MIN
 
 
+def pool_size(workers: int) -> int:
+    """The processes of a pool for ``workers`` tilts at once (see :data:`SPARE_CORES`)."""
+    return workers - SPARE_CORES if workers >= PROCESS_MIN else workers
+
+
 def tilt_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` processes of one thread each, started now (their start overlaps the caller's
-    next steps); shut it down when done (``with``)."""
+    """Processes for ``workers`` tilts at once (:data:`SPARE_CORES` fewer on many cores), started
+    now (their start overlaps the caller's next steps); shut it down when done (``with``)."""
+    count = pool_size(workers)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)  # where this process started no server before
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_up)
-    for _ in range(workers):  # each submit starts a process while none is idle
+    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_set_up)
+    for _ in range(count):  # each submit starts a process while none is idle
         pool.submit(os.getpid)
     return pool
 
 
 def _set_up() -> None:
-    """A pool process writes tilts for its whole life: keep its freed chunk buffers."""
+    """A pool process writes tilts all its life: keep its freed chunk buffers."""
     from .store import keep_freed_chunk_memory
 
     keep_freed_chunk_memory()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faket._procs import PROCESSES_ENV, each_in, pool_cpu_seconds, processes_pay, tilt_pool
+from faket._procs import PROCESSES_ENV, each_in, pool_cpu_seconds, pool_size, processes_pay, tilt_pool
 from faket.errors import FaketInputError
 from faket.noise import NoiseModel
 from faket.pipeline import prepare_noise
@@ -19,6 +19,12 @@ def test_processes_pay_from_many_tilts_at_once_or_as_the_switch_says(monkeypatch
     assert [processes_pay(w) for w in (1, 2, 16)] == [False, True, True]
     monkeypatch.setenv(PROCESSES_ENV, "0")
     assert not processes_pay(16)
+
+
+def test_a_pool_on_many_cores_leaves_two_to_rays_start_and_the_actor():
+    assert [pool_size(w) for w in (2, 7, 8, 16)] == [2, 7, 6, 14]
+    with tilt_pool(2) as pool:
+        assert pool._max_workers == 2  # type: ignore[attr-defined]
 
 
 def _refuse_tilt(i: int) -> int:
