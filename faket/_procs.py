@@ -14,10 +14,12 @@ the run store's zarr arrays (their metadata, not their data) and small results, 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.context
 import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from multiprocessing import spawn
 from typing import Any, Callable, Sequence
 
 #: From this many tilts at once their work goes to processes (see the module's figures).
@@ -29,8 +31,10 @@ SPARE_CORES = 2
 #: "1": processes for any count of workers above one, "0": threads always (benchmarks, tests).
 PROCESSES_ENV = "FAKET_TILT_PROCESSES"
 _PRELOAD = ["numpy", "zarr", "faket.noise", "faket.store", "faket.pipeline"]
+_NAME = "faket-tilt-"  # the pool processes' names begin so
 _cpu = {"seconds": 0.0}
 _cpu_lock = threading.Lock()
+_patch_lock = threading.Lock()
 
 
 def processes_pay(workers: int) -> bool:
@@ -50,15 +54,50 @@ def pool_size(workers: int) -> int:
 
 
 def tilt_pool(workers: int) -> ProcessPoolExecutor:
-    """Processes for ``workers`` tilts at once (:data:`SPARE_CORES` fewer on many cores), started
-    now (their start overlaps the caller's next steps); shut it down when done (``with``)."""
-    count = pool_size(workers)
-    context = multiprocessing.get_context("forkserver")
+    """Processes for ``workers`` tilts at once (:data:`SPARE_CORES` fewer on many cores); shut it
+    down when done (``with``). The server they fork from starts now (its imports overlap the
+    caller's next steps); each process starts with a job that finds none idle, so there are never
+    more processes than jobs."""
+    _start_without_main()
+    context = _TiltContext()
     context.set_forkserver_preload(_PRELOAD)  # where this process started no server before
-    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_set_up)
-    for _ in range(count):  # each submit starts a process while none is idle
-        pool.submit(os.getpid)
+    pool = ProcessPoolExecutor(pool_size(workers), mp_context=context, initializer=_set_up)
+    pool.submit(os.getpid)
     return pool
+
+
+class _TiltProcess(multiprocessing.context.ForkServerProcess):
+    """A pool process, named so that it starts without its caller's main module."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = _NAME + self.name.rsplit("-", 1)[-1]
+
+
+class _TiltContext(multiprocessing.context.ForkServerContext):
+    Process = _TiltProcess
+
+
+def _start_without_main() -> None:
+    """Python starts a forkserver or spawn process by running its parent's main module again (as
+    ``__mp_main__``): the ``faket-cluster`` script would import Ray and the CLI in every pool
+    process, and a user's driver script without a ``__main__`` guard would run again there. Pool
+    processes need none of it (their jobs are faket's functions), so their start leaves it out;
+    any other process starts as Python starts it."""
+    with _patch_lock:
+        if getattr(spawn.get_preparation_data, "_faket", False):
+            return
+        original = spawn.get_preparation_data
+
+        def prepared(name: str) -> dict:
+            data = original(name)
+            if name.startswith(_NAME):
+                data.pop("init_main_from_path", None)
+                data.pop("init_main_from_name", None)
+            return data
+
+        prepared._faket = True  # type: ignore[attr-defined]
+        spawn.get_preparation_data = prepared
 
 
 def _set_up() -> None:

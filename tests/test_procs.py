@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,25 @@ def test_the_noise_statistics_in_processes_equal_the_threads_from_the_files(tmp_
     for k in threads:
         np.testing.assert_array_equal(procs[k], threads[k], err_msg=k)
     assert 0.1 < threads["r"].min() < threads["r"].max() < 1.0
+
+
+def test_pool_processes_start_without_the_callers_main_module(tmp_path):
+    """A driver script without a __main__ guard (``ray job submit -- python drive.py``) runs once:
+    its pool's processes do not run it again, as Python's forkserver would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "drive.py"
+    script.write_text(
+        "import os\n"
+        "from faket._procs import each_in, tilt_pool\n"
+        "print('driver ran', flush=True)\n"
+        "with tilt_pool(2) as pool:\n"
+        "    each_in(pool, os.getpid, [()] * 4, lambda pid: print('job in', pid != os.getpid(), flush=True))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["driver ran"] + ["job in True"] * 4
