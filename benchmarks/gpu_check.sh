@@ -16,14 +16,14 @@
 # in session 19 the benchmark without the published comparison 129 s, the suite 233 s)
 # Session 19's lease: the benchmark without the 11-tilt published comparison, then the published command
 # at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
-# Next: the driver's style targets and the prepare's copies beside the noise model (session 19) and the
-# sink's arrays opened once (session 20) are unmeasured on a GPU; the benchmark's end-to-end run has
-# them all (its log also gives the run's timeline and each prepare phase's CPU seconds beside its wall
-# seconds: whether the noise phase keeps the 16 cores busy), FEED_ARGS the same run without the
-# driver's targets:
+# Next: the driver's style targets and the prepare's copies beside the noise model (session 19), the
+# sink's arrays opened once (session 20) and the driver's noise model and first prepare in processes
+# (session 22, faket._procs) are unmeasured on a GPU; the benchmark's end-to-end run has them all (its
+# log also gives the run's timeline and each phase's CPU seconds beside its wall seconds), FEED_ARGS
+# the same run with those tilts on threads (as before session 22):
 #   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=230 BENCH_ARGS='--skip published' TEST_S=0
 #       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed
-#       --no-driver-ahead' FEED_S=120 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=380)
+#       --tilt-processes 0' FEED_S=120 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=380)
 # and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
 # same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
