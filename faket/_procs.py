@@ -4,9 +4,10 @@ The noise step walks a tilt in cache-sized blocks, a few numpy calls each, and t
 lock back between the calls (:mod:`faket._pairwise`). On a 16-core GPU host, 15 threads of one
 process made a 4096^2 tilt's noise in 0.076 s, 15 processes of one thread in 0.058 s (statistics:
 0.045 against 0.032 s; H100 machine, ``benchmarks/results/gpu-h100-20261127b/``); on two cores
-the two are the same (0.083 against 0.085 s at 2048^2, this project's 2-core VM). So the tilts go
-to processes only where many run at once (:func:`processes_pay`). The processes fork from a
-server that imported numpy, zarr and faket's noise and store once (Python's ``forkserver``: no
+the two are the same (0.083 against 0.085 s at 2048^2, this project's 2-core VM), and an engine run
+gains nothing there (``benchmarks/results/tilt-processes-cpu-vm.json``). So the tilts go to
+processes only where many run at once (:func:`processes_pay`). The processes fork from a
+server that imported numpy, zarr and faket's I/O, noise and store once (Python's ``forkserver``: no
 copy of the caller, its threads or its Ray connection). Work and results cross as pickles: pass
 the run store's zarr arrays (their metadata, not their data) and small results, never images.
 """
@@ -30,7 +31,7 @@ PROCESS_MIN = 8
 SPARE_CORES = 2
 #: "1": processes for any count of workers above one, "0": threads always (benchmarks, tests).
 PROCESSES_ENV = "FAKET_TILT_PROCESSES"
-_PRELOAD = ["numpy", "zarr", "faket.noise", "faket.store", "faket.pipeline"]
+_PRELOAD = ["numpy", "zarr", "faket.io", "faket.noise", "faket.store", "faket.pipeline"]
 _NAME = "faket-tilt-"  # the pool processes' names begin so
 _cpu = {"seconds": 0.0}
 _cpu_lock = threading.Lock()
