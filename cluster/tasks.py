@@ -54,8 +54,8 @@ def remote_functions():
 def estimate_noise_model(pairs: list, order: int, workers: int, pool=None) -> dict:
     """The noise model's JSON (``model``) from (reference, noiseless) file pairs, and the wall
     seconds of opening them (the files' scans) and of the statistics (``seconds``; the process's
-    CPU seconds meanwhile: ``cpu_seconds``, not those of ``pool``'s processes, which make the
-    statistics where it is given: :func:`faket._procs.tilt_pool`)."""
+    CPU seconds meanwhile: ``cpu_seconds``). pool: processes that make the statistics instead of
+    threads (:func:`faket._procs.tilt_pool`; their CPU seconds count too)."""
     from faket.io import open_mrc
     from faket.noise import NoiseModel
 

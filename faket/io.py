@@ -85,14 +85,15 @@ class MappedTilts:
         self.path, self.shape = path, shape
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return _mapped(self.path)[index]
+        return _mapped(self.path).data[index]
 
 
 @functools.lru_cache(maxsize=8)
-def _mapped(path: str) -> np.ndarray:
+def _mapped(path: str) -> Any:
+    """The file opened read-only as a memory map, kept open for this process's life."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mrcfile.mmap(path, mode="r", permissive=False).data
+        return mrcfile.mmap(path, mode="r", permissive=False)
 
 
 def open_mrc(
