@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from faket._procs import PROCESSES_ENV, processes_pay
+    from faket._procs import PROCESSES_ENV
 
     if args.tilt_processes != "auto":
         os.environ[PROCESSES_ENV] = args.tilt_processes
@@ -243,7 +243,7 @@ def main() -> None:
             "phase_cpu_seconds": summary["phase_cpu_seconds"],
             "noise_model_beside_start": summary["noise_model_beside_start"],
             # whether those made their tilts in processes (else threads; faket._procs)
-            "tilt_processes": processes_pay(len(os.sched_getaffinity(0))),
+            "tilt_processes": summary["tilt_processes"],
             "input_read_seconds": summary["input_read_seconds"],
             "input_wait_seconds": summary["input_wait_seconds"],
             "actor_warm_up_seconds": summary["actor_warm_up_seconds"],

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from faket._procs import processes_pay
 from faket.pipeline import Stage
 
 from . import _ahead_plan, stages
@@ -321,6 +322,9 @@ def run(
         "export_kept": kept,  # the MRC files were current already: not written again
         "failed": _record_failures(root, spec, failed),
     }
+    # the driver's work beside the start made its tilts in processes, not threads (faket._procs)
+    beside_start = summary["noise_model_beside_start"] or summary["prepared_beside_start"]
+    summary["tilt_processes"] = bool(beside_start) and processes_pay(len(os.sched_getaffinity(0)))
     root.attrs["last_run"] = {k: v for k, v in summary.items() if k not in ("exported", "compute")}
     if summary["compute"]:  # what the actors computed with (none on a no-op resume)
         root.attrs["compute"] = summary["compute"]

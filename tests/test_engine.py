@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from conftest import FAKET  # noqa: E402
 from faket_cluster.demo import write_inputs  # noqa: E402
 from faket_cluster.engine import run  # noqa: E402
 from faket_cluster.spec import load_spec  # noqa: E402
+from faket._procs import processes_pay  # noqa: E402
 from faket.store import done_mask, open_store, holder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_env")
@@ -66,6 +68,8 @@ def test_engine_equals_single_process_and_resumes(engine_spec, tmp_path, test_we
     assert summary["prepared_before"] == []
     assert summary["noise_model_beside_start"]    # estimated in the driver while the local Ray started
     assert summary["prepared_beside_start"] == ["tomo_000"]   # and the first tomogram prepared then
+    # their tilts in processes on many cores (faket._procs), else threads
+    assert summary["tilt_processes"] is processes_pay(len(os.sched_getaffinity(0)))
     line = summary["timeline"]  # on the wall clock, seconds after the run began
     assert 0 < line["prepared_beside_start"] < summary["seconds"]
     assert [a["pid"] for a in line["actors"]] == [w["pid"] for w in warm]
@@ -90,6 +94,7 @@ def test_engine_equals_single_process_and_resumes(engine_spec, tmp_path, test_we
     # every tomogram prepared already: no prepare task and no noise model
     assert again["prepared_before"] == ["tomo_000", "tomo_001"] and again["prepared_beside_start"] == []
     assert again["phase_seconds"]["noise_model"] == {} and again["phase_seconds"]["prepare"] == {}
+    assert again["tilt_processes"] is False  # nothing made beside the start
     assert open_store(spec.store, mode="r")["tomo_000"].attrs["sources"]["style"].endswith(".mrc")
     # A deleted and a truncated tilt, their done flags still set: the resume finds and redoes them
     clean = {(n, a): np.asarray(root[n][a][:]) for n in ("tomo_000", "tomo_001")
