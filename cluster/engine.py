@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from faket._procs import processes_pay
+from faket._procs import chosen, processes_pay
 from faket.pipeline import Stage
 
 from . import _ahead_plan, stages
@@ -162,6 +162,7 @@ def _start(
 
     from .layout import check_resume
 
+    chosen()  # a bad FAKET_TILT_PROCESSES ends here, before any work
     weights = resolve_weights(spec.weights, seed=spec.weights_seed)
     checked, ready, root, early_prep, targets = None, frozenset[str](), None, None, None
     redoes_prepare = restart is not None and Stage.PREPARE in restart.and_later()

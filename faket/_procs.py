@@ -23,6 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, w
 from multiprocessing import spawn
 from typing import Any, Callable, Sequence
 
+from .errors import FaketInputError
+
 #: From this many tilts at once their work goes to processes (see the module's figures).
 PROCESS_MIN = 8
 #: Cores a pool leaves to the rest of a machine of PROCESS_MIN cores or more: the pool's processes
@@ -40,13 +42,26 @@ _patch_lock = threading.Lock()
 
 def processes_pay(workers: int) -> bool:
     """Whether ``workers`` tilts at once run faster in processes than in threads
-    (:data:`PROCESSES_ENV` decides where it is set)."""
-    chosen = os.environ.get(PROCESSES_ENV, "")
+    (:data:`PROCESSES_ENV` decides where it is set: :func:`chosen`)."""
+    choice = chosen()
     if workers <= 1:
         return False
-    if chosen in ("0", "1"):
-        return chosen == "1"
+    if choice is not None:
+        return choice
     return workers >= PROCESS_MIN
+
+
+def chosen() -> bool | None:
+    """What :data:`PROCESSES_ENV` asks for: processes (True), threads (False) or the machine's
+    choice (None, where it is unset or empty). Raises :class:`FaketInputError` (one line) for
+    any other value."""
+    value = os.environ.get(PROCESSES_ENV, "")
+    if value.strip() in ("", "0", "1"):
+        return None if not value.strip() else value.strip() == "1"
+    raise FaketInputError(
+        f"environment variable {PROCESSES_ENV}={value!r} is not allowed: use 1 (processes), "
+        f"0 (threads) or leave it unset (processes from {PROCESS_MIN} cores on)"
+    )
 
 
 def pool_size(workers: int) -> int:

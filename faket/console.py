@@ -143,9 +143,11 @@ def run_app(typer_app: typer.Typer, prog: str, failures: dict | None = None) -> 
     stops: tuple[type[BaseException], ...] = (Interrupted, KeyboardInterrupt, *abort)
     install_interrupt_handlers()
     try:
+        from ._procs import chosen
         from .reproducible import requested
 
         requested()  # a bad FAKET_REPRODUCIBLE ends here, before any work
+        chosen()  # and a bad FAKET_TILT_PROCESSES
         code = typer_app(standalone_mode=False)
     except no_args as err:
         err.show()  # type: ignore[attr-defined]

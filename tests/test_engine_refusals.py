@@ -58,6 +58,19 @@ def test_a_fresh_local_run_refuses_a_plan_this_machine_cannot_meet_before_any_wo
     assert not (tmp_path / "run.zarr").exists() and not ray.is_initialized()
 
 
+def test_a_bad_tilt_processes_switch_ends_a_library_run_before_any_work(engine_spec, tmp_path, monkeypatch, local_ray):
+    """engine.run called from Python (no command line to check the environment first): one line,
+    no store, no Ray."""
+    from faket._procs import PROCESSES_ENV
+
+    monkeypatch.setenv(PROCESSES_ENV, "yes")
+    spec = load_spec(spec_copy(engine_spec, tmp_path))
+    with pytest.raises(FaketInputError, match=f"{PROCESSES_ENV}='yes' is not allowed") as err:
+        run(spec, say=lambda m: None)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run.zarr").exists() and not ray.is_initialized()
+
+
 def test_more_gpu_actors_than_gpus_is_refused_before_any_work(engine_spec, tmp_path, local_ray):
     """Ray would wait for ever for a third GPU: the plan says so in one line, before the store exists."""
     from faket_cluster.engine import init_ray

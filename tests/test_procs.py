@@ -21,6 +21,25 @@ def test_processes_pay_from_many_tilts_at_once_or_as_the_switch_says(monkeypatch
     assert [processes_pay(w) for w in (1, 2, 16)] == [False, True, True]
     monkeypatch.setenv(PROCESSES_ENV, "0")
     assert not processes_pay(16)
+    monkeypatch.setenv(PROCESSES_ENV, " ")
+    assert processes_pay(16) and not processes_pay(7)
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "threads"])
+def test_a_bad_switch_value_is_refused_by_the_library_and_in_one_line_by_the_commands(monkeypatch, tmp_path, value):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(PROCESSES_ENV, value)
+    with pytest.raises(FaketInputError, match=f"{PROCESSES_ENV}='{value}' is not allowed: use 1"):
+        processes_pay(16)
+    if value != "yes":
+        return
+    for command in (["-m", "faket_cluster", "run", "x.toml"], ["-m", "faket.cli", "info"]):
+        res = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and PROCESSES_ENV in lines[0], res.stderr
+        assert "Traceback" not in res.stderr and not (tmp_path / "x.toml").exists()
 
 
 def test_a_pool_on_many_cores_leaves_two_to_rays_start_and_the_actor():
