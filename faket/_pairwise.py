@@ -7,6 +7,7 @@ elements and has numpy sum each part, so a pass that makes values a block at a t
 they are in the CPU's cache) sums them in that same pass and still gives ``np.add.reduce`` of
 the whole array (tested against it). The noise model's passes over 4096^2 tilts use it:
 each elementwise step over the whole tilt would read and write 134 MB of float64.
+:func:`centred`, :func:`deviation` and :func:`correlation` are the noise model's moments made so.
 """
 
 from __future__ import annotations
@@ -60,3 +61,58 @@ def block_for(threads: int) -> int:
     gives the same values bit for bit.
     """
     return min(BLOCK_MAX, BLOCK << max(0, threads - 1).bit_length())
+
+
+# --------------------------------------------------------------------------- moments of a tilt
+def centred(a: np.ndarray, block: int = BLOCK) -> tuple[np.float64, np.ndarray, np.float64]:
+    """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of an image in float64 (``a`` of any float
+    type), bit for bit numpy's on ``a.astype(np.float64)`` (the same sums in the same order,
+    tested), in two passes over the pixels, ``block`` values at a time (any size gives the same)."""
+    flat = np.asarray(a).reshape(-1)
+    d = np.empty(flat.size)
+
+    def load(start: int, stop: int) -> np.ndarray:
+        d[start:stop] = flat[start:stop]
+        return d[start:stop]
+
+    m = blocked_sum(flat.size, load, block) / flat.size
+    return m, d.reshape(np.shape(a)), deviation(d, m, centre=True, block=block)
+
+
+def deviation(x: np.ndarray, m: np.float64, centre: bool = False, block: int = BLOCK) -> np.float64:
+    """``x.std()`` of a flat float64 array whose mean is ``m``, bit for bit; centre: ``x``
+    becomes ``x - m`` on the way."""
+    scratch = np.empty(min(x.size, block))
+
+    def squares(start: int, stop: int) -> np.ndarray:
+        w = scratch[: stop - start]
+        if centre:
+            x[start:stop] -= m
+            np.multiply(x[start:stop], x[start:stop], out=w)
+        else:
+            np.subtract(x[start:stop], m, out=w)
+            w *= w
+        return w
+
+    return np.sqrt(blocked_sum(x.size, squares, block) / x.size)
+
+
+def correlation(
+    za: np.ndarray, zb: np.ndarray, sa: np.float64, sb: np.float64, block: int = BLOCK
+) -> tuple[float, float]:
+    """r and sigma of two centred flat tilts and their stds: ``za /= sa``, ``zb /= sb``,
+    ``r = mean(za * zb)``, ``sigma = (za - r * zb).std()``, bit for bit (``za`` is overwritten)."""
+    scratch = np.empty(min(za.size, block))
+
+    def products(start: int, stop: int) -> np.ndarray:
+        za[start:stop] /= sa  # (a - mean) / std
+        zb[start:stop] /= sb
+        return np.multiply(za[start:stop], zb[start:stop], out=scratch[: stop - start])
+
+    r = float(blocked_sum(za.size, products, block) / za.size)
+
+    def residual(start: int, stop: int) -> np.ndarray:
+        w = np.multiply(zb[start:stop], r, out=scratch[: stop - start])
+        return np.subtract(za[start:stop], w, out=za[start:stop])
+
+    return r, float(deviation(za, blocked_sum(za.size, residual, block) / za.size, block=block))

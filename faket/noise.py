@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ._json import dumps
-from ._pairwise import BLOCK, block_for, blocked_sum, blocks
+from ._pairwise import BLOCK, block_for, blocked_sum, blocks, centred, correlation, deviation
 from ._threads import for_each
 from .errors import FaketInputError
 
@@ -83,69 +83,15 @@ def tilt_stats(
 def _tilt_figures(reference: Tilts, noiseless: Tilts, i: int, block: int) -> tuple:
     """Tilt ``i`` and its figures in :func:`tilt_stats`'s order (r, sigma, the reference's mean
     and std, the noiseless tilt's mean and std), in ``block``-value steps."""
-    ma, za, sa = _centred(reference[i], block)
-    mb, zb, sb = _centred(noiseless[i], block)
+    ma, za, sa = centred(reference[i], block)
+    mb, zb, sb = centred(noiseless[i], block)
     if sa == 0 or sb == 0:
         raise FaketInputError(
             f"tilt {i} is constant in the reference or the noiseless stack: "
             "noise statistics need contrast in both"
         )
-    r, sigma = _correlation(za.reshape(-1), zb.reshape(-1), sa, sb, block)
+    r, sigma = correlation(za.reshape(-1), zb.reshape(-1), sa, sb, block)
     return i, r, sigma, ma, sa, mb, sb
-
-
-def _centred(a: np.ndarray, block: int = BLOCK) -> tuple[np.float64, np.ndarray, np.float64]:
-    """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of an image in float64 (``a`` of any float
-    type), bit for bit numpy's on ``a.astype(np.float64)`` (the same sums in the same order,
-    tested), in two passes over the pixels, ``block`` values at a time (any size gives the same)."""
-    flat = np.asarray(a).reshape(-1)
-    d = np.empty(flat.size)
-
-    def load(start: int, stop: int) -> np.ndarray:
-        d[start:stop] = flat[start:stop]
-        return d[start:stop]
-
-    m = blocked_sum(flat.size, load, block) / flat.size
-    return m, d.reshape(np.shape(a)), _deviation(d, m, centre=True, block=block)
-
-
-def _deviation(x: np.ndarray, m: np.float64, centre: bool = False, block: int = BLOCK) -> np.float64:
-    """``x.std()`` of a flat float64 array whose mean is ``m``, bit for bit; centre: ``x``
-    becomes ``x - m`` on the way."""
-    scratch = np.empty(min(x.size, block))
-
-    def squares(start: int, stop: int) -> np.ndarray:
-        w = scratch[: stop - start]
-        if centre:
-            x[start:stop] -= m
-            np.multiply(x[start:stop], x[start:stop], out=w)
-        else:
-            np.subtract(x[start:stop], m, out=w)
-            w *= w
-        return w
-
-    return np.sqrt(blocked_sum(x.size, squares, block) / x.size)
-
-
-def _correlation(
-    za: np.ndarray, zb: np.ndarray, sa: np.float64, sb: np.float64, block: int = BLOCK
-) -> tuple[float, float]:
-    """r and sigma of two centred flat tilts and their stds: ``za /= sa``, ``zb /= sb``,
-    ``r = mean(za * zb)``, ``sigma = (za - r * zb).std()``, bit for bit (``za`` is overwritten)."""
-    scratch = np.empty(min(za.size, block))
-
-    def products(start: int, stop: int) -> np.ndarray:
-        za[start:stop] /= sa  # (a - mean) / std
-        zb[start:stop] /= sb
-        return np.multiply(za[start:stop], zb[start:stop], out=scratch[: stop - start])
-
-    r = float(blocked_sum(za.size, products, block) / za.size)
-
-    def residual(start: int, stop: int) -> np.ndarray:
-        w = np.multiply(zb[start:stop], r, out=scratch[: stop - start])
-        return np.subtract(za[start:stop], w, out=za[start:stop])
-
-    return r, float(_deviation(za, blocked_sum(za.size, residual, block) / za.size, block=block))
 
 
 def smooth(curve: np.ndarray, order: int) -> np.ndarray:
@@ -288,7 +234,7 @@ def tilt_noise(seed: int, tilt: int, shape: tuple[int, int]) -> np.ndarray:
 def standardise(image: np.ndarray, block: int = BLOCK) -> np.ndarray:
     """Image with mean 0 and std 1 (float64); a constant image becomes zeros. block: values per
     pass step (:func:`faket._pairwise.block_for`; the same result for any)."""
-    _, d, s = _centred(image, block)
+    _, d, s = centred(image, block)
     if not s > 0:
         return np.zeros_like(d)
     d /= s
@@ -332,7 +278,7 @@ def _noisy(
         return v
 
     m = blocked_sum(n, mix, block) / n
-    s = _deviation(x, m, block=block)
+    s = deviation(x, m, block=block)
 
     def scale(start: int, stop: int) -> np.ndarray:  # the std first
         v = x[start:stop]

@@ -131,7 +131,7 @@ def test_bad_noise_inputs(tmp_path, pair):
 
 @pytest.mark.parametrize("shape, workers", [((3, 37, 41), 2), ((2, 512, 384), 2), ((9, 1100, 1000), 16)])
 def test_statistics_are_numpys_formulas_bit_for_bit(shape, workers):
-    """tilt_stats and standardise centre each tilt once (faket.noise._centred) and still give what
+    """tilt_stats and standardise centre each tilt once (faket._pairwise.centred) and still give what
     the plain numpy formulas give, bit for bit: the same sums in the same order, also in the
     largest blocks (9 tilts on 16 threads: faket._pairwise.block_for)."""
     rng = np.random.default_rng(shape[1])
