@@ -7,7 +7,8 @@
 #   disk.*      `engine_feed.py --real-nst --no-loop` (bench-gpu's end-to-end run) with its inputs
 #               in /dev/shm, written before (so none of theirs waits to go to the disk) and its store
 #               in /tmp; its driver, where the noise model and the prepare stage run, sampled by
-#               py-spy (raw stacks per thread, gzipped, not pausing the process)
+#               py-spy (raw stacks per thread, gzipped, not pausing the process), with its tilt
+#               pools' processes (faket._procs, on 8 cores or more) and Ray's
 #   shm.*       the same run with the store in /dev/shm too: the store's writes to the disk
 #   noise.log   the noise step's numpy work alone on all cores (bench_noise.py)
 # Since session 18 bench-gpu's own end-to-end run also keeps its inputs in /dev/shm (and reports the
@@ -38,7 +39,7 @@ with tempfile.TemporaryDirectory() as spec:
     write_inputs(Path(spec), $SIZE, $TILTS, data=Path('$IN'))" || exit 1
 F=("$PY" benchmarks/engine_feed.py --size "$SIZE" --tilts "$TILTS" --real-nst --device "$DEV" --no-loop
    --inputs "$IN")
-"$SPY" record -r 20 --idle --threads --nonblocking -f raw -o "$OUT/disk.txt" -- \
+"$SPY" record -r 20 --idle --threads --subprocesses --nonblocking -f raw -o "$OUT/disk.txt" -- \
     "${F[@]}" --json "$OUT/disk.json" > "$OUT/disk.log" 2>&1 || echo "py-spy rc=$?" >> "$OUT/disk.log"
 gzip -f "$OUT/disk.txt"
 TMPDIR=/dev/shm "${F[@]}" --json "$OUT/shm.json" > "$OUT/shm.log" 2>&1
