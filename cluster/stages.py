@@ -44,14 +44,14 @@ def noise_model_beside_start(spec: RunSpec, address: str | None) -> Future | Non
         return None
     if ray.is_initialized():
         return None
-    from faket._procs import processes_pay, tilt_pool
+    from faket._procs import pool_if_it_pays
 
     pairs = [(str(a), str(b)) for a, b in spec.noise_pairs]
     workers = len(os.sched_getaffinity(0))
 
     def work() -> dict:
         # on many cores the tilts go to processes: the driver's threads left to Ray's start
-        with tilt_pool(workers) if processes_pay(workers) else contextlib.nullcontext() as pool:
+        with pool_if_it_pays(workers) as pool:
             return estimate_noise_model(pairs, spec.noise_order, workers, pool)
 
     # where it fails, the Ray task tries again, under the run's retry policy
@@ -65,7 +65,7 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
     once that is made. Returns the tomogram's name and the Future of its
     :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's Ray
     task tries again under the run's retry policy."""
-    from faket._procs import processes_pay, tilt_pool
+    from faket._procs import pool_if_it_pays
 
     from .tasks import prepare_tomogram
 
@@ -74,7 +74,7 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
 
     def work() -> dict:
         # on many cores the noise phase's tilts go to processes, started while the layout ends
-        with tilt_pool(workers) if processes_pay(workers) else contextlib.nullcontext() as pool:
+        with pool_if_it_pays(workers) as pool:
             laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
             # what the estimate raised, if it failed, once the phases before the noise are written
             model = lambda: early.result()["model"]  # noqa: E731

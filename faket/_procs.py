@@ -14,6 +14,7 @@ the run store's zarr arrays (their metadata, not their data) and small results, 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
@@ -92,6 +93,12 @@ class _TiltProcess(multiprocessing.context.ForkServerProcess):
 
 class _TiltContext(multiprocessing.context.ForkServerContext):
     Process = _TiltProcess
+
+
+def pool_if_it_pays(workers: int) -> contextlib.AbstractContextManager[Executor | None]:
+    """A :func:`tilt_pool` for ``workers`` tilts at once where :func:`processes_pay`, else None
+    (threads): ``with pool_if_it_pays(n) as pool: ...``."""
+    return tilt_pool(workers) if processes_pay(workers) else contextlib.nullcontext()
 
 
 def _start_without_main() -> None:

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from faket._procs import PROCESSES_ENV, each_in, pool_cpu_seconds, pool_size, processes_pay, tilt_pool
+from faket._procs import (PROCESSES_ENV, each_in, pool_cpu_seconds, pool_if_it_pays, pool_size, processes_pay,
+                          tilt_pool)
 from faket.errors import FaketInputError
 from faket.noise import NoiseModel
 from faket.pipeline import prepare_noise
@@ -40,6 +41,15 @@ def test_a_bad_switch_value_is_refused_by_the_library_and_in_one_line_by_the_com
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and PROCESSES_ENV in lines[0], res.stderr
         assert "Traceback" not in res.stderr and not (tmp_path / "x.toml").exists()
+
+
+def test_a_pool_only_where_processes_pay(monkeypatch):
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    with pool_if_it_pays(16) as pool:
+        assert pool is None
+    monkeypatch.setenv(PROCESSES_ENV, "1")
+    with pool_if_it_pays(2) as pool:
+        assert pool is not None and pool.submit(os.getpid).result() != os.getpid()
 
 
 def test_a_pool_on_many_cores_leaves_two_to_rays_start_and_the_actor():
