@@ -124,10 +124,13 @@ def _start_without_main() -> None:
 
 
 def _set_up() -> None:
-    """A pool process writes tilts all its life: keep its freed chunk buffers."""
+    """A pool process writes tilts all its life: keep its freed chunk buffers; and it keeps to one
+    core: its tilts' chunks are coded in its own thread (the pool leaves the rest to others)."""
+    from ._shards import code_chunks_in_caller
     from .store import keep_freed_chunk_memory
 
     keep_freed_chunk_memory()
+    code_chunks_in_caller()
 
 
 def each_in(

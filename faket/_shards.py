@@ -34,6 +34,7 @@ _CRC = 4
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _local = threading.local()  # each shard thread's scratch buffers (see _scratch)
+_alone = {"on": False}  # chunks coded in the calling thread (see code_chunks_in_caller)
 T = TypeVar("T")
 
 
@@ -48,7 +49,17 @@ def _threads() -> ThreadPoolExecutor:
 def _each(work: Callable[[int], T], n: int) -> list[T]:
     """``work(k)`` for k in ``range(n)``: on the shard threads, or here for one chunk (a tilt of
     1024^2 or less), which spares the hand-over to a thread and back (each takes Python's lock)."""
-    return [work(0)] if n == 1 else list(_threads().map(work, range(n)))
+    if n == 1 or _alone["on"]:
+        return [work(k) for k in range(n)]
+    return list(_threads().map(work, range(n)))
+
+
+def code_chunks_in_caller() -> None:
+    """From now on this process encodes and decodes a tilt's chunks in the thread that reads or
+    writes it, not on the shard threads: for a process that is one of many working side by side
+    (:mod:`faket._procs`' pools, one per core but those left to the rest of the machine), where
+    each one's shard threads would take the cores left to others."""
+    _alone["on"] = True
 
 
 def per_array(find: Callable[[Any], T]) -> Callable[[Any], T]:

@@ -123,6 +123,33 @@ def test_each_in_keeps_two_jobs_per_process_in_the_pool_at_most():
     assert len(seen) == 30 and 3 <= most[0] <= 6
 
 
+def _put_and_count_threads(writer, image: np.ndarray) -> int:
+    """In a pool process: one tilt written, then the threads alive in the process."""
+    import threading
+
+    writer.put("noisy", 0, image)
+    return threading.active_count()
+
+
+def test_a_pool_process_codes_its_tilts_chunks_in_its_own_thread(tmp_path):
+    """A pool keeps to the cores it was sized for: a tilt of two chunks, written here, goes to the
+    shard threads; written in a pool process, it starts none. The tilts read back the same."""
+    from faket import _shards
+
+    image = np.random.default_rng(1).random((2048, 1024), dtype=np.float32)
+    here = open_store(tmp_path / "here.zarr", mode="w").require_group("t")
+    create_stack(here, "noisy", (1, 2048, 1024))
+    StoreSink(here).writer(["noisy"]).put("noisy", 0, image)
+    assert _shards._pool is not None  # the control: this process coded the chunks on its threads
+    g = open_store(tmp_path / "pool.zarr", mode="w").require_group("t")
+    create_stack(g, "noisy", (1, 2048, 1024))
+    with tilt_pool(1) as pool:
+        assert pool.submit(_put_and_count_threads, StoreSink(g).writer(["noisy"]), image).result() == 1
+    assert np.array_equal(TiltReader(g["noisy"])(0), image)
+    shard = "t/noisy/c/0/0/0"  # the same bytes as the threads' coding
+    assert (tmp_path / "pool.zarr" / shard).read_bytes() == (tmp_path / "here.zarr" / shard).read_bytes()
+
+
 def _group(path, clean: np.ndarray):
     g = open_store(path, mode="w").require_group("t")
     for name in ("noiseless", "noisy", "content"):
