@@ -18,12 +18,14 @@
 # at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
 # Next: the driver's style targets and the prepare's copies beside the noise model (session 19), the
 # sink's arrays opened once (session 20) and the driver's noise model and first prepare in processes
-# (session 22, faket._procs) are unmeasured on a GPU; the benchmark's end-to-end run has them all (its
-# log also gives the run's timeline and each phase's CPU seconds beside its wall seconds), FEED_ARGS
-# the same run with those tilts on threads (as before session 22):
+# (session 22, faket._procs; each pool process on one core, session 23) are unmeasured on a GPU; the
+# benchmark's end-to-end run has them all (its log also gives the run's timeline and each phase's CPU
+# seconds beside its wall seconds), FEED_ARGS the same run with those tilts on threads (as before
+# session 22), CORES_ARGS a pool process's cores with its chunks coded on 8 shard threads and in its own:
 #   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=230 BENCH_ARGS='--skip published' TEST_S=0
-#       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed
-#       --tilt-processes 0' FEED_S=120 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=380)
+#       CORES_ARGS='4096 8 2' FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda
+#       --inputs /dev/shm/faket-feed --tilt-processes 0' FEED_S=120 bash benchmarks/gpu_check.sh",
+#       carry=[".gpu"], timeout_s=400)
 # and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
 # same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
@@ -68,6 +70,14 @@ if [ -n "${NOISE_ARGS:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${NOISE_S:-90}" python3 benchmarks/bench_noise.py $NOISE_ARGS >> "$OUT/bench.log" 2>&1
     echo "noise rc=$?" >> "$OUT/bench.log"
+fi
+# CORES_ARGS: how many cores one tilt-pool process keeps busy writing 4096^2 tilts, its chunks coded
+# in its own thread (since session 23) or on its shard threads (8 here), e.g. "4096 8 2" (about 20 s;
+# benchmarks/diag/pool_cores.py, its lines to the end of bench.log)
+if [ -n "${CORES_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${CORES_S:-60}" python3 benchmarks/diag/pool_cores.py $CORES_ARGS >> "$OUT/bench.log" 2>&1
+    echo "cores rc=$?" >> "$OUT/bench.log"
 fi
 # FEED_ARGS: more engine runs (benchmarks/engine_feed.py), separated by "|", e.g. the 61 x 4096^2 run
 # with the driver's noise model and prepare on threads, not in processes: "--size 4096 --tilts 61
