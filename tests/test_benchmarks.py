@@ -193,6 +193,21 @@ def test_bench_noise_compares_two_checkouts_interleaved(tmp_path):
         assert set(r["ratio"]) >= {"noise_s_per_tilt", "statistics_s_per_tilt"}
 
 
+def test_pool_cores_compares_a_pool_process_coding_chunks_in_its_thread_and_on_shard_threads(tmp_path):
+    """benchmarks/diag/pool_cores.py: both modes, alternating; a pool process coding its chunks in its
+    own thread runs no other thread and keeps at most one core busy."""
+    out = tmp_path / "cores.json"
+    res = subprocess.run([sys.executable, str(BENCH / "diag" / "pool_cores.py"), "2048", "3", "1",
+                          "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shard, own = json.loads(out.read_text())["runs"]
+    assert (shard["mode"], own["mode"]) == ("shard", "own")
+    assert own["threads"] == 1 and shard["threads"] > 1 and own["cores"] <= 1.02
+    bad = subprocess.run([sys.executable, str(BENCH / "diag" / "pool_cores.py"), "2048", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "TILTS 2 or more" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args", [["--against", "nowhere"], ["--workers", "1,x"], ["--tilts", "0"]])
 def test_bench_noise_refuses_bad_input_in_one_line(tmp_path, args):
     out = tmp_path / "noise.json"

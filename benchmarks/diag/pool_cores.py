@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("repeats", type=int, nargs="?", default=3)
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.tilts < 2 or args.size < 1 or args.repeats < 1:
+        parser.error("SIZE and REPEATS must be 1 or more, TILTS 2 or more (the first is left out)")
     runs = []
     for _ in range(args.repeats):
         for own in (False, True):
