@@ -48,7 +48,8 @@ def _threads() -> ThreadPoolExecutor:
 
 def _each(work: Callable[[int], T], n: int) -> list[T]:
     """``work(k)`` for k in ``range(n)``: on the shard threads, or here for one chunk (a tilt of
-    1024^2 or less), which spares the hand-over to a thread and back (each takes Python's lock)."""
+    1024^2 or less), which spares the hand-over to a thread and back (each takes Python's lock),
+    and for every chunk in a process that keeps to one core (:func:`code_chunks_in_caller`)."""
     if n == 1 or _alone["on"]:
         return [work(k) for k in range(n)]
     return list(_threads().map(work, range(n)))
