@@ -79,6 +79,13 @@ if [ -n "${CORES_ARGS:-}" ]; then
     timeout "${CORES_S:-60}" python3 benchmarks/diag/pool_cores.py $CORES_ARGS >> "$OUT/bench.log" 2>&1
     echo "cores rc=$?" >> "$OUT/bench.log"
 fi
+# ATTRS_ARGS: a run-store group's attrs update (the prepare stage's last step) timed while another
+# process fills the dirty page cache, e.g. ". 120" (about 30 s; benchmarks/diag/attrs_under_writeback.py)
+if [ -n "${ATTRS_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${ATTRS_S:-90}" python3 benchmarks/diag/attrs_under_writeback.py $ATTRS_ARGS >> "$OUT/bench.log" 2>&1
+    echo "attrs rc=$?" >> "$OUT/bench.log"
+fi
 # FEED_ARGS: more engine runs (benchmarks/engine_feed.py), separated by "|", e.g. the 61 x 4096^2 run
 # with the driver's noise model and prepare on threads, not in processes: "--size 4096 --tilts 61
 # --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed --tilt-processes 0" (about a minute

@@ -208,6 +208,21 @@ def test_pool_cores_compares_a_pool_process_coding_chunks_in_its_thread_and_on_s
     assert bad.returncode == 2 and "TILTS 2 or more" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_attrs_under_writeback_times_updates_while_a_child_writes(tmp_path):
+    """benchmarks/diag/attrs_under_writeback.py: updates timed while its child writes, nothing left
+    behind; too few tilts refused in one line."""
+    out = tmp_path / "attrs.json"
+    script = str(BENCH / "diag" / "attrs_under_writeback.py")
+    res = subprocess.run([sys.executable, script, str(tmp_path), "4", "--json", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["updates"] >= 1 and 0 < got["idle_seconds"] and got["median_seconds"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attrs.json"]
+    bad = subprocess.run([sys.executable, script, str(tmp_path), "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "TILTS must be 1 or more" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args", [["--against", "nowhere"], ["--workers", "1,x"], ["--tilts", "0"]])
 def test_bench_noise_refuses_bad_input_in_one_line(tmp_path, args):
     out = tmp_path / "noise.json"
