@@ -48,7 +48,9 @@ def test_engine_equals_single_process_and_resumes(engine_spec, tmp_path, test_we
     assert 1 <= len(warm) <= 2 and len({w["pid"] for w in warm}) == len(warm)
     assert all(list(w) == ["pid", "init", "imports", "model"] and w["init"] > 0 for w in warm), warm
     assert list(phases["start"]) == ["weights", "layout", "ray", "store"]
-    assert sum(phases["start"].values()) == pytest.approx(stages["start"], abs=0.01)
+    # the phases cover the stage; between its last lap and the stage's, the driver's main thread may
+    # wait for Python's lock (5 ms a switch) while the noise model and the prepare run beside it
+    assert sum(phases["start"].values()) == pytest.approx(stages["start"], abs=0.03)
     assert list(phases["noise_model"]) == ["open", "statistics"]
     assert list(phases["prepare"]) == ["noiseless", "style", "labels", "model", "noise", "ranges", "attrs"]
     assert min(v for p in phases.values() for v in p.values()) >= 0 and phases["prepare"]["noise"] > 0
