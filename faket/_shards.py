@@ -55,12 +55,13 @@ def _each(work: Callable[[int], T], n: int) -> list[T]:
     return list(_threads().map(work, range(n)))
 
 
-def code_chunks_in_caller() -> None:
+def code_chunks_in_caller(alone: bool = True) -> None:
     """From now on this process encodes and decodes a tilt's chunks in the thread that reads or
     writes it, not on the shard threads: for a process that is one of many working side by side
     (:mod:`faket._procs`' pools, one per core but those left to the rest of the machine), where
-    each one's shard threads would take the cores left to others."""
-    _alone["on"] = True
+    each one's shard threads would take the cores left to others. ``alone=False``: the shard
+    threads again (``benchmarks/diag/pool_cores.py`` compares the two)."""
+    _alone["on"] = alone
 
 
 def per_array(find: Callable[[Any], T]) -> Callable[[Any], T]:

@@ -110,11 +110,9 @@ def test_a_prepare_beside_the_start_writes_what_needs_no_noise_model_while_it_is
     piece on threads with the model at hand."""
     from concurrent.futures import Future
 
-
+    from faket import _procs
     from faket_cluster.stages import prepare_beside_start
     from faket_cluster.tasks import prepare_tomogram
-
-    from faket import _procs
 
     monkeypatch.setenv(_procs.PROCESSES_ENV, processes)
     pools: list = []

@@ -123,6 +123,22 @@ def test_each_in_keeps_two_jobs_per_process_in_the_pool_at_most():
     assert len(seen) == 30 and 3 <= most[0] <= 6
 
 
+def test_the_statistics_in_processes_refuse_a_constant_tilt_as_the_threads_do():
+    """A tilt without contrast: the pool's job raises, and the caller gets the threads' one line."""
+    from faket.noise import tilt_stats
+
+    rng = np.random.default_rng(2)
+    clean = rng.random((4, 40, 50), dtype=np.float32)
+    ref = clean + rng.standard_normal(clean.shape, dtype=np.float32)
+    ref[2] = 1.5
+    with pytest.raises(FaketInputError) as on_threads:
+        tilt_stats(ref, clean, 2)
+    with tilt_pool(2) as pool, pytest.raises(FaketInputError) as in_pool:
+        tilt_stats(ref, clean, 2, pool)
+    assert str(in_pool.value) == str(on_threads.value) and "tilt 2 is constant" in str(in_pool.value)
+    assert "\n" not in str(in_pool.value)
+
+
 def _put_and_count_threads(writer, image: np.ndarray) -> int:
     """In a pool process: one tilt written, then the threads alive in the process."""
     import threading

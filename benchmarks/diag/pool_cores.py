@@ -28,9 +28,9 @@ STACKS = ("noisy", "content")
 
 def job(writer, index: int, own: bool, size: int) -> tuple[float, float, int]:
     """In a pool process: one tilt into both stacks; its CPU and wall seconds, the threads alive."""
-    from faket import _shards
+    from faket._shards import code_chunks_in_caller
 
-    _shards._alone["on"] = own
+    code_chunks_in_caller(own)
     image = np.random.default_rng(index).standard_normal((size, size), dtype=np.float32)
     cpu, wall = time.process_time(), time.perf_counter()
     for name in STACKS:
