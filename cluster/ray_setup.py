@@ -9,20 +9,13 @@ from typing import Iterator
 import ray
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-NICENESS_ENV = "RAY_worker_niceness"
-#: the niceness of a local Ray's workers unless NICENESS_ENV says otherwise. Ray's own default,
-#: 15, puts the GPU actor's start below the driver's tilt pool: on the H200's 16 cores, 61 x
-#: 4096^2, the actor was warm 8.5-9.0 s after its process began, 6.1 s at 41 x 1024^2 beside
-#: little else, and its warm-up was the run's critical path (docs/performance.md, session 24)
-LOCAL_WORKER_NICENESS = 0
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start a local one.
 
     A local Ray binds to 127.0.0.1, has no dashboard, a small object store, and starts its
-    Python workers as tasks and actors need them, at the niceness of the driver
-    (:data:`LOCAL_WORKER_NICENESS`; ``RAY_worker_niceness`` in the environment sets another).
+    Python workers as tasks and actors need them.
     """
     if ray.is_initialized():
         return
@@ -36,8 +29,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
-        # the raylet reads it from the environment it inherits, as it starts the workers
-        os.environ.setdefault(NICENESS_ENV, str(LOCAL_WORKER_NICENESS))
         # "local": always a new instance, never a stale one from /tmp/ray/ray_current_cluster
         with _no_api_server():
             ray.init(

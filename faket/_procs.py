@@ -30,7 +30,7 @@ from .errors import FaketInputError
 PROCESS_MIN = 8
 #: Cores a pool leaves to the rest of a machine of PROCESS_MIN cores or more: the pool's processes
 #: keep their cores busy where threads queued for Python's lock, and beside them a local Ray starts
-#: and its actor warms up (the engine's local Ray runs it at the pool's niceness, not Ray's 15).
+#: and its actor warms up (at Ray's worker niceness, 15: it gets no core the pool wants).
 SPARE_CORES = 2
 #: "1": processes for any count of workers above one, "0": threads always (benchmarks, tests).
 PROCESSES_ENV = "FAKET_TILT_PROCESSES"

@@ -34,23 +34,6 @@ def test_a_local_ray_starts_no_idle_workers(local_ray):
     assert list(logs.glob("python-core-worker-*.log"))
 
 
-def test_a_local_rays_workers_run_at_the_drivers_niceness_unless_told(local_ray, monkeypatch):
-    """Ray's default (15) put the GPU actor's start below the driver's tilt pool; a local Ray's
-    workers now run at the driver's niceness, and RAY_worker_niceness still sets theirs."""
-    from faket_cluster.engine import init_ray
-
-    def worker_niceness() -> int:
-        return ray.get(ray.remote(lambda: os.nice(0)).remote())
-
-    monkeypatch.delenv("RAY_worker_niceness", raising=False)  # the suite sets it (conftest)
-    init_ray(num_cpus=1)
-    assert worker_niceness() == os.nice(0)
-    ray.shutdown()
-    monkeypatch.setenv("RAY_worker_niceness", "3")
-    init_ray(num_cpus=1)
-    assert worker_niceness() == min(19, os.nice(0) + 3)
-
-
 def test_a_failed_prepare_beside_the_start_leaves_the_tomogram_to_its_task():
     from concurrent.futures import Future
 
