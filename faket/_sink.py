@@ -50,11 +50,6 @@ class TiltReader:
     def __call__(self, index: int) -> np.ndarray:
         return read_tilt(self.arr, index)
 
-    def into(self, index: int, scratch: Any) -> np.ndarray:
-        """Tilt ``index`` read into ``scratch``'s array for it (:mod:`faket._scratch`): the
-        next read overwrites it."""
-        return read_tilt(self.arr, index, scratch.array("read", self.arr.shape[1:], np.float32))
-
 
 class StoreSink:
     """The run store's group of one tomogram as a ``faket.pipeline.TiltSink``: tilts not

@@ -78,30 +78,16 @@ def tilt_stats(
 
         each_in(pool, _tilt_figures, [(reference, noiseless, i, block_for(1)) for i in range(n)], keep)
         return out
-    from ._scratch import per_thread
-
     block = block_for(min(workers, n))
-    scratch = per_thread()  # each thread's arrays, kept from tilt to tilt until this returns
-    for_each(lambda i: keep(_tilt_figures(reference, noiseless, i, block, scratch())), range(n), workers)
+    for_each(lambda i: keep(_tilt_figures(reference, noiseless, i, block)), range(n), workers)
     return out
 
 
-def _tilt_figures(
-    reference: Tilts, noiseless: Tilts, i: int, block: int, scratch: Scratch | None = None
-) -> tuple:
+def _tilt_figures(reference: Tilts, noiseless: Tilts, i: int, block: int) -> tuple:
     """Tilt ``i`` and its figures in :func:`tilt_stats`'s order (r, sigma, the reference's mean
-    and std, the noiseless tilt's mean and std), in ``block``-value steps. scratch: arrays to
-    compute in (:mod:`faket._scratch`; default: the thread's own, if it keeps one)."""
-    from ._scratch import of_this_thread
-
-    scratch = scratch or of_this_thread()
-    a, b = reference[i], noiseless[i]
-
-    def array(name: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        return None if scratch is None else scratch.array(name, shape, np.float64)
-
-    ma, za, sa = centred(a, block, array("reference", np.shape(a)))
-    mb, zb, sb = centred(b, block, array("noiseless", np.shape(b)))
+    and std, the noiseless tilt's mean and std), in ``block``-value steps."""
+    ma, za, sa = centred(reference[i], block)
+    mb, zb, sb = centred(noiseless[i], block)
     if sa == 0 or sb == 0:
         raise FaketInputError(
             f"tilt {i} is constant in the reference or the noiseless stack: "

@@ -233,8 +233,7 @@ def _noise_tilt(
         scratch = None  # the sink may keep the very arrays it was given
     elif scratch is None:
         scratch = of_this_thread()
-    into = getattr(noiseless, "into", None)  # a reader that reads into a kept array
-    tilt = into(i, scratch) if into is not None and scratch is not None else noiseless(i)
+    tilt = noiseless(i)
     made = apply_tilt_modalities(
         tilt, i, model, seed, modalities, content_sigma, base, threads=threads, scratch=scratch
     )

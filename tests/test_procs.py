@@ -272,15 +272,3 @@ def test_pool_processes_start_without_the_callers_main_module(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["driver ran"] + ["job in True"] * 4
-
-
-def test_a_reader_reads_tilt_after_tilt_into_one_kept_array(tmp_path):
-    """TiltReader.into: each tilt's values, as a plain read gives them, in the same array."""
-    from faket._scratch import Scratch
-
-    clean = np.random.default_rng(6).random((3, 40, 24), dtype=np.float32)
-    reader, scratch = TiltReader(_group(tmp_path / "r.zarr", clean)["noiseless"]), Scratch()
-    first = reader.into(0, scratch)
-    assert np.array_equal(first, clean[0]) and np.array_equal(reader(0), clean[0])
-    second = reader.into(2, scratch)
-    assert second is first and np.array_equal(second, clean[2])
