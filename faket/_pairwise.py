@@ -64,15 +64,12 @@ def block_for(threads: int) -> int:
 
 
 # --------------------------------------------------------------------------- moments of a tilt
-def centred(
-    a: np.ndarray, block: int = BLOCK, out: np.ndarray | None = None
-) -> tuple[np.float64, np.ndarray, np.float64]:
+def centred(a: np.ndarray, block: int = BLOCK) -> tuple[np.float64, np.ndarray, np.float64]:
     """``a.mean()``, ``a - a.mean()`` and ``a.std()`` of an image in float64 (``a`` of any float
     type), bit for bit numpy's on ``a.astype(np.float64)`` (the same sums in the same order,
-    tested), in two passes over the pixels, ``block`` values at a time (any size gives the same).
-    out: a contiguous float64 array of ``a``'s size for ``a - a.mean()``, or None (a new one)."""
+    tested), in two passes over the pixels, ``block`` values at a time (any size gives the same)."""
     flat = np.asarray(a).reshape(-1)
-    d = np.empty(flat.size) if out is None else out.reshape(-1)
+    d = np.empty(flat.size)
 
     def load(start: int, stop: int) -> np.ndarray:
         d[start:stop] = flat[start:stop]

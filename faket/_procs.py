@@ -124,15 +124,12 @@ def _start_without_main() -> None:
 
 
 def _set_up() -> None:
-    """A pool process writes tilts all its life: keep its freed chunk buffers and its tilt-sized
-    arrays (:mod:`faket._scratch`); and it keeps to one core: its tilts' chunks are coded in its
-    own thread (the pool leaves the rest to others)."""
-    from ._scratch import keep_in_this_thread
+    """A pool process writes tilts all its life: keep its freed chunk buffers; and it keeps to one
+    core: its tilts' chunks are coded in its own thread (the pool leaves the rest to others)."""
     from ._shards import code_chunks_in_caller
     from .store import keep_freed_chunk_memory
 
     keep_freed_chunk_memory()
-    keep_in_this_thread()
     code_chunks_in_caller()
 
 

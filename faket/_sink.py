@@ -26,9 +26,6 @@ class TiltWriter:
     :meth:`StoreSink.writer`); a put returns the tilt's float32 (min, max) where its stack is
     in ``track``, else None."""
 
-    #: a put has written the tilt when it returns: its caller may use the array again
-    copies = True
-
     def __init__(self, arrays: dict[str, tuple[Any, Any]], track: Sequence[str] = ()) -> None:
         self.arrays = arrays
         self.track = frozenset(track)
@@ -57,8 +54,6 @@ class StoreSink:
 
     track: stacks whose value range the sink keeps as it writes (see :meth:`stack_range`).
     """
-
-    copies = TiltWriter.copies  # its puts are the writer's
 
     def __init__(self, group, track: Sequence[str] = ()) -> None:
         self.group = group

@@ -19,7 +19,7 @@ import math
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -27,9 +27,6 @@ from ._json import dumps
 from ._pairwise import BLOCK, block_for, blocked_sum, blocks, centred, correlation, deviation
 from ._threads import for_each
 from .errors import FaketInputError
-
-if TYPE_CHECKING:
-    from ._scratch import Scratch
 
 CURVE_NAMES = ("r", "sigma", "mean", "std")
 MODEL_FORMAT = "faket-noise-model"
@@ -229,24 +226,17 @@ class NoiseModel:
 
 
 # --------------------------------------------------------------------------- apply
-def tilt_noise(seed: int, tilt: int, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-    """Standard normal draws for one tilt, from (seed, tilt index): ``(H, W)`` float32.
-
-    out: a contiguous float32 ``(H, W)`` array to draw into (the same values), or None."""
-    rng = np.random.default_rng([int(seed), int(tilt)])
-    if out is None:
-        return rng.standard_normal(shape, dtype=np.float32)
-    return rng.standard_normal(dtype=np.float32, out=out)
+def tilt_noise(seed: int, tilt: int, shape: tuple[int, int]) -> np.ndarray:
+    """Standard normal draws for one tilt, from (seed, tilt index): ``(H, W)`` float32."""
+    return np.random.default_rng([int(seed), int(tilt)]).standard_normal(shape, dtype=np.float32)
 
 
-def standardise(image: np.ndarray, block: int = BLOCK, out: np.ndarray | None = None) -> np.ndarray:
+def standardise(image: np.ndarray, block: int = BLOCK) -> np.ndarray:
     """Image with mean 0 and std 1 (float64); a constant image becomes zeros. block: values per
-    pass step (:func:`faket._pairwise.block_for`; the same result for any). out: a float64
-    array of the image's shape to compute in, or None."""
-    _, d, s = centred(image, block, out)
+    pass step (:func:`faket._pairwise.block_for`; the same result for any)."""
+    _, d, s = centred(image, block)
     if not s > 0:
-        d[...] = 0.0
-        return d
+        return np.zeros_like(d)
     d /= s
     return d
 
@@ -270,13 +260,11 @@ def _noisy(
     std: float,
     work: np.ndarray | None = None,
     block: int = BLOCK,
-    result: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`noisy_tilt` of a standardised tilt ``z`` (float64) and its ``noise`` (each modality
     of a tilt shares both): the plain formulas' values bit for bit, in four passes over the
     pixels, ``block`` values at a time (:mod:`faket._pairwise`). work: a float64 array of
-    ``z.size`` to compute in (the modalities of a tilt share one), or None; result: a
-    contiguous float32 array of ``z``'s shape for the tilt, or None."""
+    ``z.size`` to compute in (the modalities of a tilt share one), or None."""
     zf, nf = z.reshape(-1), np.asarray(noise).reshape(-1)
     n = zf.size
     x, scratch = np.empty(n) if work is None else work, np.empty(min(n, block))
@@ -300,7 +288,7 @@ def _noisy(
         return v
 
     m = blocked_sum(n, scale, block) / n
-    out = np.empty(n, np.float32) if result is None else result.reshape(-1)
+    out = np.empty(n, np.float32)
     for start in blocks(n, block):  # then the mean
         w = np.subtract(x[start : start + block], m, out=scratch[: min(block, n - start)])
         w += mean
@@ -340,26 +328,16 @@ def apply_tilt_modalities(
     baseline: dict[str, np.ndarray] | None = None,
     noise: np.ndarray | None = None,
     threads: int = 1,
-    scratch: Scratch | None = None,
 ) -> dict[str, np.ndarray]:
     """Several modalities of one tilt (``{modality: float32 (H, W)}``), each what
     :func:`apply_tilt` gives: the noise draw, the standardised tilt and the noise in float64
     are made once for all of them. threads: how many tilts are made at once (the same values,
-    in blocks sized for them: :func:`faket._pairwise.block_for`).
-
-    scratch: arrays kept from the last tilt (:mod:`faket._scratch`) to compute in, the tilts
-    returned among them: the next call overwrites them. None: new arrays."""
-    shape = np.shape(noiseless)
-
-    def array(name: str, dtype: Any) -> np.ndarray | None:
-        return None if scratch is None else scratch.array(name, shape, dtype)
-
+    in blocks sized for them: :func:`faket._pairwise.block_for`)."""
     if noise is None:
-        noise = tilt_noise(seed, tilt, shape, array("noise", np.float32))
+        noise = tilt_noise(seed, tilt, noiseless.shape)
     block = block_for(threads)
-    z = standardise(noiseless, block, array("standardised", np.float64))
-    work = array("work", np.float64)
-    work = np.empty(z.size) if work is None else work.reshape(-1)
+    z = standardise(noiseless, block)
+    work = np.empty(z.size)
     out = {}
     for m in modalities:
         curves = model.curves if m != "baseline" else (baseline or model.baseline())
@@ -373,7 +351,6 @@ def apply_tilt_modalities(
             curves["std"][tilt],
             work,
             block,
-            array(f"tilt-{m}", np.float32),
         )
     return out
 

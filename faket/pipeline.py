@@ -76,8 +76,6 @@ class PoolSink(TiltSink, Protocol):
 class MemorySink:
     """Stacks in memory: ``arrays[name]`` is ``(n, H, W)`` float32, made on the first put."""
 
-    copies = True  # a put copies the tilt into its stack: the caller may use the array again
-
     def __init__(self, n: int) -> None:
         self.n = n
         self.arrays: dict[str, np.ndarray] = {}
@@ -93,8 +91,6 @@ class MemorySink:
 
 class WriterSink:
     """Tilts streamed into open MRC writers (``faket.io.MrcWriter``), one per stack name."""
-
-    copies = True  # a write copies the tilt into the file's mapping
 
     def __init__(self, writers: Mapping[str, Any], n: int) -> None:
         self.writers, self.n = writers, n
@@ -169,15 +165,10 @@ def prepare_noise(
         _noise_in_pool(pool, cast(PoolSink, sink), noiseless, todo, recipe, advance)
         return
 
-    from ._scratch import per_thread
-
-    scratch = per_thread()  # each thread's arrays, kept from tilt to tilt until this returns
-
     def one(i: int) -> int:
         # one noise draw and one standardised tilt serve every modality
         threads = min(workers, len(todo))
-        made = _noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, threads, scratch())
-        return len(made[1])
+        return len(_noise_tilt(noiseless, sink, i, model, seed, todo[i], content_sigma, base, threads)[1])
 
     for_each(one, sorted(todo), workers, advance)
 
@@ -219,22 +210,12 @@ def _noise_tilt(
     content_sigma: float,
     base: dict,
     threads: int = 1,
-    scratch: Any = None,
 ) -> tuple[int, dict]:
     """Tilt ``i``'s ``modalities`` put into ``sink`` (a sink, or a store's ``TiltWriter`` in a
     pool process): one noise draw and one standardised tilt serve them all. Returns ``i`` and
-    what each put returned. threads: how many tilts are made at once (the blocks' size).
-    scratch: the calling thread's arrays (:mod:`faket._scratch`; default: the thread's own, if it
-    keeps one), used where the sink has stored a tilt once its put returns (``copies``)."""
-    from ._scratch import of_this_thread
+    what each put returned. threads: how many tilts are made at once (the blocks' size)."""
     from .noise import apply_tilt_modalities
 
-    if not getattr(sink, "copies", False):
-        scratch = None  # the sink may keep the very arrays it was given
-    elif scratch is None:
-        scratch = of_this_thread()
     tilt = noiseless(i)
-    made = apply_tilt_modalities(
-        tilt, i, model, seed, modalities, content_sigma, base, threads=threads, scratch=scratch
-    )
+    made = apply_tilt_modalities(tilt, i, model, seed, modalities, content_sigma, base, threads=threads)
     return i, {m: sink.put(m, i, image) for m, image in made.items()}

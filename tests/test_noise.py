@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from faket._scratch import Scratch
 from faket.errors import FaketInputError
 from faket.io import read_mrc
 from faket.noise import (NoiseModel, aggregate, apply, apply_tilt, apply_tilt_modalities, r_sigma_from_snr, smooth,
@@ -160,27 +159,19 @@ def _plain_noisy(clean, noise, r, sigma, mean, std):
     return (x - x.mean() + mean).astype(np.float32)
 
 
-@pytest.mark.parametrize("kept", [False, True])
 @pytest.mark.parametrize("threads", [1, 16])
-def test_modalities_are_the_plain_formulas_bit_for_bit(pair, threads, kept):
+def test_modalities_are_the_plain_formulas_bit_for_bit(pair, threads):
     """apply_tilt_modalities (one draw and one standardised tilt for all modalities, in place where
     it can) gives the plain formulas' values bit for bit, tilt after tilt of changing sizes, in
-    the blocks for one thread and for 16 (faket._pairwise.block_for), in new arrays or in the
-    arrays kept from the tilt before (kept: faket._scratch, the same size twice in a row too)."""
+    the blocks for one thread and for 16 (faket._pairwise.block_for)."""
     noisy, clean = pair
     model = NoiseModel.estimate([(noisy, clean)], order=1)
     rng = np.random.default_rng(5)
-    scratch = Scratch() if kept else None
-    before = None
-    # the last three: many blocks of one thread's size, 3 of 16 threads' size, that size again
-    for k, shape in enumerate([(64, 48), (96, 80), (32, 40), (300, 257), (1100, 1000), (1100, 1000)]):
+    # the last two: many blocks of one thread's size, 3 of 16 threads' size
+    for k, shape in enumerate([(64, 48), (96, 80), (32, 40), (300, 257), (1100, 1000)]):
         tilt = k % model.n_tilts
         image = (rng.random(shape) * 50 - 7).astype(np.float32)
-        made = apply_tilt_modalities(image, tilt, model, 11, ["noisy", "content"], 0.25, threads=threads,
-                                     scratch=scratch)
-        if kept and k == 5:  # the arrays of the tilt before, written again
-            assert np.shares_memory(made["noisy"], before["noisy"])
-        before = made
+        made = apply_tilt_modalities(image, tilt, model, 11, ["noisy", "content"], 0.25, threads=threads)
         noise = tilt_noise(11, tilt, shape)
         c = model.curves
         for m, factor in (("noisy", 1.0), ("content", 0.25)):
@@ -188,46 +179,3 @@ def test_modalities_are_the_plain_formulas_bit_for_bit(pair, threads, kept):
                                 c["mean"][tilt], c["std"][tilt])
             assert made[m].shape == shape and made[m].dtype == np.float32
             assert np.array_equal(made[m], want), (k, m)
-
-
-def test_kept_arrays_give_a_constant_tilt_and_the_draws_as_new_ones_do(pair):
-    """In arrays kept from a tilt before (faket._scratch), a constant tilt still standardises to
-    zeros, and tilt_noise draws into a given array the values it would return."""
-    noisy, clean = pair
-    model = NoiseModel.estimate([(noisy, clean)], order=1)
-    scratch = Scratch()
-    image = np.random.default_rng(2).random((40, 30), dtype=np.float32)
-    apply_tilt_modalities(image, 0, model, 11, ["noisy"], scratch=scratch)  # leaves its values there
-    flat = np.full((40, 30), 3.0, np.float32)
-    kept = apply_tilt_modalities(flat, 1, model, 11, ["noisy"], scratch=scratch)["noisy"]
-    assert np.array_equal(kept, apply_tilt_modalities(flat, 1, model, 11, ["noisy"])["noisy"])
-    out = np.full((40, 30), 7.0, np.float32)
-    assert tilt_noise(3, 2, (40, 30), out) is out
-    assert np.array_equal(out, tilt_noise(3, 2, (40, 30)))
-
-
-def test_a_sink_that_keeps_what_it_is_given_gets_new_arrays(pair):
-    """prepare_noise puts each tilt in arrays of its own unless the sink says it copies them
-    (``copies``): a sink that keeps the arrays it was given keeps every tilt's values."""
-    from faket.pipeline import MemorySink, prepare_noise
-
-    noisy, clean = pair
-    model = NoiseModel.estimate([(noisy, clean)], order=1)
-
-    class Keeping:
-        def __init__(self):
-            self.kept = {}
-
-        def todo(self, name):
-            return range(clean.shape[0])
-
-        def put(self, name, index, image):
-            self.kept[(name, index)] = image
-
-    keeping, copying = Keeping(), MemorySink(clean.shape[0])
-    for sink in (keeping, copying):
-        prepare_noise(sink, lambda i: clean[i], model, 5, ("noisy", "content"), workers=1)
-    assert MemorySink.copies and not hasattr(Keeping, "copies")
-    for (name, i), image in keeping.kept.items():
-        assert np.array_equal(image, copying.arrays[name][i]), (name, i)
-    assert not np.array_equal(keeping.kept[("noisy", 0)], keeping.kept[("noisy", 1)])

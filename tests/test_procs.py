@@ -166,29 +166,6 @@ def test_a_pool_process_codes_its_tilts_chunks_in_its_own_thread(tmp_path):
     assert (tmp_path / "pool.zarr" / shard).read_bytes() == (tmp_path / "here.zarr" / shard).read_bytes()
 
 
-def _kept_arrays(shape: tuple[int, int]) -> tuple[bool, bool]:
-    """In a pool process: whether its thread keeps tilt-sized arrays, and whether two noise
-    draws of one size land in the same kept array."""
-    from faket._scratch import of_this_thread
-    from faket.noise import tilt_noise
-
-    scratch = of_this_thread()
-    if scratch is None:
-        return False, False
-    first = tilt_noise(1, 0, shape, scratch.array("noise", shape, np.float32))
-    return True, tilt_noise(1, 1, shape, scratch.array("noise", shape, np.float32)) is first
-
-
-def test_a_pool_process_keeps_its_tilt_sized_arrays_and_this_one_does_not():
-    """Pool processes make tilts all their lives: each keeps its arrays from tilt to tilt
-    (faket._scratch); the calling process keeps none (its threads' arrays live for one call)."""
-    from faket._scratch import of_this_thread
-
-    with tilt_pool(1) as pool:
-        assert pool.submit(_kept_arrays, (64, 32)).result() == (True, True)
-    assert of_this_thread() is None
-
-
 def _group(path, clean: np.ndarray):
     g = open_store(path, mode="w").require_group("t")
     for name in ("noiseless", "noisy", "content"):
