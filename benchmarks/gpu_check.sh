@@ -16,17 +16,14 @@
 # in session 19 the benchmark without the published comparison 129 s, the suite 233 s)
 # Session 19's lease: the benchmark without the 11-tilt published comparison, then the published command
 # at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
-# Next: the driver's style targets and the prepare's copies beside the noise model (session 19), the
-# sink's arrays opened once (session 20) and the driver's noise model and first prepare in processes
-# (session 22, faket._procs; each pool process on one core, session 23) are unmeasured on a GPU; the
-# benchmark's end-to-end run has them all (its log also gives the run's timeline and each phase's CPU
-# seconds beside its wall seconds), FEED_ARGS the same run with those tilts on threads (as before
-# session 22), CORES_ARGS a pool process's cores with its chunks coded on 8 shard threads and in its own:
-#   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=230 BENCH_ARGS='--skip published' TEST_S=0
-#       CORES_ARGS='4096 8 2' FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda
-#       --inputs /dev/shm/faket-feed --tilt-processes 0' FEED_S=120 bash benchmarks/gpu_check.sh",
-#       carry=[".gpu"], timeout_s=400)
-# and, where the lease has 4 minutes or more left (its time is an estimate), a third call on the
+# Session 24's lease measured what sessions 19-23 built (gpu-h200-20261128/, b/): 61 x 4096^2 in
+# 29.5-31.6 s on processes (36.8 s on threads), the start-up (Ray, then the actor's start or the
+# prepare, whichever ends last) 13-15 s and the NST 16 s. Next: more runs of the same, for the
+# spread, and the prepare's attrs phase (0.05-3.2 s, no CPU) against 14 writers as the pool has:
+#   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=0 TEST_S=0 ATTRS_ARGS='. 9 --writers 14'
+#       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed|
+#       <the same>|<the same>' FEED_S=70 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=330)
+# and, where the lease has 4 minutes or more left (its time is an estimate), another call on the
 # same warm machine:
 #   run(command="OUT=$OUT bash benchmarks/diag/prepare_61.sh", carry=[".gpu"], timeout_s=240)
 # or, for #12's x6 against the published command on 61 x 4096^2 (an estimate: 4-5 minutes):
@@ -79,8 +76,9 @@ if [ -n "${CORES_ARGS:-}" ]; then
     timeout "${CORES_S:-60}" python3 benchmarks/diag/pool_cores.py $CORES_ARGS >> "$OUT/bench.log" 2>&1
     echo "cores rc=$?" >> "$OUT/bench.log"
 fi
-# ATTRS_ARGS: a run-store group's attrs update (the prepare stage's last step) timed while another
-# process fills the dirty page cache, e.g. ". 120" (about 30 s; benchmarks/diag/attrs_under_writeback.py)
+# ATTRS_ARGS: a run-store group's attrs update (the prepare stage's last step) timed while other
+# processes fill the dirty page cache, e.g. ". 120" (one writer, about 30 s) or ". 9 --writers 14"
+# (benchmarks/diag/attrs_under_writeback.py)
 if [ -n "${ATTRS_ARGS:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${ATTRS_S:-90}" python3 benchmarks/diag/attrs_under_writeback.py $ATTRS_ARGS >> "$OUT/bench.log" 2>&1

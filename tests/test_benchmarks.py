@@ -209,18 +209,21 @@ def test_pool_cores_compares_a_pool_process_coding_chunks_in_its_thread_and_on_s
 
 
 def test_attrs_under_writeback_times_updates_while_a_child_writes(tmp_path):
-    """benchmarks/diag/attrs_under_writeback.py: updates timed while its child writes, nothing left
-    behind; too few tilts refused in one line."""
+    """benchmarks/diag/attrs_under_writeback.py: updates timed while its two children write, nothing
+    left behind; too few tilts or writers refused in one line."""
     out = tmp_path / "attrs.json"
     script = str(BENCH / "diag" / "attrs_under_writeback.py")
-    res = subprocess.run([sys.executable, script, str(tmp_path), "4", "--json", str(out)],
+    res = subprocess.run([sys.executable, script, str(tmp_path), "3", "--writers", "2", "--json", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(out.read_text())
     assert got["updates"] >= 1 and 0 < got["idle_seconds"] and got["median_seconds"] > 0
+    assert got["writers"] == 2 and got["tilts"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attrs.json"]
-    bad = subprocess.run([sys.executable, script, str(tmp_path), "0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "TILTS must be 1 or more" in bad.stderr and "Traceback" not in bad.stderr
+    for args, why in ((["0"], "TILTS must be 1 or more"), (["2", "--writers", "0"], "--writers must be 1 or more")):
+        bad = subprocess.run([sys.executable, script, str(tmp_path), *args], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("args", [["--against", "nowhere"], ["--workers", "1,x"], ["--tilts", "0"]])
