@@ -112,13 +112,27 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_peak_tflops"] = gpu_peak_tflops(info["gpu"])
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return info
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    if names:
+        info["cpu"] = names[0]
+    info["cpu_cores"] = physical_cores(cpuinfo)
     return info
+
+
+def physical_cores(cpuinfo: str) -> int | None:
+    """The physical cores in ``/proc/cpuinfo``'s text (distinct physical id and core id): fewer
+    than the CPU threads where each core runs two; None where the text does not say."""
+    cores, physical = set(), "0"
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            physical = value.strip()
+        elif key.strip() == "core id":
+            cores.add((physical, value.strip()))
+    return len(cores) or None
 
 
 #: Ray's start, read from its session's logs: (event, log file pattern, text on the line or "").

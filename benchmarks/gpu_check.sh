@@ -40,6 +40,10 @@ BIN=$(dirname "$(command -v python3)")
 [ -x "$BIN/ray" ] || printf '#!%s\nfrom ray.scripts.scripts import main\nmain()\n' "$(command -v python3)" > "$BIN/ray"
 chmod +x "$BIN/ray"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.log" 2>&1
+# the CPU threads' cores (are 16 threads 8 cores with two each?), the huge-page and writeback settings
+{ lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA node\(s\))"
+  grep -H . /sys/kernel/mm/transparent_hugepage/{enabled,defrag} /proc/sys/vm/dirty_*ratio
+  findmnt -no SOURCE,FSTYPE,OPTIONS -T "$PWD"; findmnt -no SOURCE,FSTYPE,OPTIONS -T /tmp; } >> "$OUT/env.log" 2>&1
 # the published code beside the bundle (.gpu/published/faket/..., its dependencies in .gpu/published-deps):
 # bench_gpu then times its whole command against faket's (benchmarks/published.py)
 if [ -f .gpu/published/faket/style_transfer/cli.py ]; then

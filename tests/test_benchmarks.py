@@ -377,3 +377,16 @@ def test_engine_feed_fake_gpu_makes_style_targets_ahead(tmp_path, ahead):
     (warm,) = result["actor_warm_up_seconds"]
     assert ("style_ahead" in warm) == ahead and warm.get("style_ahead", 1.0) > 0
     assert result["actor_compute_seconds"] > warm.get("style_ahead", 0.0)  # counted as the actor's NST
+
+
+def test_machine_info_counts_the_physical_cores_apart_from_the_threads():
+    """bench_core.machine_info: a result says how many cores its CPU threads sit on (two threads
+    per core share one core's units); the count comes from /proc/cpuinfo's ids."""
+    from bench_core import machine_info, physical_cores
+
+    two_per_core = "".join(f"processor : {k}\nphysical id : 0\ncore id : {k // 2}\n\n" for k in range(4))
+    assert physical_cores(two_per_core) == 2
+    two_sockets = "".join(f"processor : {k}\nphysical id : {k}\ncore id : 0\n\n" for k in range(2))
+    assert physical_cores(two_sockets) == 2 and physical_cores("processor : 0\n") is None
+    cores = machine_info("cpu").get("cpu_cores")
+    assert cores is None or 1 <= cores <= os.cpu_count()
