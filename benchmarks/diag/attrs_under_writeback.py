@@ -24,6 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for bench_core
 
 WRITER = """
 import os
@@ -39,9 +42,10 @@ for i in range(int(sys.argv[2])):
 
 
 def dirty_gb() -> float:
-    with open("/proc/meminfo") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("Dirty:"))
-    return round(kb / 2**20, 2)
+    """The kernel's dirty page cache, GB (bench_core.PageCache's reading of /proc/meminfo)."""
+    from bench_core import PageCache
+
+    return round(PageCache.meminfo().get("Dirty", 0.0), 2)
 
 
 def timed_update(group, value: float) -> float:
@@ -64,11 +68,12 @@ def main() -> None:
     from faket.store import open_store, warm_up
 
     folder = tempfile.mkdtemp(dir=args.dir)
+    children: list[subprocess.Popen] = []
     try:
         group = open_store(folder + "/s.zarr").create_group("t")
         warm_up()
         idle = min(timed_update(group, k) for k in range(5))
-        children = [
+        children += [
             subprocess.Popen([sys.executable, "-c", WRITER, folder, str(args.tilts), str(k)])
             for k in range(args.writers)
         ]
@@ -77,6 +82,10 @@ def main() -> None:
             samples.append((round(timed_update(group, time.time()), 4), dirty_gb()))
             time.sleep(0.2)
     finally:
+        for c in children:  # an error or Ctrl-C here: the writers it started end with it
+            if c.poll() is None:
+                c.kill()
+                c.wait()
         shutil.rmtree(folder, ignore_errors=True)
     failed = [c.returncode for c in children if c.returncode]
     if failed:
