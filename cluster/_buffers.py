@@ -19,11 +19,13 @@ def read_tilts(arr, tilts: list[int], take) -> np.ndarray:
     return out
 
 
-def read_inputs(root, names: list[str], tilts: list[int], readers, take) -> dict:
+def read_inputs(root, names: list[str], tilts: list[int], readers, take, ranges: dict | None = None) -> dict:
     """A task's inputs from the store ``root``: style tilts once, content and start per tomogram
     (the stacks read side by side on the ``readers`` pool: reading and decoding run without
-    Python's lock, into buffers from ``take``), the stacks' ranges, the group holding the style
-    stack, and whether each tomogram's tilts are all done already (a retry: it is skipped)."""
+    Python's lock, into buffers from ``take``), the stacks' ranges (``ranges``, where the task
+    carries them: ``{"style": [min, max], "members": {name: {"content": ..., "noisy": ...}}}``;
+    else read from the groups' attributes), the group holding the style stack, and whether each
+    tomogram's tilts are all done already (a retry: it is skipped)."""
     from faket.store import done_mask, holder
 
     first = root[names[0]]
@@ -34,7 +36,7 @@ def read_inputs(root, names: list[str], tilts: list[int], readers, take) -> dict
             stacks[(key, name)] = readers.submit(read_tilts, root[name][key], tilts, take)
     data = {
         "style": stacks[("style", "")].result(),
-        "style_range": styles.attrs["ranges"]["style"],
+        "style_range": ranges["style"] if ranges else styles.attrs["ranges"]["style"],
         "style_holder": styles.path,
         "size": first["content"].shape[-2:],
         "members": {},
@@ -42,7 +44,7 @@ def read_inputs(root, names: list[str], tilts: list[int], readers, take) -> dict
     }
     for name in names:
         data["members"][name] = {
-            "ranges": root[name].attrs["ranges"],
+            "ranges": ranges["members"][name] if ranges else root[name].attrs["ranges"],
             "content": stacks[("content", name)].result(),
             "noisy": stacks[("noisy", name)].result(),
         }

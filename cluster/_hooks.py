@@ -35,6 +35,10 @@ NO_DRIVER_AHEAD_ENV = "FAKET_ENGINE_NO_DRIVER_STYLE_AHEAD"
 #: Test hook: the driver makes them on the CPU too, for GPU actors declared to Ray that compute
 #: on the CPU (as tests do); without it only a GPU the driver sees is used.
 DRIVER_AHEAD_CPU_ENV = "FAKET_TEST_DRIVER_AHEAD_CPU"
+#: Test hook: "tomogram" or "tomogram:fail"; the driver's write of that tomogram's attributes
+#: beside the NST (cluster/_meta.py) waits until one of its tilts is stylised in the store
+#: (OSError after a minute), or raises OSError.
+ATTRS_ENV = "FAKET_TEST_ATTRS"
 
 
 def stand_in(kernel: str, tilts: int) -> None:
@@ -97,6 +101,21 @@ def maybe_hold_prepare(tomogram: str, limit_s: float = 60.0) -> None:
     name, _, marker = os.environ.get(HOLD_PREPARE_ENV, "").partition(":")
     end = time.monotonic() + limit_s
     while name == tomogram and not os.path.exists(marker) and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def attrs_hook(tomogram: str, stylised, limit_s: float = 60.0) -> None:
+    """The ATTRS_ENV hook: a test sees the NST run before the attributes are written (``stylised()``:
+    whether a tilt of the tomogram is stylised in the store), or their write fail."""
+    name, _, how = os.environ.get(ATTRS_ENV, "").partition(":")
+    if name != tomogram:
+        return
+    if how == "fail":
+        raise OSError(f"{ATTRS_ENV}: the attributes of {tomogram} are not written")
+    end = time.monotonic() + limit_s
+    while not stylised():
+        if time.monotonic() > end:
+            raise OSError(f"{ATTRS_ENV}: no tilt of {tomogram} was stylised within {limit_s:.0f} s")
         time.sleep(0.02)
 
 

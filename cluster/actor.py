@@ -106,9 +106,9 @@ class NSTWorker:
                 self._stores[store] = CachedGroup(open_store(store))
             return self._stores[store]
 
-    def _read(self, store: str, names: list[str], tilts: list[int]) -> dict:
+    def _read(self, store: str, names: list[str], tilts: list[int], ranges: dict | None) -> dict:
         """A task's inputs from the store (see :func:`faket_cluster._buffers.read_inputs`)."""
-        return read_inputs(self._root(store), names, tilts, self._readers, self._buffers.take)
+        return read_inputs(self._root(store), names, tilts, self._readers, self._buffers.take, ranges)
 
     def warm_up(self, weights: list) -> int:
         """Load VGG-19 and, on a GPU, run one 64^2 NST: CUDA's, cuBLAS's and cuDNN's start-up
@@ -163,8 +163,9 @@ class NSTWorker:
         mark_ahead_done()
 
     @ray.method(concurrency_group="io")
-    def prefetch(self, store: str, names: list[str], tilts: list[int]) -> None:
-        """Read a queued task's inputs in the io thread (best effort: errors surface in stylize)."""
+    def prefetch(self, store: str, names: list[str], tilts: list[int], ranges: dict | None = None) -> None:
+        """Read a queued task's inputs in the io thread (best effort: errors surface in stylize);
+        ranges: the stacks' value ranges the task carries (see :meth:`stylize`)."""
         import threading
 
         key = (store, tuple(names), tuple(tilts))
@@ -181,14 +182,16 @@ class NSTWorker:
             entry = self._prefetched[key] = {"done": threading.Event(), "data": None, "seconds": 0.0}
         t0 = time.perf_counter()
         try:
-            entry["data"] = self._upload(self._read(store, names, tilts))
+            entry["data"] = self._upload(self._read(store, names, tilts, ranges))
             entry["seconds"] = time.perf_counter() - t0
         except Exception:
             pass
         finally:
             entry["done"].set()
 
-    def _inputs(self, store: str, names: list[str], tilts: list[int]) -> tuple[dict, float, float]:
+    def _inputs(
+        self, store: str, names: list[str], tilts: list[int], ranges: dict | None
+    ) -> tuple[dict, float, float]:
         """The task's inputs, prefetched or read now.
 
         Returns (inputs, seconds the compute thread waited for them, seconds
@@ -208,7 +211,7 @@ class NSTWorker:
         try:
             if data is None:
                 t1 = time.perf_counter()
-                data = self._upload(self._read(store, names, tilts))
+                data = self._upload(self._read(store, names, tilts, ranges))
                 read = time.perf_counter() - t1
         finally:
             self._first_read.set()
@@ -228,8 +231,17 @@ class NSTWorker:
             self._transfer = StyleTransfer(ray.get(weights[0]), self.settings, device=self.device)
         return self._transfer
 
-    def stylize(self, store: str, names: list[str], tilts: list[int], weights: list, ticket: int) -> dict:
-        """Stylise ``tilts`` of every tomogram in ``names`` (see :meth:`_stylize`).
+    def stylize(
+        self,
+        store: str,
+        names: list[str],
+        tilts: list[int],
+        weights: list,
+        ticket: int,
+        ranges: dict | None = None,
+    ) -> dict:
+        """Stylise ``tilts`` of every tomogram in ``names`` (see :meth:`_stylize`); ranges: the
+        stacks' value ranges, where the driver sends them (None: read from the store's attributes).
 
         Returns as soon as the results are off the GPU, their writes still
         running: the driver asks :meth:`flush` with the same ticket for the
@@ -238,7 +250,9 @@ class NSTWorker:
         """
         entry = self._ticket(ticket)
         try:
-            entry["out"], entry["writes"], entry["inputs"] = self._stylize(store, names, tilts, weights)
+            entry["out"], entry["writes"], entry["inputs"] = self._stylize(
+                store, names, tilts, weights, ranges
+            )
         except BaseException as err:
             entry["error"] = err
             raise
@@ -272,7 +286,7 @@ class NSTWorker:
             return self._tickets.setdefault(ticket, {"done": threading.Event()})
 
     def _stylize(
-        self, store: str, names: list[str], tilts: list[int], weights: list
+        self, store: str, names: list[str], tilts: list[int], weights: list, ranges: dict | None
     ) -> tuple[dict, dict, list]:
         """Stylise ``tilts`` of every tomogram in ``names``; they share one style stack.
 
@@ -296,7 +310,7 @@ class NSTWorker:
         self._ahead.stop()  # the targets made ahead so far are all there are
         maybe_hold(self.tasks_started)
         idx = list(tilts)
-        data, waited, read = self._inputs(store, names, idx)
+        data, waited, read = self._inputs(store, names, idx, ranges)
         root = self._root(store)
         style = data["style"]
         kernel = os.environ.get(KERNEL_ENV, "")

@@ -23,6 +23,7 @@ from faket.pipeline import Stage
 
 from . import _ahead_plan, stages
 from ._clock import StageClock
+from ._meta import GroupAttributes
 from ._summary import made_tilts, phase_summary, stats_summary, timeline
 from .actor import CRASH_ONCE_ENV, FAIL_TILT_ENV
 from .fleet import plan_actors
@@ -254,6 +255,7 @@ def run(
     if not unchanged:  # this run writes into the store: its MRC files are exported again
         root.attrs["export"] = None
     fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
+    meta = GroupAttributes.of(root, [t.name for t in spec.tomograms])
     together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
     if fleet is not None:  # up before the first tomogram is prepared: its style targets meanwhile
         _ahead_plan.style_ahead(spec, root, fleet, plan.count, alone=together, made=targets)
@@ -266,12 +268,16 @@ def run(
         )
         clock.lap("noise_model")
         now_ready, beside_phases = stages.prepared_beside_start(early_prep, ready, say)
+        for name in now_ready - ready:  # its attributes written beside its NST, which carries its ranges
+            meta.write_later(name, early_prep[1].result()["attrs"])
         waited = clock.since()  # the rest of that prepare, after the noise model
-        jobs = {"progress": progress, "say": say, "fleet": fleet}
+        jobs = {"progress": progress, "say": say, "fleet": fleet, "meta": meta}
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
             spec, root, plan, weights, policy, model_json, jobs, now_ready
         )
-        prep_phases = stages.sum_phases([prep_phases, beside_phases])
+        attrs_failed, attrs_phases, attrs_ended = meta.wait()
+        prep_failed = {**prep_failed, **attrs_failed}
+        prep_phases = stages.sum_phases([prep_phases, beside_phases, attrs_phases])
         stats, n_actors, nst_seconds, total, done_before = nst
         # pipelined: the prepare stage until the first tomogram's NST (the rest ran beside it)
         clock.lap("prepare", clock.since() - nst_seconds if together else waited + prep_seconds)
@@ -279,6 +285,7 @@ def run(
     finally:
         if fleet is not None:  # stopped already unless the run ends early (a failed noise model)
             fleet.stop()
+        meta.wait(limit_s=60)  # a run that ends early leaves no attributes half written
     clock.lap("stylize")
     failed: dict[str, dict[str, str]] = {n: {Stage.PREPARE.value: why} for n, why in prep_failed.items()}
     for (name, tilts), (why, n) in stats.failures.items():
@@ -315,7 +322,7 @@ def run(
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
         **phase_summary(inside_start.laps, noise_phases, prep_phases),
-        "timeline": timeline(clock.began, stats, early_prep, targets),
+        "timeline": timeline(clock.began, stats, early_prep, targets, attrs_ended),
         # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
         "style_gram_tilts_made_in_driver": made_tilts(targets),
         "reconstructions": recs,

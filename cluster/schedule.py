@@ -230,10 +230,14 @@ class NSTScheduler:
         policy: RetryPolicy,
         progress: Callable[[int], None] | None = None,
         weights: list | None = None,
+        ranges: Callable[[tuple[str, ...]], dict | None] | None = None,
     ) -> None:
-        """weights: ``[ObjectRef of the VGG-19 state dict]``, sent with every task."""
+        """weights: ``[ObjectRef of the VGG-19 state dict]``, sent with every task; ranges: the
+        stacks' value ranges a task of these tomograms carries (None: the actor reads them from
+        the store; see :meth:`faket_cluster._meta.GroupAttributes.for_task`)."""
         self.workers, self.store, self.in_flight = workers, store, in_flight
         self.weights = weights or []
+        self.ranges = ranges or (lambda names: None)
         self.attempts = Attempts(policy)
         self.progress = progress
         self.stats = NSTStats()
@@ -254,8 +258,11 @@ class NSTScheduler:
             while pending and self.load[w] < self.in_flight:
                 names, tilts = pending.popleft()
                 ticket = next(self.tickets)
-                task = worker.stylize.remote(self.store, list(names), list(tilts), self.weights, ticket)
-                worker.prefetch.remote(self.store, list(names), list(tilts))  # read while it waits
+                known = self.ranges(names)
+                task = worker.stylize.remote(
+                    self.store, list(names), list(tilts), self.weights, ticket, known
+                )
+                worker.prefetch.remote(self.store, list(names), list(tilts), known)  # read while it waits
                 # the report comes once the results are stored; the next task computes meanwhile
                 self.queued[worker.flush.remote(ticket)] = (w, (names, tilts), task)
                 self.computing[task] = w

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import ray
 
 from faket._threads import beside
-from faket.ngff import class_names, describe_tomogram
 from faket.pipeline import Stage
 
+from ._meta import GroupAttributes
 from .fleet import ActorPlan, Fleet, cpu_nodes, free_cpus, largest_node_cpus, launch
 from .layout import holders
 from .retry import RetryPolicy, run_tasks
@@ -63,8 +63,9 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
     layout (``laid_out``) is there, while a local Ray starts, on all of this machine's CPUs: its
     noiseless, style and labels phases beside the noise model's estimate (``early``), its noise
     once that is made. Returns the tomogram's name and the Future of its
-    :func:`faket_cluster.tasks.prepare_tomogram` result. Where it fails, the prepare stage's Ray
-    task tries again under the run's retry policy."""
+    :func:`faket_cluster.tasks.prepare_tomogram` result, whose group attributes are left to the
+    driver (``attrs``, written beside the NST: :mod:`faket_cluster._meta`). Where it fails, the
+    prepare stage's Ray task tries again under the run's retry policy."""
     from faket._procs import pool_if_it_pays
 
     from .tasks import prepare_tomogram
@@ -78,7 +79,9 @@ def prepare_beside_start(spec: RunSpec, early: Future, laid_out: Future) -> tupl
             laid_out.result()  # what the layout raised, if it failed (the driver raises it too)
             # what the estimate raised, if it failed, once the phases before the noise are written
             model = lambda: early.result()["model"]  # noqa: E731
-            return prepare_tomogram(str(spec.store), first, model, spec.content_sigma, workers, pool)
+            return prepare_tomogram(
+                str(spec.store), first, model, spec.content_sigma, workers, pool, write_attrs=False
+            )
 
     return first.name, beside(work, "faket-prepare")
 
@@ -185,15 +188,17 @@ def prepare_stage(
     policy: RetryPolicy,
     model_json: dict | None,
     say,
+    meta: GroupAttributes,
     reserved: float = 0.0,
     at_once: int | None = None,
     on_prepared: Callable[[str], None] | None = None,
     ready: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    """Each tomogram's prepare task (reserved: CPUs this run's actors hold meanwhile; at_once:
-    tomograms prepared at a time, sharing the free CPUs, default all; ``on_prepared(name)`` as
-    each succeeds and the tomogram holding its style stack has; ``ready``: tomograms prepared
-    already (:func:`prepared`), which get no task, only their spec's attributes refreshed). A
+    """Each tomogram's prepare task (meta: the driver's attributes, which learns each task's value
+    ranges; reserved: CPUs this run's actors hold meanwhile; at_once: tomograms prepared at a
+    time, sharing the free CPUs, default all; ``on_prepared(name)`` as each succeeds and the
+    tomogram holding its style stack has; ``ready``: tomograms prepared already (:func:`prepared`
+    or beside Ray's start), which get no task, only their spec's attributes refreshed). A
     tomogram whose noiseless stack another one holds is prepared after it. Returns the
     tomograms that failed (or whose holder did) and the tasks' wall and CPU seconds per phase,
     summed over tomograms (:func:`sum_phases`)."""
@@ -202,10 +207,10 @@ def prepare_stage(
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
     held_by = {t.name: root[t.name].attrs.get("held_by", {}) for t in spec.tomograms}
-    gate = _StyleGate({n: by.get("style", n) for n, by in held_by.items()}, on_prepared)
+    gate = _StyleGate(meta.style_holders, on_prepared)
     for t in spec.tomograms:
         if t.name in ready:
-            root[t.name].attrs.update(spec_attrs(t, read_tlt(t.angles)))
+            meta.refresh(t.name, spec_attrs(t, read_tlt(t.angles)))
             gate(t.name)
     by_name = {t.name: t for t in spec.tomograms if t.name not in ready}
     if not by_name:
@@ -222,12 +227,17 @@ def prepare_stage(
     first = len(by_name) - len(after)
     cpus = free_cpus(min(at_once or first, first), reserved)
     task = prepare.options(num_cpus=cpus)
+
+    def on_result(name: str, result: dict) -> None:
+        meta.learn(name, result)
+        gate(name)
+
     done, prep_failed = run_tasks(
         lambda n: task.remote(store, by_name[n], model_json, spec.content_sigma, cpus),
         list(by_name),
         policy,
         at_once,
-        lambda n, _: gate(n),
+        on_result,
         after,
     )
     prep_failed = gate.failed(prep_failed)
@@ -256,10 +266,12 @@ def nst_stage(
     say,
     fleet: Fleet | None = None,
     feed: JobFeed | None = None,
+    meta: GroupAttributes | None = None,
 ):
     """Every tilt not done yet through the actors (``fleet``: started already, or started here;
-    ``feed``: the jobs of tomograms prepared meanwhile, see :func:`pipelined`); returns (stats,
-    actors, seconds, total, done before)."""
+    ``feed``: the jobs of tomograms prepared meanwhile, see :func:`pipelined`; ``meta``: the
+    value ranges the tasks carry, where the driver holds them); returns (stats, actors, seconds,
+    total, done before)."""
     from .schedule import NSTScheduler, NSTStats, nst_jobs
 
     pending, total, done_before = nst_jobs(root, spec, skip, plan.count)
@@ -276,7 +288,13 @@ def nst_stage(
     bar = progress(total, done_before) if progress is not None else contextlib.nullcontext(None)
     with bar as advance:
         scheduler = NSTScheduler(
-            fleet.workers, str(spec.store), spec.resources.in_flight, policy, advance, fleet.weights
+            fleet.workers,
+            str(spec.store),
+            spec.resources.in_flight,
+            policy,
+            advance,
+            fleet.weights,
+            meta.for_task if meta is not None else None,
         )
         stats = scheduler.run(pending, feed)
     seconds = time.perf_counter() - t_nst
@@ -299,7 +317,7 @@ def pipelined(
     tomograms: tomograms are prepared one at a time per node, on all its free CPUs, and each
     one's NST tasks are queued as soon as its prepare task ends (its value ranges are known
     only then), so the GPUs work while the rest is prepared. ``jobs``: keyword arguments of
-    :func:`nst_stage` (progress, say, fleet). Returns (:func:`nst_stage`'s tuple, the
+    :func:`nst_stage` (progress, say, fleet, meta). Returns (:func:`nst_stage`'s tuple, the
     prepare stage's failures, its phases' wall and CPU seconds, its wall seconds)."""
     from .schedule import JobFeed, nst_jobs
 
@@ -307,7 +325,7 @@ def pipelined(
 
     def make_jobs(ready: list[str]) -> list:
         for n in ready:  # OME-Zarr metadata, now that voxel sizes and labels are known
-            describe_tomogram(root[n], class_names(root[n].attrs.get("particles_csv")))
+            jobs["meta"].describe(n)
         return list(nst_jobs(root, spec, set(names) - set(ready), plan.count)[0])
 
     feed = JobFeed(make_jobs)
@@ -318,7 +336,16 @@ def pipelined(
         try:
             reserved = jobs["fleet"].cpus
             outcome["prepare"] = prepare_stage(
-                spec, root, policy, model_json, jobs["say"], reserved, cpu_nodes(), feed.put, ready
+                spec,
+                root,
+                policy,
+                model_json,
+                jobs["say"],
+                jobs["meta"],
+                reserved,
+                cpu_nodes(),
+                feed.put,
+                ready,
             )
         except BaseException as err:  # raised in the driver's thread, below
             outcome["error"] = err
@@ -363,11 +390,11 @@ def staged(
     t0 = time.perf_counter()
     reserved = jobs["fleet"].cpus if jobs["fleet"] is not None else 0.0
     prep_failed, prep_phases = prepare_stage(
-        spec, root, policy, model_json, jobs["say"], reserved, ready=ready
+        spec, root, policy, model_json, jobs["say"], jobs["meta"], reserved, ready=ready
     )
     prep_seconds = time.perf_counter() - t0
     for t in spec.tomograms:  # OME-Zarr metadata, now that voxel sizes and labels are known
         if t.name not in prep_failed:
-            describe_tomogram(root[t.name], class_names(root[t.name].attrs.get("particles_csv")))
+            jobs["meta"].describe(t.name)
     nst = nst_stage(spec, root, plan, weights.state_dict, policy, skip=set(prep_failed), **jobs)
     return nst, prep_failed, prep_phases, prep_seconds

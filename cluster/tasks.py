@@ -87,11 +87,12 @@ def prepare_tomogram(
     content_sigma: float,
     workers: int = 1,
     pool=None,
+    write_attrs: bool = True,
 ) -> dict:
     """Write noiseless and style tilts (where its group holds those stacks: see
     :func:`faket.store.holder`), labels, NOISY and CONTENT of one tomogram (idempotent); returns
-    its name, tilt count, the wall seconds of each phase (``seconds``) and the process's CPU
-    seconds meanwhile, all its threads (``cpu_seconds``).
+    its name, tilt count, its stacks' value ranges (``ranges``), the wall seconds of each phase
+    (``seconds``) and the process's CPU seconds meanwhile, all its threads (``cpu_seconds``).
 
     Only what is not done yet is written, into arrays the driver created.
     model_json: the noise model, or what returns it once it is estimated: only the noise
@@ -100,6 +101,9 @@ def prepare_tomogram(
     workers: the CPUs Ray gave the task; tilts are made on that many threads
     (each tilt is its own shard), a projection uses that many torch threads.
     pool: processes that make the noise phase's tilts instead (:func:`faket._procs.tilt_pool`).
+    write_attrs: False leaves the group's attributes (the ranges among them: the prepare is
+    complete once they are written) to the caller, in the result's ``attrs`` (see
+    :mod:`faket_cluster._meta`); no ``attrs`` phase then.
     """
     from faket.io import open_mrc, read_tlt
     from faket.noise import NoiseModel
@@ -152,11 +156,15 @@ def prepare_tomogram(
     clock.lap("noise")
     ranges = {s: [float(x) for x in sink.stack_range(s, workers)] for s in sink.tracked}
     clock.lap("ranges")
-    g.attrs.update({**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges})
-    clock.lap("attrs")
+    attrs = {**spec_attrs(tomo, angles), "voxel_size": float(voxel), "ranges": ranges}
+    if write_attrs:
+        g.attrs.update(attrs)
+        clock.lap("attrs")
     return {
         "name": tomo.name,
         "n": len(angles),
+        "ranges": ranges,
+        **({} if write_attrs else {"attrs": attrs}),
         "seconds": clock.laps,
         "cpu_seconds": clock.cpu_laps,
         "ended_at": time.time(),

@@ -1,0 +1,108 @@
+"""The tomogram groups' attributes the driver writes beside the NST, and the stacks' value ranges
+it sends with the NST tasks.
+
+A tomogram's prepare ends by recording its stacks' value ranges (and its spec's attributes) in
+its group. On a disk busy with the stacks' writeback that one small write took 0.05-3.2 s on
+the H200 host (session 24), and the NST waited for it and for the NGFF metadata written after it.
+The tomogram the driver prepares beside Ray's start hands its attributes here instead: they are
+written in a thread while its NST runs, and its NST tasks carry the ranges, so the actors do not
+read them from the store. Tasks of tomograms whose ranges the driver does not hold (prepared by
+an earlier run) carry none, and the actors read them from the store as before.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from concurrent.futures import Future
+
+from faket._threads import beside
+from faket.ngff import class_names, describe_tomogram
+
+from ._hooks import attrs_hook
+
+
+class GroupAttributes:
+    """The driver's tomogram group attributes: written now, or beside the NST for a tomogram
+    prepared in the driver (:meth:`write_later`); and each tomogram's stacks' value ranges, as
+    its prepare reported them.
+
+    style_holders: tomogram -> the tomogram whose group holds its style stack.
+    """
+
+    def __init__(self, root, style_holders: dict[str, str]) -> None:
+        self.root = root
+        self.style_holders = style_holders
+        self.ranges: dict[str, dict[str, list[float]]] = {}
+        self._later: dict[str, Future[dict]] = {}
+
+    @classmethod
+    def of(cls, root, names: list[str]) -> GroupAttributes:
+        """For the tomograms ``names`` of a laid-out store (their style stacks' holders read from it)."""
+        held = {n: root[n].attrs.get("held_by", {}).get("style", n) for n in names}
+        return cls(root, held)
+
+    def learn(self, name: str, result: dict) -> None:
+        """The value ranges of a prepare result (:func:`faket_cluster.tasks.prepare_tomogram`)."""
+        if isinstance(result, dict) and "ranges" in result:
+            self.ranges[name] = result["ranges"]
+
+    def write_later(self, name: str, attrs: dict) -> None:
+        """Write a tomogram's attributes (with its ``ranges``) and then its NGFF metadata in a
+        thread of the driver, started now."""
+        self.learn(name, attrs)
+        self._later[name] = beside(lambda: self._write(name, attrs), f"faket-attrs-{name}")
+
+    def _write(self, name: str, attrs: dict) -> dict:
+        from faket.store import done_mask
+
+        g = self.root[name]
+        attrs_hook(name, lambda: bool(done_mask(g, "faket").any()))
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        g.attrs.update(attrs)
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        describe_tomogram(g, class_names(attrs.get("particles_csv")))
+        return {"seconds": seconds, "cpu_seconds": cpu, "ended_at": time.time()}
+
+    def refresh(self, name: str, attrs: dict) -> None:
+        """A tomogram's spec attributes written now, unless they are written beside the NST."""
+        if name not in self._later:
+            self.root[name].attrs.update(attrs)
+
+    def describe(self, name: str) -> None:
+        """A tomogram's NGFF metadata written now (see :func:`faket.ngff.describe_tomogram`),
+        unless it is written beside the NST."""
+        if name not in self._later:
+            g = self.root[name]
+            describe_tomogram(g, class_names(g.attrs.get("particles_csv")))
+
+    def for_task(self, names: tuple[str, ...] | list[str]) -> dict | None:
+        """The value ranges an NST task of ``names`` (sharing a style stack) needs:
+        ``{"style": [min, max], "members": {name: {"content": ..., "noisy": ...}}}``; None
+        where the driver does not hold them all (the actor reads them from the store)."""
+        holder = self.style_holders.get(names[0], names[0])
+        style = self.ranges.get(holder, {}).get("style")
+        if style is None or any(n not in self.ranges for n in names):
+            return None
+        return {"style": style, "members": {n: self.ranges[n] for n in names}}
+
+    def wait(self, limit_s: float | None = None) -> tuple[dict[str, str], dict, dict[str, float]]:
+        """Wait for the writes beside the NST. Returns (the tomograms whose write failed, with
+        why; the ``attrs`` phase's wall and CPU seconds summed, as
+        :func:`faket_cluster.stages.sum_phases` gives; when each write ended, wall clock)."""
+        concurrent.futures.wait(list(self._later.values()), timeout=limit_s)
+        failed: dict[str, str] = {}
+        phases: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}
+        ended: dict[str, float] = {}
+        for name, future in self._later.items():
+            if not future.done():
+                failed[name] = "its attributes were still being written when the run ended"
+            elif future.exception() is not None:
+                err = future.exception()
+                failed[name] = f"its attributes could not be written ({type(err).__name__}: {err})"
+            else:
+                out = future.result()
+                for key in phases:
+                    phases[key]["attrs"] = round(phases[key].get("attrs", 0.0) + out[key], 3)
+                ended[name] = out["ended_at"]
+        return failed, phases, ended
