@@ -228,6 +228,8 @@ def engine_vs_in_process(device: str, runs: list[tuple[int, int]], loop: bool = 
 def _timeline(line: dict) -> str:
     """A run's timeline (the engine summary's ``timeline``) in words: seconds after it began."""
     parts = [f"prepared beside the start {line['prepared_beside_start']:.1f}"] if "prepared_beside_start" in line else []
+    if "attrs_written" in line:  # beside the NST, which does not wait for them
+        parts.append(f"its attributes written {line['attrs_written']:.1f}")
     if "driver_targets" in line:
         parts.append("style targets in the driver {:.1f}-{:.1f}".format(*line["driver_targets"]))
     for a in line.get("actors") or []:

@@ -252,9 +252,9 @@ def run(
     clock.lap("start")
     policy = policy_of(spec)
     unchanged = restart is None and _all_done(root, spec, ready)
+    fleet = stages.early_fleet(spec, root, plan, weights.state_dict)  # first: its start is the longest
     if not unchanged:  # this run writes into the store: its MRC files are exported again
         root.attrs["export"] = None
-    fleet = stages.early_fleet(spec, root, plan, weights.state_dict)
     meta = GroupAttributes.of(root, [t.name for t in spec.tomograms])
     together = fleet is not None and len(spec.tomograms) > 1 and not os.environ.get(STAGED_ENV)
     if fleet is not None:  # up before the first tomogram is prepared: its style targets meanwhile

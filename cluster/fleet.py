@@ -80,6 +80,9 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
     )
     if res.spread:
         options["scheduling_strategy"] = "SPREAD"
+        # placed by a view that still counts a finished prepare task's CPUs as taken, the actors
+        # could share a node while another stands idle
+        settled_cpus()
     env = {k: os.environ[k] for k in (CRASH_ONCE_ENV, FAIL_TILT_ENV) if os.environ.get(k)}
     if requested():  # the reproducible switch travels to every actor
         env.update(switch_environment())
@@ -87,12 +90,14 @@ def start_actors(spec: RunSpec, plan: ActorPlan, state_dict: dict, n: int) -> tu
         options["runtime_env"] = {"env_vars": env}
     groups = {"io": 2, "flush": 1, "ahead": 1}  # NSTWorker's threads beside its compute thread
     worker_cls = ray.remote(concurrency_groups=groups)(NSTWorker).options(**options)  # type: ignore[call-overload]
-    # The weights travel with the tasks, nested in a list (the actor fetches them once): no
-    # constructor argument lives in the object store, so restarts need nothing kept for them.
-    weights_ref = ray.put(state_dict)
     actors = [
         worker_cls.remote(spec.nst, plan.on_gpu, int(res.cpus_per_actor), res.in_flight + 2) for _ in range(n)
     ]
+    # The weights travel with the tasks, nested in a list (the actor fetches them once): no
+    # constructor argument lives in the object store, so restarts need nothing kept for them.
+    # Put once the actors are asked for: their processes start meanwhile (the actor's process began
+    # 0.2 s sooner on this VM: benchmarks/results/weights-put-after-actors-cpu-vm.json).
+    weights_ref = ray.put(state_dict)
     return actors, [weights_ref]
 
 
@@ -139,13 +144,22 @@ def free_cpus(tasks: int, reserved: float = 0.0, settle_s: float = 1.0) -> int:
     ``reserved`` (those this run's own actors hold).
     """
     expect = ray.cluster_resources().get("CPU", 1) - reserved
-    deadline = time.monotonic() + settle_s
-    while (avail := ray.available_resources().get("CPU", 0)) < expect and time.monotonic() < deadline:
-        time.sleep(0.02)
+    avail = settled_cpus(reserved, settle_s)
     # never more than the actors leave, wherever they run: a task waiting for their CPUs would
     # wait for ever (the largest node keeps at least its CPUs less all the actors' free)
     free = int(max(1, min(avail, expect))) // max(1, tasks)
     return max(1, min(16, int(largest_node_cpus() - reserved), free))
+
+
+def settled_cpus(reserved: float = 0.0, settle_s: float = 1.0) -> float:
+    """The cluster's free CPUs, read again for up to ``settle_s`` while fewer than all of them
+    less ``reserved`` are free: Ray gives back a finished task's CPUs a moment after its result
+    (about 0.1 s here, more under load)."""
+    expect = ray.cluster_resources().get("CPU", 1) - reserved
+    deadline = time.monotonic() + settle_s
+    while (avail := ray.available_resources().get("CPU", 0)) < expect and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return avail
 
 
 def largest_node_cpus() -> float:

@@ -336,6 +336,9 @@ def test_bench_gpu_end_to_end_keeps_its_inputs_at_rest(tmp_path):
     line = row["run_timeline"]  # the run's own clock: its first tomogram prepared, the actor's start
     assert 0 < line["prepared_beside_start"] < row["run_seconds"] and len(line["actors"]) == 1
     assert f"prepared beside the start {line['prepared_beside_start']:.1f}" in md and "first task" in md
+    # its attributes written beside the NST, after the prepare
+    assert line["prepared_beside_start"] <= line["attrs_written"] < row["run_seconds"]
+    assert f"its attributes written {line['attrs_written']:.1f}" in md
     cpu = row["phase_cpu_seconds"]  # how many cores the prepare stage's phases kept busy
     assert cpu["prepare"]["noise"] > 0 and f"prepare's CPU seconds: noiseless {cpu['prepare']['noiseless']:.1f}" in md
 
