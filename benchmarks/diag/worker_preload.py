@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_core
 
 PRELOAD = '''import os, threading, time
 os.environ["FAKET_DIAG_PRELOAD_AT"] = str(time.time())
@@ -88,7 +89,10 @@ def main() -> None:
     }
     print("medians (s):", json.dumps(summary), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "median": summary}, indent=1) + "\n")
+        from bench_core import machine_info
+
+        out = {"rows": rows, "median": summary, "machine": machine_info("cpu")}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
