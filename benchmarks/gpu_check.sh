@@ -18,8 +18,10 @@
 # at 61 x 4096^2 (176 s, faket's 34 s beside it) in one call of 423 s, the suite in a second of 244 s.
 # Session 24's lease measured what sessions 19-23 built (gpu-h200-20261128/, b/): 61 x 4096^2 in
 # 29.5-31.6 s on processes (36.8 s on threads), the start-up (Ray, then the actor's start or the
-# prepare, whichever ends last) 13-15 s and the NST 16 s. Next: more runs of the same, for the
-# spread, and the prepare's attrs phase (0.05-3.2 s, no CPU) against 14 writers as the pool has:
+# prepare, whichever ends last) 13-15 s and the NST 16 s. Session 25 (no GPU) took the group's
+# attributes off that path (written beside the NST: `attrs_written` in the timeline) and asks for
+# the actor before the weights are put. Next: more runs of the same, for the spread and for what
+# those two gained, and the attrs write (0.05-3.2 s, no CPU) against 14 writers as the pool has:
 #   run(command="export PYTHONUNBUFFERED=1; OUT=$OUT BENCH_S=0 TEST_S=0 ATTRS_ARGS='. 9 --writers 14'
 #       FEED_ARGS='--size 4096 --tilts 61 --real-nst --no-loop --device cuda --inputs /dev/shm/faket-feed|
 #       <the same>|<the same>' FEED_S=70 bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=330)
