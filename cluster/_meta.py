@@ -27,20 +27,21 @@ class GroupAttributes:
     prepared in the driver (:meth:`write_later`); and each tomogram's stacks' value ranges, as
     its prepare reported them.
 
-    style_holders: tomogram -> the tomogram whose group holds its style stack.
+    held_by: tomogram -> {shared stack: the tomogram whose group holds it}, for those held by
+    another (:func:`faket_cluster.layout.holders`, as the layout recorded them).
     """
 
-    def __init__(self, root, style_holders: dict[str, str]) -> None:
+    def __init__(self, root, held_by: dict[str, dict[str, str]]) -> None:
         self.root = root
-        self.style_holders = style_holders
+        self.held_by = held_by
+        self.style_holders = {n: by.get("style", n) for n, by in held_by.items()}
         self.ranges: dict[str, dict[str, list[float]]] = {}
         self._later: dict[str, Future[dict]] = {}
 
     @classmethod
     def of(cls, root, names: list[str]) -> GroupAttributes:
-        """For the tomograms ``names`` of a laid-out store (their style stacks' holders read from it)."""
-        held = {n: root[n].attrs.get("held_by", {}).get("style", n) for n in names}
-        return cls(root, held)
+        """For the tomograms ``names`` of a laid-out store (their shared stacks' holders read from it)."""
+        return cls(root, {n: root[n].attrs.get("held_by", {}) for n in names})
 
     def learn(self, name: str, result: dict) -> None:
         """The value ranges of a prepare result (:func:`faket_cluster.tasks.prepare_tomogram`)."""

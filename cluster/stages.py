@@ -206,7 +206,6 @@ def prepare_stage(
 
     prepare, _, _, _ = remote_functions()
     store = str(spec.store)
-    held_by = {t.name: root[t.name].attrs.get("held_by", {}) for t in spec.tomograms}
     gate = _StyleGate(meta.style_holders, on_prepared)
     for t in spec.tomograms:
         if t.name in ready:
@@ -221,7 +220,9 @@ def prepare_stage(
     assert model_json is not None  # the driver estimates the noise model when a tomogram needs it
     # a tomogram whose noiseless stack another one holds makes its noise from that copy: after it
     after = {
-        n: by["noiseless"] for n, by in held_by.items() if n in by_name and by.get("noiseless") in by_name
+        n: by["noiseless"]
+        for n, by in meta.held_by.items()
+        if n in by_name and by.get("noiseless") in by_name
     }
     # the CPUs shared by the tasks that can start at once (the later ones queue for them)
     first = len(by_name) - len(after)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("ray_env")
 def test_a_task_carries_ranges_only_where_the_driver_holds_all_it_needs():
     """for_task: the style range from the tomogram holding the style stack, each member's own;
     None where one is unknown (the actor then reads the store's attributes)."""
-    meta = GroupAttributes(root=None, style_holders={"a": "a", "b": "a", "c": "c"})
+    meta = GroupAttributes(root=None, held_by={"a": {}, "b": {"style": "a", "noiseless": "c"}, "c": {}})
     meta.learn("a", {"ranges": {"content": [0.0, 1.0], "noisy": [-1.0, 2.0], "style": [3.0, 4.0]}})
     meta.learn("b", {"ranges": {"content": [0.5, 1.5], "noisy": [-2.0, 2.0]}})
     meta.learn("x", {"model": {}})  # a result without ranges: nothing learnt
