@@ -2,8 +2,9 @@
 it sends with the NST tasks.
 
 A tomogram's prepare ends by recording its stacks' value ranges (and its spec's attributes) in
-its group. On a disk busy with the stacks' writeback that one small write took 0.05-3.2 s on
-the H200 host (session 24), and the NST waited for it and for the NGFF metadata written after it.
+its group. At the end of a 61 x 4096^2 prepare that one small write took 0.05-3.2 s on the H200
+host, with no CPU (session 24; why is not measured), and the NST waited for it and for the NGFF
+metadata written after it.
 The tomogram the driver prepares beside Ray's start hands its attributes here instead: they are
 written in a thread while its NST runs, and its NST tasks carry the ranges, so the actors do not
 read them from the store. Tasks of tomograms whose ranges the driver does not hold (prepared by
@@ -61,9 +62,12 @@ class GroupAttributes:
         attrs_hook(name, lambda: bool(done_mask(g, "faket").any()))
         t0, cpu0 = time.perf_counter(), time.thread_time()
         g.attrs.update(attrs)
-        seconds, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        phase = {
+            "seconds": {"attrs": time.perf_counter() - t0},
+            "cpu_seconds": {"attrs": time.thread_time() - cpu0},
+        }
         describe_tomogram(g, class_names(attrs.get("particles_csv")))
-        return {"seconds": seconds, "cpu_seconds": cpu, "ended_at": time.time()}
+        return {**phase, "ended_at": time.time()}
 
     def refresh(self, name: str, attrs: dict) -> None:
         """A tomogram's spec attributes written now, unless they are written beside the NST."""
@@ -87,14 +91,14 @@ class GroupAttributes:
             return None
         return {"style": style, "members": {n: self.ranges[n] for n in names}}
 
-    def wait(self, limit_s: float | None = None) -> tuple[dict[str, str], dict, dict[str, float]]:
+    def wait(self, limit_s: float | None = None) -> tuple[dict[str, str], list[dict]]:
         """Wait for the writes beside the NST. Returns (the tomograms whose write failed, with
-        why; the ``attrs`` phase's wall and CPU seconds summed, as
-        :func:`faket_cluster.stages.sum_phases` gives; when each write ended, wall clock)."""
+        why; each other write's ``attrs`` phase in wall and CPU seconds, as a prepare result
+        holds them for :func:`faket_cluster.stages.sum_phases`, and when it ended, wall clock:
+        ``ended_at``)."""
         concurrent.futures.wait(list(self._later.values()), timeout=limit_s)
         failed: dict[str, str] = {}
-        phases: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}
-        ended: dict[str, float] = {}
+        written: list[dict] = []
         for name, future in self._later.items():
             if not future.done():
                 failed[name] = "its attributes were still being written when the run ended"
@@ -102,8 +106,5 @@ class GroupAttributes:
                 err = future.exception()
                 failed[name] = f"its attributes could not be written ({type(err).__name__}: {err})"
             else:
-                out = future.result()
-                for key in phases:
-                    phases[key]["attrs"] = round(phases[key].get("attrs", 0.0) + out[key], 3)
-                ended[name] = out["ended_at"]
-        return failed, phases, ended
+                written.append(future.result())
+        return failed, written

@@ -53,17 +53,17 @@ def stats_summary(stats) -> dict:
     }
 
 
-def timeline(began: float, stats, early_prep, targets, attrs_ended: dict[str, float] | None = None) -> dict:
+def timeline(began: float, stats, early_prep, targets, attrs_ended: list[float] | None = None) -> dict:
     """Seconds after the run began, on the host's wall clock: when the first tomogram's prepare
     beside Ray's start ended (``prepared_beside_start``) and its attributes were written beside
-    the NST (``attrs_written``, from ``attrs_ended``: tomogram -> wall clock), when the driver
+    the NST (``attrs_written``, from ``attrs_ended``: wall clock), when the driver
     made style targets (``driver_targets``: from, to) and each actor's start and first task
     (:func:`faket_cluster._clock.actor_timeline`; an actor on another host has its own clock)."""
     out: dict = {}
     if early_prep is not None and early_prep[1].exception() is None:
         out["prepared_beside_start"] = round(early_prep[1].result()["ended_at"] - began, 2)
     if attrs_ended:
-        out["attrs_written"] = round(max(attrs_ended.values()) - began, 2)
+        out["attrs_written"] = round(max(attrs_ended) - began, 2)
     if targets is not None and targets.done() and targets.exception() is None:
         out["driver_targets"] = [round(t - began, 2) for t in targets.result()["span"]]
     starts = zip(stats.warm_ups, stats.warm_up_at)

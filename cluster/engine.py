@@ -275,9 +275,9 @@ def run(
         nst, prep_failed, prep_phases, prep_seconds = (stages.pipelined if together else stages.staged)(
             spec, root, plan, weights, policy, model_json, jobs, now_ready
         )
-        attrs_failed, attrs_phases, attrs_ended = meta.wait()
+        attrs_failed, attrs_written = meta.wait()
         prep_failed = {**prep_failed, **attrs_failed}
-        prep_phases = stages.sum_phases([prep_phases, beside_phases, attrs_phases])
+        prep_phases = stages.sum_phases([prep_phases, beside_phases, *attrs_written])
         stats, n_actors, nst_seconds, total, done_before = nst
         # pipelined: the prepare stage until the first tomogram's NST (the rest ran beside it)
         clock.lap("prepare", clock.since() - nst_seconds if together else waited + prep_seconds)
@@ -322,7 +322,7 @@ def run(
         "seconds": clock.total(),
         "stage_seconds": clock.laps,
         **phase_summary(inside_start.laps, noise_phases, prep_phases),
-        "timeline": timeline(clock.began, stats, early_prep, targets, attrs_ended),
+        "timeline": timeline(clock.began, stats, early_prep, targets, [w["ended_at"] for w in attrs_written]),
         # of the first tomogram's, tilts whose style targets the driver made beside Ray's start
         "style_gram_tilts_made_in_driver": made_tilts(targets),
         "reconstructions": recs,

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("ray_env")
 
 def test_spread_actors_asked_for_as_tasks_end_start_on_both_nodes(engine_spec, tmp_path):
     """Ray gives back a finished task's CPUs a moment after its result; actors placed by that
-    stale view all went to one node (8 of 8 times in a probe) while the other stood idle.
+    stale view all went to one node (7 and 8 of 8 times: benchmarks/diag/spread_probe.py) while
+    the other stood idle.
     start_actors waits for the CPUs to come back before it asks for spread actors."""
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
